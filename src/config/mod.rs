@@ -1,0 +1,244 @@
+//! The configuration file: the raw TOML read once into a validated [`Config`], every problem
+//! reported together, each named by its key.
+//!
+//! It accepts everything the original plugin's `/etc/teleport-email.toml` accepts, with the same
+//! defaults, aliases and deprecations, so operators can swap binaries without touching the file.
+
+mod duration;
+mod reader;
+mod sections;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+pub use duration::parse_go_duration;
+
+/// The commented example printed by `teleport-email configure`.
+pub const EXAMPLE_CONFIG: &str = include_str!("example.toml");
+
+/// The path used when `start` gets no `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/teleport-email.toml";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub teleport: TeleportConfig,
+    pub mailer: MailerConfig,
+    pub delivery: DeliveryConfig,
+    pub recipients: RecipientMap,
+    pub log: LogConfig,
+}
+
+/// `[teleport]`: where the cluster is and how we prove who we are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeleportConfig {
+    /// `host:port` of the Auth Service or the Proxy.
+    pub addr: String,
+    /// `None` when the file names no credentials; `start` refuses to run then.
+    pub credentials: Option<Credentials>,
+}
+
+/// Where the client certificate and the cluster CA come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    /// An identity file from `tctl auth sign` or tbot; re-read every `refresh` when set.
+    IdentityFile {
+        path: PathBuf,
+        refresh: Option<Duration>,
+    },
+    /// The `--format=tls` trio.
+    KeyPair {
+        cert: PathBuf,
+        key: PathBuf,
+        root_cas: PathBuf,
+    },
+}
+
+/// The one mail backend in use.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MailerConfig {
+    Smtp(SmtpConfig),
+    Mailgun(MailgunConfig),
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    /// AUTH is used only when a username is set.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub starttls: StartTlsPolicy,
+    /// SMTPS: TLS from the first byte (port 465 or `implicit_tls = true`).
+    pub implicit_tls: bool,
+}
+
+/// `smtp.starttls_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTlsPolicy {
+    /// TLS is required; a server without STARTTLS is an error.
+    Mandatory,
+    /// TLS when the server offers it.
+    Opportunistic,
+    /// Never TLS.
+    Disabled,
+}
+
+/// `[mailgun]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailgunConfig {
+    pub domain: String,
+    pub private_key: Secret,
+    /// `https://api.mailgun.net/v3` unless set (EU: `https://api.eu.mailgun.net/v3`).
+    pub api_base: String,
+}
+
+/// The default Mailgun API base.
+pub const MAILGUN_DEFAULT_API_BASE: &str = "https://api.mailgun.net/v3";
+
+/// `[delivery]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// The `From` of every mail; empty only when the file left it out (warned).
+    pub sender: String,
+}
+
+/// `[role_to_recipients]`: role name → addresses; always has a non-empty `"*"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientMap(BTreeMap<String, Vec<String>>);
+
+impl RecipientMap {
+    /// The wildcard role that catches roles without an entry of their own.
+    pub const WILDCARD: &'static str = "*";
+
+    /// Wraps a map that already passed validation.
+    pub(crate) fn new(map: BTreeMap<String, Vec<String>>) -> Self {
+        Self(map)
+    }
+
+    /// The addresses for `role`, or the wildcard's when the role has none.
+    pub fn for_role(&self, role: &str) -> &[String] {
+        match self.0.get(role) {
+            Some(list) if !list.is_empty() => list,
+            _ => self.fallback(),
+        }
+    }
+
+    /// The `"*"` list: the fallback recipients.
+    pub fn fallback(&self) -> &[String] {
+        self.0.get(Self::WILDCARD).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The whole map, ordered by role.
+    pub fn as_map(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.0
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub output: LogOutput,
+    pub severity: LogSeverity,
+    pub format: LogFormat,
+}
+
+/// `log.output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// A file, opened for appending.
+    File(PathBuf),
+}
+
+/// `log.severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogSeverity {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A config together with the warnings found while reading it, to be logged once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", .problems.len(), bullet_list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+fn bullet_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut loaded = parse(&text, path)?;
+    if let Some(warning) = sections::permissions_warning(path, "the config file") {
+        loaded.warnings.insert(0, warning);
+    }
+    Ok(loaded)
+}
+
+/// Validates config text; `path` is only used in messages (and is where `*_file` paths are read from
+/// when relative, as with the original: relative to the working directory).
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let root: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+    let (config, findings) = sections::read(&root);
+    match config {
+        Some(config) if findings.errors.is_empty() => Ok(Loaded {
+            config,
+            warnings: findings.warnings,
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: findings.errors,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,458 @@
+//! The original plugin's config tests, and ours.
+
+use super::*;
+
+fn ok(text: &str) -> Loaded {
+    match parse(text, Path::new("test.toml")) {
+        Ok(l) => l,
+        Err(e) => panic!("expected a valid config, got: {e}"),
+    }
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text, Path::new("test.toml")) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(other) => panic!("expected validation problems, got {other}"),
+        Ok(l) => panic!("expected an error, got {:?}", l.config),
+    }
+}
+
+fn map(entries: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+        .collect()
+}
+
+const MAILGUN: &str = "[mailgun]\ndomain = \"x.example.com\"\nprivate_key = \"k\"\n";
+
+// --- upstream TestRecipients ---
+
+#[test]
+fn delivery_recipients_become_the_wildcard() {
+    let l = ok(&format!(
+        "{MAILGUN}[delivery]\nsender = \"s@example.com\"\nrecipients = [\"e1@example.com\", \"e2@example.com\"]\n"
+    ));
+    assert_eq!(
+        l.config.recipients.as_map(),
+        &map(&[("*", &["e1@example.com", "e2@example.com"])])
+    );
+    assert!(
+        l.warnings.iter().any(|w| w.contains("deprecated")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn role_to_recipients_with_string_and_list() {
+    let l = ok(&format!(
+        "{MAILGUN}[role_to_recipients]\ndev = [\"dev@example.com\", \"sre@example.com\"]\n\"*\" = \"admin@example.com\"\n"
+    ));
+    assert_eq!(
+        l.config.recipients.as_map(),
+        &map(&[
+            ("*", &["admin@example.com"]),
+            ("dev", &["dev@example.com", "sre@example.com"])
+        ])
+    );
+}
+
+#[test]
+fn wildcard_is_required() {
+    let p = problems(&format!(
+        "{MAILGUN}[role_to_recipients]\ndev = \"dev@example.com\"\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("role_to_recipients[*]")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn empty_wildcard_is_refused() {
+    let p = problems(&format!(
+        "{MAILGUN}[role_to_recipients]\ndev = \"dev@example.com\"\n\"*\" = []\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("role_to_recipients[*]")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn no_recipients_at_all() {
+    let p = problems(&format!(
+        "{MAILGUN}[delivery]\nsender = \"s@example.com\"\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.contains("missing required value role_to_recipients")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_slack_section_is_not_a_mailer() {
+    let p =
+        problems("[slack]\ntoken = \"x\"\n[role_to_recipients]\n\"*\" = \"admin@example.com\"\n");
+    assert!(
+        p.iter()
+            .any(|p| p.contains("provide either [mailgun] or [smtp]")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn both_recipient_forms_are_an_error() {
+    let p = problems(&format!(
+        "{MAILGUN}[delivery]\nrecipients = [\"a@example.com\"]\n[role_to_recipients]\n\"*\" = \"b@example.com\"\n"
+    ));
+    assert!(p.iter().any(|p| p.contains("not both")), "{p:?}");
+}
+
+// --- upstream TestSMTPStartTLSPolicy ---
+
+fn smtp_with_policy(policy: Option<&str>) -> String {
+    let line = policy
+        .map(|p| format!("starttls_policy = \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[smtp]\nhost = \"http://example.org/\"\nusername = \"user\"\npassword = \"pw\"\n{line}[role_to_recipients]\n\"*\" = \"admin@example.com\"\n"
+    )
+}
+
+fn smtp_of(l: &Loaded) -> &SmtpConfig {
+    match &l.config.mailer {
+        MailerConfig::Smtp(s) => s,
+        other => panic!("expected SMTP, got {other:?}"),
+    }
+}
+
+#[test]
+fn starttls_policies() {
+    for (given, want) in [
+        (None, StartTlsPolicy::Mandatory),
+        (Some("mandatory"), StartTlsPolicy::Mandatory),
+        (Some("opportunistic"), StartTlsPolicy::Opportunistic),
+        (Some("disabled"), StartTlsPolicy::Disabled),
+    ] {
+        let l = ok(&smtp_with_policy(given));
+        assert_eq!(smtp_of(&l).starttls, want, "{given:?}");
+    }
+}
+
+#[test]
+fn invalid_starttls_policy_lists_the_three() {
+    let p = problems(&smtp_with_policy(Some("insecure")));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("smtp.starttls_policy: "), "{p:?}");
+    assert!(p[0].contains("invalid smtp.starttls_policy"), "{p:?}");
+    assert!(p[0].contains("mandatory, opportunistic, disabled"), "{p:?}");
+}
+
+// --- the user guide and our own example ---
+
+#[test]
+fn user_guide_example_loads() {
+    let text = r#"
+[teleport]
+addr = "example.com:443"
+identity = "/var/lib/teleport/plugins/email/identity"
+refresh_identity = true
+
+[mailgun]
+domain = "sandbox123abc.mailgun.org" 
+private_key = "xoxb-fakekey62b0eac53565a38c8cc0316f6"
+
+[delivery]
+sender = "noreply@example.com" 
+
+[role_to_recipients]
+"*" = "eng@example.com"
+"editor" = ["admin@example.com", "execs@example.com"]
+
+[log]
+output = "stderr" # Logger output. Could be "stdout", "stderr" or "/var/lib/teleport/email.log"
+severity = "INFO" # Logger severity. Could be "INFO", "ERROR", "DEBUG" or "WARN".
+"#;
+    let l = ok(text);
+    let c = &l.config;
+    assert_eq!(c.teleport.addr, "example.com:443");
+    assert_eq!(
+        c.teleport.credentials,
+        Some(Credentials::IdentityFile {
+            path: "/var/lib/teleport/plugins/email/identity".into(),
+            refresh: Some(Duration::from_secs(60)),
+        })
+    );
+    match &c.mailer {
+        MailerConfig::Mailgun(m) => {
+            assert_eq!(m.domain, "sandbox123abc.mailgun.org");
+            assert_eq!(
+                m.private_key.expose(),
+                "xoxb-fakekey62b0eac53565a38c8cc0316f6"
+            );
+            assert_eq!(m.api_base, MAILGUN_DEFAULT_API_BASE);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.delivery.sender, "noreply@example.com");
+    assert_eq!(
+        c.recipients.for_role("editor"),
+        ["admin@example.com", "execs@example.com"]
+    );
+    assert_eq!(c.recipients.for_role("other"), ["eng@example.com"]);
+    assert_eq!(
+        c.log,
+        LogConfig {
+            output: LogOutput::Stderr,
+            severity: LogSeverity::Info,
+            format: LogFormat::Text
+        }
+    );
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn configure_output_loads_without_warnings() {
+    let l = ok(EXAMPLE_CONFIG);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert!(matches!(l.config.mailer, MailerConfig::Mailgun(_)));
+}
+
+/// Every key the loader knows is documented in the example `configure` prints.
+#[test]
+fn configure_output_documents_every_key() {
+    for key in [
+        "addr",
+        "auth_server",
+        "identity",
+        "refresh_identity",
+        "refresh_identity_interval",
+        "client_crt",
+        "client_key",
+        "root_cas",
+        "domain",
+        "private_key",
+        "private_key_file",
+        "api_base",
+        "host",
+        "port",
+        "username",
+        "password",
+        "password_file",
+        "starttls_policy",
+        "implicit_tls",
+        "sender",
+        "recipients",
+        "output",
+        "severity",
+        "format",
+    ] {
+        assert!(
+            EXAMPLE_CONFIG.contains(key),
+            "configure does not document {key}"
+        );
+    }
+}
+
+#[test]
+fn three_mistakes_are_reported_together() {
+    let p = problems(
+        r#"
+[smtp]
+host = "mail.example.com"
+port = 99999
+username = "u"
+password = "p"
+starttls_policy = "sometimes"
+
+[role_to_recipients]
+"*" = "Ops Team <ops@example.com>"
+
+[log]
+severity = "loud"
+"#,
+    );
+    assert_eq!(p.len(), 4, "{p:?}");
+    for key in [
+        "smtp.port: ",
+        "smtp.starttls_policy: ",
+        "role_to_recipients.\"*\": ",
+        "log.severity: ",
+    ] {
+        assert!(
+            p.iter().any(|p| p.starts_with(key)),
+            "no problem for {key} in {p:?}"
+        );
+    }
+}
+
+// --- defaults, aliases and the rest ---
+
+#[test]
+fn defaults() {
+    let l = ok(&format!(
+        "{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+    ));
+    assert_eq!(l.config.teleport.addr, "localhost:3025");
+    assert_eq!(l.config.teleport.credentials, None);
+    assert_eq!(l.config.log.output, LogOutput::Stderr);
+    assert_eq!(l.config.log.severity, LogSeverity::Info);
+    assert_eq!(l.config.log.format, LogFormat::Text);
+    let l = ok(&smtp_with_policy(None));
+    assert_eq!(smtp_of(&l).port, 587);
+    assert!(!smtp_of(&l).implicit_tls);
+}
+
+#[test]
+fn auth_server_is_a_deprecated_alias() {
+    let l = ok(&format!(
+        "[teleport]\nauth_server = \"auth.example.com:3025\"\n{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+    ));
+    assert_eq!(l.config.teleport.addr, "auth.example.com:3025");
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("auth_server is deprecated"))
+    );
+}
+
+#[test]
+fn refresh_interval_forms() {
+    for (given, secs) in [("\"30s\"", 30), ("\"1h\"", 3600), ("5000000000", 5)] {
+        let l = ok(&format!(
+            "[teleport]\nidentity = \"/id\"\nrefresh_identity = true\nrefresh_identity_interval = {given}\n{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+        ));
+        assert_eq!(
+            l.config.teleport.credentials,
+            Some(Credentials::IdentityFile {
+                path: "/id".into(),
+                refresh: Some(Duration::from_secs(secs))
+            })
+        );
+    }
+}
+
+#[test]
+fn partial_tls_trio_names_what_is_missing() {
+    let p = problems(&format!(
+        "[teleport]\nclient_crt = \"/a.crt\"\n{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("client_key, root_cas missing")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_warnings() {
+    let l = ok(&format!(
+        "[teleport]\naddres = \"x:1\"\n{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n[metrix]\n"
+    ));
+    assert!(
+        l.warnings.iter().any(|w| w.contains("teleport.addres")),
+        "{:?}",
+        l.warnings
+    );
+    assert!(
+        l.warnings.iter().any(|w| w.contains("section metrix")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn both_mailers_smtp_wins_with_a_warning() {
+    let l = ok(&format!("{MAILGUN}{}", smtp_with_policy(None)));
+    assert!(matches!(l.config.mailer, MailerConfig::Smtp(_)));
+    assert!(l.warnings.iter().any(|w| w.contains("using SMTP")));
+}
+
+#[test]
+fn mailgun_requires_domain_and_key() {
+    let p = problems("[mailgun]\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n");
+    assert!(
+        p.iter().any(|p| p.contains("provide mailgun.domain")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("specify mailgun.private_key or mailgun.private_key_file")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn secret_files_are_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("pw");
+    std::fs::write(&good, "  s3cret\n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    let missing = dir.path().join("missing");
+
+    let text = |file: &Path| {
+        format!(
+            "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword_file = \"{}\"\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n",
+            file.display()
+        )
+    };
+    let l = ok(&text(&good));
+    assert_eq!(smtp_of(&l).password.as_ref().unwrap().expose(), "s3cret");
+    let p = problems(&text(&empty));
+    assert!(
+        p[0].starts_with("smtp.password_file: ") && p[0].contains("is empty"),
+        "{p:?}"
+    );
+    let p = problems(&text(&missing));
+    assert!(
+        p[0].starts_with("smtp.password_file: ") && p[0].contains(&missing.display().to_string()),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn smtp_without_username_sends_without_auth() {
+    let l = ok(
+        "[smtp]\nhost = \"relay.internal\"\nport = 25\nstarttls_policy = \"opportunistic\"\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n",
+    );
+    assert_eq!(smtp_of(&l).username, None);
+    assert_eq!(smtp_of(&l).password, None);
+}
+
+#[test]
+fn port_465_means_implicit_tls() {
+    let l =
+        ok("[smtp]\nhost = \"h\"\nport = 465\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n");
+    assert!(smtp_of(&l).implicit_tls);
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let l = ok(&smtp_with_policy(None));
+    let dump = format!("{:?}", l.config);
+    assert!(!dump.contains("\"pw\""), "{dump}");
+    assert!(dump.contains("[redacted]"), "{dump}");
+}
+
+#[test]
+fn log_keywords() {
+    let l = ok(&format!(
+        "{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n[log]\noutput = \"/var/log/te.log\"\nseverity = \"Warning\"\nformat = \"JSON\"\n"
+    ));
+    assert_eq!(
+        l.config.log.output,
+        LogOutput::File("/var/log/te.log".into())
+    );
+    assert_eq!(l.config.log.severity, LogSeverity::Warn);
+    assert_eq!(l.config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let e = parse("[teleport\n", Path::new("/etc/x.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }));
+    assert!(e.to_string().contains("/etc/x.toml"));
+}

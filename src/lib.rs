@@ -1,0 +1,15 @@
+//! teleport-email: email notifications for Teleport Access Requests.
+//!
+//! Data flows one way: config + signals → Teleport client → watcher → engine → mailer.
+//! `app` is the one place that wires the concrete parts together.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod secret;
+pub mod shutdown;
+pub mod version;

@@ -1,0 +1,118 @@
+//! Logging: text or JSON lines to stderr, stdout or a file; level, format and output can be
+//! replaced at run time (start-up and config reload) through one [`Logging`] handle.
+
+use std::fs::OpenOptions;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry, reload};
+
+use crate::config::{LogConfig, LogFormat, LogOutput, LogSeverity};
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Crates whose debug output is noise (or could echo request headers): kept at INFO at most.
+const QUIET_CRATES: &[&str] = &["h2", "hyper", "hyper_util", "reqwest", "tower", "mio"];
+
+/// The installed subscriber; [`Logging::apply`] swaps its settings.
+pub struct Logging {
+    handle: reload::Handle<BoxedLayer, Registry>,
+}
+
+/// The log file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("log.output: cannot open log file {path}: {source}")]
+pub struct LogError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl Logging {
+    /// Installs the global subscriber with the start-up defaults: text, INFO, stderr.
+    /// Returns `None` if a subscriber is already installed (tests in one process).
+    pub fn init() -> Option<Self> {
+        let default = LogConfig {
+            output: LogOutput::Stderr,
+            severity: LogSeverity::Info,
+            format: LogFormat::Text,
+        };
+        let layer = build(&default, false).ok()?;
+        let (layer, handle) = reload::Layer::new(layer);
+        tracing_subscriber::registry().with(layer).try_init().ok()?;
+        Some(Self { handle })
+    }
+
+    /// Applies `[log]` (with `--debug` forcing DEBUG); the old settings stay if this fails.
+    pub fn apply(&self, config: &LogConfig, debug: bool) -> Result<(), LogError> {
+        let layer = build(config, debug)?;
+        // Only fails when the subscriber is gone, i.e. the process is exiting.
+        let _ = self.handle.reload(layer);
+        Ok(())
+    }
+}
+
+fn level(config: &LogConfig, debug: bool) -> LevelFilter {
+    if debug && config.severity > LogSeverity::Debug {
+        return LevelFilter::DEBUG;
+    }
+    match config.severity {
+        LogSeverity::Trace => LevelFilter::TRACE,
+        LogSeverity::Debug => LevelFilter::DEBUG,
+        LogSeverity::Info => LevelFilter::INFO,
+        LogSeverity::Warn => LevelFilter::WARN,
+        LogSeverity::Error => LevelFilter::ERROR,
+    }
+}
+
+fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
+    let level = level(config, debug);
+    let quiet = level.min(LevelFilter::INFO);
+    let filter = QUIET_CRATES
+        .iter()
+        .fold(Targets::new().with_default(level), |t, c| {
+            t.with_target(*c, quiet)
+        });
+    let (writer, ansi) = match &config.output {
+        LogOutput::Stderr => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+        LogOutput::Stdout => (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        ),
+        LogOutput::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LogError {
+                    path: path.clone(),
+                    source,
+                })?;
+            (BoxMakeWriter::new(Arc::new(file)), false)
+        }
+    };
+    let layer: BoxedLayer = match config.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    };
+    Ok(layer)
+}

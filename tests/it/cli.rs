@@ -1,0 +1,120 @@
+//! The command line of the built binary: exit codes and messages.
+
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_teleport-email"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn version_prints_one_line() {
+    let out = run(&["version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let line = stdout.trim_end();
+    assert!(
+        line.starts_with(&format!("teleport-email v{} ", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    let last = line.rsplit(' ').next().unwrap();
+    assert!(last.starts_with("rustc1."), "{line}");
+    if let Some(git) = line.split(' ').find(|w| w.starts_with("git:")) {
+        assert!(git.len() > 4, "empty git ref in {line}");
+    }
+}
+
+#[test]
+fn configure_prints_a_config_that_loads() {
+    let out = run(&["configure"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout, teleport_email::config::EXAMPLE_CONFIG);
+    let loaded = teleport_email::config::parse(&stdout, std::path::Path::new("configure"))
+        .expect("configure's output is a valid config");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn help_on_every_command() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for cmd in ["start", "configure", "version"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let out = run(&["start", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for flag in [
+        "--config",
+        "-c",
+        "--debug",
+        "-d",
+        "/etc/teleport-email.toml",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from: {help}");
+    }
+    for cmd in ["configure", "version"] {
+        assert_eq!(run(&[cmd, "--help"]).status.code(), Some(0), "{cmd} --help");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["start", "--nope"],
+        &["-d", "start"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn start_with_missing_config_exits_3() {
+    let out = run(&["start", "--config", "/nonexistent/teleport-email.toml"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/teleport-email.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn start_with_broken_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nhost = \"h\"\nstarttls_policy = \"insecure\"\n[role_to_recipients]\ndev = \"dev@example.com\"\n[log]\nformat = \"xml\"\n",
+    )
+    .unwrap();
+    let out = run(&["start", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    for needle in [
+        "smtp.starttls_policy",
+        "role_to_recipients[*]",
+        "log.format",
+        "3 problem(s)",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests over real sockets and the built binary. One test binary, one module per area.
+
+mod cli;
