@@ -3,8 +3,30 @@
 
 use std::process::Command;
 
+use prost::Message;
+
 fn main() {
+    compile_protos();
     record_version();
+}
+
+/// Compiles `proto/` with protox (pure Rust) and generates the tonic client and server. The
+/// descriptor set is kept too, so a test can check every field number against our wire table.
+fn compile_protos() {
+    let root = "proto/teleport/legacy/client/proto/authservice.proto";
+    println!("cargo:rerun-if-changed=proto");
+    let fds = match protox::compile([root], ["proto"]) {
+        Ok(fds) => fds,
+        Err(e) => panic!("cannot compile {root}: {e}"),
+    };
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let descriptor = std::path::Path::new(&out).join("teleport_descriptor.bin");
+    std::fs::write(&descriptor, fds.encode_to_vec()).expect("OUT_DIR is writable");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .expect("generating the gRPC code");
 }
 
 fn record_version() {

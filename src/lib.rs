@@ -12,4 +12,5 @@ pub mod exit;
 pub mod logging;
 pub mod secret;
 pub mod shutdown;
+pub mod teleport;
 pub mod version;
