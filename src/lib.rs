@@ -13,4 +13,6 @@ pub mod logging;
 pub mod secret;
 pub mod shutdown;
 pub mod teleport;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod version;

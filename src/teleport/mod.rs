@@ -1,4 +1,20 @@
 //! Everything that knows Teleport's gRPC API: generated code, credentials, TLS, dialing, and a
-//! typed client that speaks in domain types.
+//! typed client that speaks in domain types. Nothing outside this module sees protobuf types.
 
-pub mod pb;
+mod client;
+mod credentials;
+pub mod dial;
+mod error;
+pub mod identity;
+pub(crate) mod pb;
+mod types;
+mod version;
+pub mod websocket;
+
+pub use client::{
+    ACCESS_REQUEST_KIND, INIT_TIMEOUT, MIN_SERVER_VERSION, PluginData, TeleportClient, WatchStream,
+};
+pub use credentials::CredentialStore;
+pub use dial::{DialError, DialOptions, DialPath, UpgradeMode};
+pub use error::TeleportError;
+pub use types::{AccessRequest, ClusterInfo, RequestState, Review, WatchEvent};

@@ -14,6 +14,7 @@ pub mod proto {
     tonic::include_proto!("proto");
 }
 
+#[cfg(test)]
 /// The encoded `FileDescriptorSet` of `proto/`, for checks against the wire table.
 pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/teleport_descriptor.bin"));

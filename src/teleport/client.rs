@@ -1,0 +1,349 @@
+//! The typed Teleport client: gRPC over our dialer, speaking domain types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+use super::credentials::CredentialStore;
+use super::dial::{DialOptions, DialPath, Dialer};
+use super::error::TeleportError;
+use super::pb::proto::auth_service_client::AuthServiceClient;
+use super::pb::proto::{
+    ListAccessRequestsRequest, PingRequest, RequestId, RequestStateSetter, Watch,
+};
+use super::pb::types::{
+    AccessRequestFilter, AccessRequestSpecV3, AccessRequestV3, AccessReview,
+    AccessReviewSubmission, Metadata, PluginDataFilter, PluginDataUpdateParams, WatchKind,
+};
+use super::types::{AccessRequest, ClusterInfo, RequestState, WatchEvent};
+use super::version::Version;
+
+/// The kind of resource plugin data is attached to.
+pub const ACCESS_REQUEST_KIND: &str = "access_request";
+/// The oldest Teleport the plugin works with.
+pub const MIN_SERVER_VERSION: &str = "6.1.0-beta.1";
+/// Deadline for start-up calls, as the original.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Plugin data: key → value, for one plugin and one request.
+pub type PluginData = BTreeMap<String, String>;
+
+/// A connection to the Auth Service (it reconnects by itself when the link breaks).
+#[derive(Clone)]
+pub struct TeleportClient {
+    grpc: AuthServiceClient<Channel>,
+    dialer: Arc<Dialer>,
+}
+
+impl TeleportClient {
+    /// Connects (every dial path at once, first ready wins) within `timeout`.
+    pub async fn connect(
+        options: DialOptions,
+        credentials: Arc<CredentialStore>,
+        timeout: Duration,
+    ) -> Result<Self, TeleportError> {
+        let dialer = Arc::new(Dialer::new(options, credentials));
+        let connector_dialer = dialer.clone();
+        let connector = tower::service_fn(move |_uri: http::Uri| {
+            let dialer = connector_dialer.clone();
+            async move {
+                let (conn, path) = dialer.connect().await?;
+                tracing::debug!(%path, "Connected to Teleport");
+                Ok::<_, TeleportError>(TokioIo::new(conn))
+            }
+        });
+        let endpoint = Endpoint::from_static("http://teleport.cluster.local")
+            // Teleport closes connections that ping more often than every 60 s.
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .keep_alive_timeout(Duration::from_secs(180))
+            .keep_alive_while_idle(true)
+            .connect_timeout(timeout);
+        let channel = tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
+            .await
+            .map_err(|_| {
+                TeleportError::Timeout(format!(
+                    "connecting to Teleport timed out after {timeout:?}"
+                ))
+            })?
+            .map_err(connect_error)?;
+        let grpc = AuthServiceClient::new(channel)
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(4 * 1024 * 1024);
+        Ok(Self { grpc, dialer })
+    }
+
+    /// The path the connection took.
+    pub fn dial_path(&self) -> Option<DialPath> {
+        self.dialer.last_path()
+    }
+
+    /// Ping; refuses servers older than 6.1.0.
+    pub async fn ping(&self) -> Result<ClusterInfo, TeleportError> {
+        let resp =
+            self.grpc.clone().ping(PingRequest {}).await.map_err(
+                |s| match TeleportError::from(s) {
+                    TeleportError::Unimplemented(_) => TeleportError::ServerTooOld {
+                        found: "unknown (no Ping)".into(),
+                        required: MIN_SERVER_VERSION.into(),
+                    },
+                    other => other,
+                },
+            )?;
+        let info = ClusterInfo::from(resp.into_inner());
+        let found = Version::parse(&info.server_version);
+        let required = Version::parse(MIN_SERVER_VERSION);
+        match (found, required) {
+            (Some(found), Some(required)) if found >= required => Ok(info),
+            _ => Err(TeleportError::ServerTooOld {
+                found: info.server_version,
+                required: MIN_SERVER_VERSION.into(),
+            }),
+        }
+    }
+
+    /// Opens a watch on access requests.
+    pub async fn watch_access_requests(&self) -> Result<WatchStream, TeleportError> {
+        let watch = Watch {
+            kinds: vec![WatchKind {
+                kind: ACCESS_REQUEST_KIND.into(),
+                ..Default::default()
+            }],
+            allow_partial_success: false,
+        };
+        let stream = self.grpc.clone().watch_events(watch).await?.into_inner();
+        Ok(WatchStream { inner: stream })
+    }
+
+    /// The `plugin`'s data for request `id`; `None` when there is none.
+    pub async fn get_plugin_data(
+        &self,
+        id: &str,
+        plugin: &str,
+    ) -> Result<Option<PluginData>, TeleportError> {
+        let resp = self
+            .grpc
+            .clone()
+            .get_plugin_data(PluginDataFilter {
+                kind: ACCESS_REQUEST_KIND.into(),
+                resource: id.into(),
+                plugin: plugin.into(),
+            })
+            .await;
+        let seq = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        Ok(seq
+            .plugin_data
+            .into_iter()
+            .filter(|d| d.metadata.as_ref().is_some_and(|m| m.name == id))
+            .find_map(|d| d.spec?.entries.remove(plugin))
+            .map(|e| e.data.into_iter().collect()))
+    }
+
+    /// Compare-and-swap: writes `set` if the stored data equals `expect` (keys missing count as
+    /// `""`; an empty `expect` means no condition). A lost race is [`TeleportError::CompareFailed`].
+    pub async fn update_plugin_data(
+        &self,
+        id: &str,
+        plugin: &str,
+        set: &PluginData,
+        expect: &PluginData,
+    ) -> Result<(), TeleportError> {
+        self.grpc
+            .clone()
+            .update_plugin_data(PluginDataUpdateParams {
+                kind: ACCESS_REQUEST_KIND.into(),
+                resource: id.into(),
+                plugin: plugin.into(),
+                set: to_hash(set),
+                expect: to_hash(expect),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every access request in `state` (all when `None`), page by page; falls back to the older
+    /// streaming call on servers without ListAccessRequests.
+    pub async fn list_access_requests(
+        &self,
+        state: Option<RequestState>,
+    ) -> Result<Vec<AccessRequest>, TeleportError> {
+        let filter = AccessRequestFilter {
+            state: state.map(RequestState::to_wire).unwrap_or(0),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut start_key = String::new();
+        loop {
+            let resp = self
+                .grpc
+                .clone()
+                .list_access_requests(ListAccessRequestsRequest {
+                    filter: Some(filter.clone()),
+                    limit: 500,
+                    start_key: start_key.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let page = match resp {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    return self.list_access_requests_v2(filter).await;
+                }
+                Err(s) => return Err(s.into()),
+            };
+            out.extend(page.access_requests.into_iter().map(AccessRequest::from));
+            if page.next_key.is_empty() {
+                return Ok(out);
+            }
+            start_key = page.next_key;
+        }
+    }
+
+    async fn list_access_requests_v2(
+        &self,
+        filter: AccessRequestFilter,
+    ) -> Result<Vec<AccessRequest>, TeleportError> {
+        let mut stream = self
+            .grpc
+            .clone()
+            .get_access_requests_v2(filter)
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await? {
+            out.push(AccessRequest::from(r));
+        }
+        Ok(out)
+    }
+
+    /// Creates an access request (a test driver's call); returns its id.
+    pub async fn create_access_request(
+        &self,
+        user: &str,
+        roles: &[&str],
+        reason: &str,
+        reviewers: &[&str],
+    ) -> Result<String, TeleportError> {
+        let created = self
+            .grpc
+            .clone()
+            .create_access_request_v2(AccessRequestV3 {
+                kind: ACCESS_REQUEST_KIND.into(),
+                version: "v3".into(),
+                metadata: Some(Metadata::default()),
+                spec: Some(AccessRequestSpecV3 {
+                    user: user.into(),
+                    roles: roles.iter().map(|s| s.to_string()).collect(),
+                    request_reason: reason.into(),
+                    suggested_reviewers: reviewers.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok(created.metadata.map(|m| m.name).unwrap_or_default())
+    }
+
+    /// Submits a review as the caller (or as `author` for an administrator).
+    pub async fn submit_review(
+        &self,
+        id: &str,
+        author: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<AccessRequest, TeleportError> {
+        let state = if approve {
+            RequestState::Approved
+        } else {
+            RequestState::Denied
+        };
+        let updated = self
+            .grpc
+            .clone()
+            .submit_access_review(AccessReviewSubmission {
+                request_id: id.into(),
+                review: Some(AccessReview {
+                    author: author.into(),
+                    proposed_state: state.to_wire(),
+                    reason: reason.into(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(updated.into())
+    }
+
+    /// Approves or denies directly (administrators).
+    pub async fn set_state(
+        &self,
+        id: &str,
+        state: RequestState,
+        reason: &str,
+    ) -> Result<(), TeleportError> {
+        self.grpc
+            .clone()
+            .set_access_request_state(RequestStateSetter {
+                id: id.into(),
+                state: state.to_wire(),
+                reason: reason.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a request (administrators).
+    pub async fn delete_access_request(&self, id: &str) -> Result<(), TeleportError> {
+        self.grpc
+            .clone()
+            .delete_access_request(RequestId { id: id.into() })
+            .await?;
+        Ok(())
+    }
+}
+
+fn to_hash(m: &PluginData) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A transport error from the first connection, with the dial attempts when there were some.
+fn connect_error(e: tonic::transport::Error) -> TeleportError {
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<TeleportError>() {
+            if let TeleportError::Dial(d) = t {
+                return TeleportError::Dial(super::dial::DialError {
+                    addr: d.addr.clone(),
+                    attempts: d.attempts.clone(),
+                });
+            }
+            return TeleportError::Unavailable(t.to_string());
+        }
+        source = err.source();
+    }
+    TeleportError::Unavailable(e.to_string())
+}
+
+/// The events of one watch stream.
+pub struct WatchStream {
+    inner: tonic::Streaming<super::pb::proto::Event>,
+}
+
+impl WatchStream {
+    /// The next event; `None` when the server ended the stream cleanly.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, TeleportError>> {
+        match self.inner.message().await {
+            Ok(Some(e)) => Some(Ok(WatchEvent::from(e))),
+            Ok(None) => None,
+            Err(s) => Some(Err(s.into())),
+        }
+    }
+}

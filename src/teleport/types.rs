@@ -1,0 +1,275 @@
+//! The domain types the rest of the daemon sees, and their conversion from the wire types
+//! (Go's zero time means "unset"; unknown enum values are kept, not rejected).
+
+use std::time::{Duration, SystemTime};
+
+use super::pb::proto::{Event, Operation, PingResponse, event};
+use super::pb::types::{AccessRequestV3, AccessReview, RequestState as PbState};
+
+/// Go's zero `time.Time` (0001-01-01) as protobuf seconds: Teleport's "unset".
+pub const GO_ZERO_SECONDS: i64 = -62_135_596_800;
+
+/// What Ping told us about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub server_version: String,
+    /// `AdvancedAccessWorkflows` (Enterprise): web links to requests work.
+    pub advanced_workflows: bool,
+    /// The first proxy's public address; may be empty.
+    pub proxy_public_addr: String,
+}
+
+impl From<PingResponse> for ClusterInfo {
+    fn from(p: PingResponse) -> Self {
+        Self {
+            name: p.cluster_name,
+            server_version: p.server_version,
+            advanced_workflows: p
+                .server_features
+                .is_some_and(|f| f.advanced_access_workflows),
+            proxy_public_addr: p.proxy_public_addr,
+        }
+    }
+}
+
+/// The state of an Access Request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    None,
+    Pending,
+    Approved,
+    Denied,
+    Promoted,
+    /// A value this build does not know (a newer server).
+    Unknown(i32),
+}
+
+impl RequestState {
+    fn from_wire(v: i32) -> Self {
+        match PbState::try_from(v) {
+            Ok(PbState::None) => Self::None,
+            Ok(PbState::Pending) => Self::Pending,
+            Ok(PbState::Approved) => Self::Approved,
+            Ok(PbState::Denied) => Self::Denied,
+            Ok(PbState::Promoted) => Self::Promoted,
+            Err(_) => Self::Unknown(v),
+        }
+    }
+
+    /// The wire value.
+    pub fn to_wire(self) -> i32 {
+        match self {
+            Self::None => PbState::None as i32,
+            Self::Pending => PbState::Pending as i32,
+            Self::Approved => PbState::Approved as i32,
+            Self::Denied => PbState::Denied as i32,
+            Self::Promoted => PbState::Promoted as i32,
+            Self::Unknown(v) => v,
+        }
+    }
+}
+
+/// One review of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub author: String,
+    pub proposed: RequestState,
+    pub reason: String,
+    pub created: Option<SystemTime>,
+}
+
+/// An Access Request, as much of it as notifications need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequest {
+    pub id: String,
+    pub user: String,
+    pub roles: Vec<String>,
+    pub state: RequestState,
+    pub reason: String,
+    pub resolve_reason: String,
+    pub created: Option<SystemTime>,
+    /// When the access (if granted) ends.
+    pub expires: Option<SystemTime>,
+    pub reviews: Vec<Review>,
+    pub suggested_reviewers: Vec<String>,
+    /// The Access List a promoted request was turned into (its title, else its name).
+    pub promoted_to: Option<String>,
+}
+
+impl From<AccessRequestV3> for AccessRequest {
+    fn from(r: AccessRequestV3) -> Self {
+        let spec = r.spec.unwrap_or_default();
+        Self {
+            id: r.metadata.map(|m| m.name).unwrap_or_default(),
+            user: spec.user,
+            roles: spec.roles,
+            state: RequestState::from_wire(spec.state),
+            reason: spec.request_reason,
+            resolve_reason: spec.resolve_reason,
+            created: time(spec.created),
+            expires: time(spec.expires),
+            reviews: spec.reviews.into_iter().map(Review::from).collect(),
+            suggested_reviewers: spec.suggested_reviewers,
+            promoted_to: spec
+                .access_list
+                .map(|l| if l.title.is_empty() { l.name } else { l.title })
+                .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+impl From<AccessReview> for Review {
+    fn from(r: AccessReview) -> Self {
+        Self {
+            author: r.author,
+            proposed: RequestState::from_wire(r.proposed_state),
+            reason: r.reason,
+            created: time(r.created),
+        }
+    }
+}
+
+/// A Timestamp from the wire; absent and Go's zero time both mean "unset".
+pub fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    let t = t?;
+    if t.seconds == GO_ZERO_SECONDS && t.nanos == 0 {
+        return None;
+    }
+    let nanos = Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0));
+    if t.seconds >= 0 {
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t.seconds.unsigned_abs()) + nanos)
+    } else {
+        Some(SystemTime::UNIX_EPOCH - Duration::from_secs(t.seconds.unsigned_abs()) + nanos)
+    }
+}
+
+/// One event of an access-request watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The stream is set up; later events are live.
+    Init,
+    /// A request was created or changed.
+    Put(Box<AccessRequest>),
+    /// A request was deleted (this is how expiry shows).
+    Delete { id: String },
+    /// Something this build does not handle (another kind, an unknown variant).
+    Other(String),
+}
+
+impl From<Event> for WatchEvent {
+    fn from(e: Event) -> Self {
+        // A missing Type is INIT (the enum's zero); unknown values are reported, not fatal.
+        match (Operation::try_from(e.r#type), e.resource) {
+            (Ok(Operation::Init), _) => Self::Init,
+            (Ok(Operation::Put), Some(event::Resource::AccessRequest(r))) => {
+                Self::Put(Box::new(r.into()))
+            }
+            (Ok(Operation::Delete), Some(event::Resource::ResourceHeader(h)))
+                if h.kind == "access_request" =>
+            {
+                Self::Delete {
+                    id: h.metadata.map(|m| m.name).unwrap_or_default(),
+                }
+            }
+            (op, res) => Self::Other(format!(
+                "operation {op:?} with {}",
+                match res {
+                    None => "no resource (or an unknown kind)".to_owned(),
+                    Some(event::Resource::ResourceHeader(h)) => format!("a {} header", h.kind),
+                    Some(other) => format!("{other:?}").chars().take(60).collect(),
+                }
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::teleport::pb::types::{AccessRequestSpecV3, Metadata, ResourceHeader};
+
+    #[test]
+    fn go_zero_time_is_unset() {
+        assert_eq!(
+            time(Some(prost_types::Timestamp {
+                seconds: GO_ZERO_SECONDS,
+                nanos: 0
+            })),
+            None
+        );
+        assert_eq!(time(None), None);
+        assert_eq!(
+            time(Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0
+            })),
+            Some(SystemTime::UNIX_EPOCH)
+        );
+    }
+
+    #[test]
+    fn init_without_type_on_the_wire() {
+        // An INIT event as Teleport sends it: no field 1 at all.
+        let bytes = Event {
+            r#type: 0,
+            resource: None,
+        }
+        .encode_to_vec();
+        assert!(bytes.is_empty());
+        let decoded = Event::decode(bytes.as_slice()).unwrap();
+        assert_eq!(WatchEvent::from(decoded), WatchEvent::Init);
+    }
+
+    #[test]
+    fn unknown_fields_and_variants_are_tolerated() {
+        // Field 80 (a oneof variant newer than us) and field 99 of the spec: both skipped.
+        let mut bytes = Event {
+            r#type: Operation::Put as i32,
+            resource: None,
+        }
+        .encode_to_vec();
+        bytes.extend_from_slice(&[0x82, 0x05, 0x02, 0x0a, 0x00]); // field 80, length 2
+        let e = Event::decode(bytes.as_slice()).unwrap();
+        assert!(matches!(WatchEvent::from(e), WatchEvent::Other(_)));
+
+        let mut spec = AccessRequestSpecV3 {
+            user: "alice".into(),
+            state: 7,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        spec.extend_from_slice(&[0x9a, 0x06, 0x01, 0x41]); // field 99, string "A"
+        let spec = AccessRequestSpecV3::decode(spec.as_slice()).unwrap();
+        let req = AccessRequest::from(AccessRequestV3 {
+            metadata: Some(Metadata {
+                name: "r1".into(),
+                ..Default::default()
+            }),
+            spec: Some(spec),
+            ..Default::default()
+        });
+        assert_eq!(req.user, "alice");
+        assert_eq!(req.state, RequestState::Unknown(7));
+    }
+
+    #[test]
+    fn delete_carries_the_request_id() {
+        let e = Event {
+            r#type: Operation::Delete as i32,
+            resource: Some(event::Resource::ResourceHeader(ResourceHeader {
+                kind: "access_request".into(),
+                version: "v3".into(),
+                metadata: Some(Metadata {
+                    name: "abc".into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(WatchEvent::from(e), WatchEvent::Delete { id: "abc".into() });
+    }
+}

@@ -1,0 +1,395 @@
+//! What the fake Auth Service remembers (requests, plugin data, watchers) and the rules it applies,
+//! following Teleport's server behaviour (teleport-wire.md sections 2–3).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
+
+use crate::teleport::pb::proto::{Event, Operation, event};
+use crate::teleport::pb::types::{
+    AccessRequestSpecV3, AccessRequestV3, AccessReview, AccessReviewThreshold, Metadata,
+    RequestState, ResourceHeader,
+};
+
+/// Go's zero `time.Time` on the wire (0001-01-01T00:00:00Z).
+pub const GO_ZERO_SECONDS: i64 = -62_135_596_800;
+
+/// How long the access of a new request lasts, unless the test says otherwise.
+pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(3600);
+
+pub fn go_zero_time() -> Timestamp {
+    Timestamp {
+        seconds: GO_ZERO_SECONDS,
+        nanos: 0,
+    }
+}
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// plugin → its data, for one resource.
+pub type PluginEntries = BTreeMap<String, BTreeMap<String, String>>;
+
+/// One watch stream and the filter it asked for.
+pub struct Watcher {
+    pub tx: mpsc::Sender<Result<Event, Status>>,
+    pub filter: HashMap<String, String>,
+}
+
+/// The whole state; lives across stop/restart of the server.
+#[derive(Default)]
+pub struct State {
+    pub requests: BTreeMap<String, AccessRequestV3>,
+    /// (kind, resource) → plugin → data.
+    pub plugin_data: BTreeMap<(String, String), BTreeMap<String, BTreeMap<String, String>>>,
+    pub watchers: Vec<Watcher>,
+    /// Number of UpdatePluginData calls, for tests that count round trips.
+    pub plugin_data_writes: u64,
+    /// How many of the next UpdatePluginData calls fail with a compare error regardless.
+    pub forced_compare_failures: u32,
+}
+
+pub fn status(code: Code, msg: impl Into<String>) -> Status {
+    Status::new(code, msg)
+}
+
+impl State {
+    /// Stores a new request as Teleport does on create, and announces it.
+    pub fn create(
+        &mut self,
+        mut req: AccessRequestV3,
+        now: SystemTime,
+    ) -> Result<AccessRequestV3, Status> {
+        let meta = req.metadata.get_or_insert_with(Metadata::default);
+        if meta.name.is_empty() {
+            meta.name = new_uuid();
+        }
+        if self.requests.contains_key(&meta.name) {
+            return Err(status(
+                Code::AlreadyExists,
+                format!("access request {:?} already exists", meta.name),
+            ));
+        }
+        meta.namespace = "default".into();
+        let spec = req.spec.get_or_insert_with(AccessRequestSpecV3::default);
+        if spec.user.is_empty() {
+            return Err(status(Code::InvalidArgument, "missing user name"));
+        }
+        if spec.roles.is_empty() && spec.requested_resource_i_ds.is_empty() {
+            return Err(status(
+                Code::InvalidArgument,
+                "access request does not specify any roles or resources",
+            ));
+        }
+        spec.roles.sort();
+        spec.roles.dedup();
+        match RequestState::try_from(spec.state) {
+            Ok(RequestState::None) | Ok(RequestState::Pending) => {
+                spec.state = RequestState::Pending as i32
+            }
+            _ => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    "new access requests must be pending",
+                ));
+            }
+        }
+        if !spec.resolve_reason.is_empty() {
+            return Err(status(
+                Code::InvalidArgument,
+                "pending requests cannot have a resolve reason",
+            ));
+        }
+        if spec.thresholds.is_empty() {
+            spec.thresholds.push(AccessReviewThreshold {
+                name: "default".into(),
+                filter: String::new(),
+                approve: 1,
+                deny: 1,
+            });
+        }
+        spec.created = Some(timestamp(now));
+        spec.expires = Some(timestamp(now + DEFAULT_ACCESS_TTL));
+        // Go always emits its non-nullable times; unset ones as the zero time.
+        spec.max_duration.get_or_insert_with(go_zero_time);
+        spec.session_ttl.get_or_insert_with(go_zero_time);
+        req.kind = "access_request".into();
+        req.version = "v3".into();
+        let id = meta.name.clone();
+        self.requests.insert(id, req.clone());
+        self.announce_put(&req);
+        Ok(req)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut AccessRequestV3, Status> {
+        self.requests.get_mut(id).ok_or_else(|| {
+            status(
+                Code::NotFound,
+                format!("access_request \"{id}\" doesn't exist"),
+            )
+        })
+    }
+
+    /// Adds a review and resolves the request when a threshold is reached; the resolve reason is
+    /// the deciding review's.
+    pub fn review(
+        &mut self,
+        id: &str,
+        mut review: AccessReview,
+        now: SystemTime,
+    ) -> Result<AccessRequestV3, Status> {
+        let req = self.get_mut(id)?;
+        let spec = req.spec.get_or_insert_with(Default::default);
+        if spec.state != RequestState::Pending as i32 {
+            return Err(status(
+                Code::InvalidArgument,
+                "the access request has already been resolved",
+            ));
+        }
+        let proposed = RequestState::try_from(review.proposed_state).unwrap_or(RequestState::None);
+        if !matches!(proposed, RequestState::Approved | RequestState::Denied) {
+            return Err(status(
+                Code::InvalidArgument,
+                "reviews must propose APPROVED or DENIED",
+            ));
+        }
+        if spec.reviews.iter().any(|r| r.author == review.author) {
+            return Err(status(
+                Code::InvalidArgument,
+                format!("user {:?} has already reviewed this request", review.author),
+            ));
+        }
+        let zero = review
+            .created
+            .as_ref()
+            .is_none_or(|t| t.seconds == GO_ZERO_SECONDS);
+        if zero {
+            review.created = Some(timestamp(now));
+        }
+        let reason = review.reason.clone();
+        spec.reviews.push(review);
+        let count = |s: RequestState| {
+            spec.reviews
+                .iter()
+                .filter(|r| r.proposed_state == s as i32)
+                .count() as u32
+        };
+        let need = |f: fn(&AccessReviewThreshold) -> u32| {
+            spec.thresholds
+                .iter()
+                .map(f)
+                .filter(|n| *n > 0)
+                .min()
+                .unwrap_or(1)
+        };
+        if count(RequestState::Denied) >= need(|t| t.deny) {
+            spec.state = RequestState::Denied as i32;
+            spec.resolve_reason = reason;
+        } else if count(RequestState::Approved) >= need(|t| t.approve) {
+            spec.state = RequestState::Approved as i32;
+            spec.resolve_reason = reason;
+        }
+        let req = req.clone();
+        self.announce_put(&req);
+        Ok(req)
+    }
+
+    /// Sets the state directly (an administrator's approve/deny).
+    pub fn set_state(&mut self, id: &str, state: RequestState, reason: &str) -> Result<(), Status> {
+        if !matches!(
+            state,
+            RequestState::Approved | RequestState::Denied | RequestState::Promoted
+        ) {
+            return Err(status(
+                Code::InvalidArgument,
+                "state must be APPROVED, DENIED or PROMOTED",
+            ));
+        }
+        let req = self.get_mut(id)?;
+        let spec = req.spec.get_or_insert_with(Default::default);
+        if spec.state != RequestState::Pending as i32 {
+            return Err(status(
+                Code::InvalidArgument,
+                "the access request has already been resolved",
+            ));
+        }
+        spec.state = state as i32;
+        spec.resolve_reason = reason.to_owned();
+        let req = req.clone();
+        self.announce_put(&req);
+        Ok(())
+    }
+
+    /// Removes a request; its plugin data stays (it outlives the request in Teleport).
+    pub fn delete(&mut self, id: &str) -> Result<(), Status> {
+        self.requests.remove(id).ok_or_else(|| {
+            status(
+                Code::NotFound,
+                format!("access_request \"{id}\" doesn't exist"),
+            )
+        })?;
+        let header = ResourceHeader {
+            kind: "access_request".into(),
+            sub_kind: String::new(),
+            version: "v3".into(),
+            metadata: Some(Metadata {
+                name: id.to_owned(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+        };
+        self.broadcast(
+            Event {
+                r#type: Operation::Delete as i32,
+                resource: Some(event::Resource::ResourceHeader(header)),
+            },
+            |f| f.get("id").is_none_or(|v| v == id),
+        );
+        Ok(())
+    }
+
+    fn announce_put(&mut self, req: &AccessRequestV3) {
+        let event = Event {
+            r#type: Operation::Put as i32,
+            resource: Some(event::Resource::AccessRequest(req.clone())),
+        };
+        self.broadcast(event, |f| matches_filter(req, f));
+    }
+
+    fn broadcast(&mut self, event: Event, wants: impl Fn(&HashMap<String, String>) -> bool) {
+        self.watchers.retain(|w| {
+            if !wants(&w.filter) {
+                return !w.tx.is_closed();
+            }
+            // A watcher that cannot keep up is cut off, as Teleport does with slow watchers.
+            w.tx.try_send(Ok(event.clone())).is_ok()
+        });
+    }
+
+    /// Teleport's compare-and-swap on plugin data.
+    pub fn update_plugin_data(
+        &mut self,
+        kind: &str,
+        resource: &str,
+        plugin: &str,
+        set: &HashMap<String, String>,
+        expect: &HashMap<String, String>,
+    ) -> Result<(), Status> {
+        self.plugin_data_writes += 1;
+        check_kind(kind)?;
+        let key = (kind.to_owned(), resource.to_owned());
+        if !self.plugin_data.contains_key(&key) && !self.requests.contains_key(resource) {
+            return Err(status(
+                Code::NotFound,
+                format!("access_request \"{resource}\" doesn't exist"),
+            ));
+        }
+        if self.forced_compare_failures > 0 {
+            self.forced_compare_failures -= 1;
+            return Err(status(
+                Code::FailedPrecondition,
+                "too many concurrent writes to plugin data",
+            ));
+        }
+        let record = self.plugin_data.entry(key.clone()).or_default();
+        let entry = record.get(plugin);
+        for (k, want) in expect {
+            let have = entry
+                .and_then(|e| e.get(k))
+                .map(String::as_str)
+                .unwrap_or("");
+            if have != want {
+                return Err(status(
+                    Code::FailedPrecondition,
+                    format!("expectations not met for field {k:?}"),
+                ));
+            }
+        }
+        let entry = record.entry(plugin.to_owned()).or_default();
+        for (k, v) in set {
+            if v.is_empty() {
+                entry.remove(k);
+            } else {
+                entry.insert(k.clone(), v.clone());
+            }
+        }
+        if entry.is_empty() {
+            record.remove(plugin);
+        }
+        if record.is_empty() {
+            self.plugin_data.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// GetPluginData: an empty list (not NotFound) when there is none.
+    pub fn get_plugin_data(
+        &self,
+        kind: &str,
+        resource: &str,
+        plugin: &str,
+    ) -> Result<Vec<(String, PluginEntries)>, Status> {
+        check_kind(kind)?;
+        Ok(self
+            .plugin_data
+            .iter()
+            .filter(|((k, r), _)| k == kind && (resource.is_empty() || r == resource))
+            .filter(|(_, entries)| plugin.is_empty() || entries.contains_key(plugin))
+            .map(|((_, r), entries)| {
+                let entries = entries
+                    .iter()
+                    .filter(|(p, _)| plugin.is_empty() || *p == plugin)
+                    .map(|(p, d)| (p.clone(), d.clone()))
+                    .collect();
+                (r.clone(), entries)
+            })
+            .collect())
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), Status> {
+    match kind {
+        "access_request" | "access_list" => Ok(()),
+        other => Err(status(
+            Code::InvalidArgument,
+            format!("unsupported resource kind {other:?}"),
+        )),
+    }
+}
+
+/// Whether a request passes a watch filter (`id`, `user`, `state`).
+pub fn matches_filter(req: &AccessRequestV3, filter: &HashMap<String, String>) -> bool {
+    let spec = req.spec.clone().unwrap_or_default();
+    let id = req.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    filter.iter().all(|(k, v)| match k.as_str() {
+        "id" => v == id,
+        "user" => *v == spec.user,
+        "state" => RequestState::try_from(spec.state)
+            .map(|s| s.as_str_name() == v)
+            .unwrap_or(false),
+        _ => false,
+    })
+}
+
+/// A random version-4 UUID, as Teleport names requests.
+pub fn new_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        h(0..4),
+        h(4..6),
+        &h(6..8)[1..],
+        8 | (b[8] & 0x3),
+        &h(8..10)[1..],
+        h(10..16)
+    )
+}
