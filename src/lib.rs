@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod exit;
@@ -16,3 +17,4 @@ pub mod teleport;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod version;
+pub mod watcher;
