@@ -10,6 +10,9 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod mail;
 pub mod secret;
 pub mod shutdown;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod version;
