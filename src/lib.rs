@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod mail;
 pub mod secret;
 pub mod shutdown;
 pub mod teleport;

@@ -1,6 +1,10 @@
-//! Test peers (feature `testkit`): a fake Teleport Auth Service with real mTLS, the cluster PKI
-//! behind it, and more. Used by the tests, the benchmark and the sandbox; never in the release binary.
+//! Test peers (feature `testkit`): a fake Teleport Auth Service with real mTLS and the cluster PKI
+//! behind it, a fake Proxy, an SMTP receiver, a Mailgun stand-in and throwaway TLS material. Used
+//! by the tests, the benchmark and the sandbox; never part of the released binary.
 
 pub mod auth;
+pub mod mailgun;
 pub mod pki;
 pub mod proxy;
+pub mod smtp;
+pub mod tls;

@@ -1,0 +1,94 @@
+//! Mail delivery: the [`Mailer`] trait both backends (SMTP, Mailgun) implement, the message handed
+//! to it, Message-IDs, rendering, and how a failed send is classified.
+//!
+//! A mailer sends one message to one recipient and says whether a failure is worth retrying
+//! ([`MailError::is_transient`]); it never retries itself — that lives in the engine.
+
+mod error;
+pub mod mailgun;
+pub mod message_id;
+pub mod render;
+pub mod smtp;
+pub mod text;
+
+use std::sync::Arc;
+
+pub use error::MailError;
+pub use message_id::{MessageId, MessageIdError};
+pub use render::RenderedMail;
+
+use crate::config::MailerConfig;
+
+/// `Auto-Submitted` value on every mail (RFC 3834): automatic, so responders must not reply.
+pub const AUTO_SUBMITTED: &str = "auto-generated";
+
+/// `X-Auto-Response-Suppress` value on every mail: Exchange skips out-of-office and auto-replies.
+pub const AUTO_RESPONSE_SUPPRESS: &str = "OOF, AutoReply";
+
+/// One message to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMail {
+    /// A bare address.
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// Made by the caller before sending, so it can be recorded whatever happens.
+    pub message_id: MessageId,
+    /// The thread's first message, for `In-Reply-To` and `References`; `None` starts a thread.
+    pub in_reply_to: Option<MessageId>,
+}
+
+impl OutgoingMail {
+    /// A rendered mail addressed to `to`.
+    pub fn new(
+        to: impl Into<String>,
+        rendered: RenderedMail,
+        message_id: MessageId,
+        in_reply_to: Option<MessageId>,
+    ) -> Self {
+        Self {
+            to: to.into(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            message_id,
+            in_reply_to,
+        }
+    }
+}
+
+/// Something that delivers mail: SMTP, Mailgun, or a test double.
+#[async_trait::async_trait]
+pub trait Mailer: Send + Sync {
+    /// Sends one message and returns the Message-ID to record for the thread.
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError>;
+
+    /// Checks that the server is reachable and accepts our credentials, without delivering mail.
+    async fn health_check(&self) -> Result<(), MailError>;
+
+    /// `"smtp"` or `"mailgun"`, for logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// Builds the mailer the configuration names, sending as `sender`; Mailgun's health check mails
+/// `health_recipients` (the `"*"` recipients) in test mode.
+pub fn from_config(
+    config: &MailerConfig,
+    sender: &str,
+    health_recipients: &[String],
+) -> Result<Arc<dyn Mailer>, MailError> {
+    Ok(match config {
+        MailerConfig::Smtp(smtp) => Arc::new(smtp::SmtpMailer::new(
+            smtp,
+            sender,
+            smtp::SmtpOptions::default(),
+        )?),
+        MailerConfig::Mailgun(mailgun) => Arc::new(mailgun::MailgunMailer::new(
+            mailgun,
+            sender,
+            health_recipients.to_vec(),
+            mailgun::MailgunOptions::default(),
+        )?),
+    })
+}

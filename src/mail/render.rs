@@ -1,0 +1,277 @@
+//! The words of every mail: subject, plain-text body (byte for byte the original's) and an HTML
+//! twin with every user-supplied string escaped.
+//!
+//! User-supplied fields are cleaned and bounded first (see [`super::text`]): header text loses its
+//! control characters, body fields longer than 4 KiB are cut with a note.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::text::{body_field, header_field, html_escape};
+
+/// What a mail says about one Access Request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSummary {
+    pub id: String,
+    /// The cluster name, from Teleport's Ping.
+    pub cluster: String,
+    /// The requesting user; its line is left out when empty.
+    pub user: String,
+    /// The requested roles; their line is left out when the list is empty.
+    pub roles: Vec<String>,
+    /// The request reason; its line is left out when empty.
+    pub reason: String,
+    /// The Web UI link, when the proxy address is known.
+    pub link: Option<String>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Pending,
+    /// Approved, with the resolve reason (may be empty).
+    Approved(String),
+    /// Denied, with the resolve reason (may be empty).
+    Denied(String),
+    Expired,
+    /// Promoted to a long-term Access List (the original plugin ignores this state).
+    Promoted {
+        reason: String,
+        access_list: String,
+    },
+}
+
+/// One review of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewSummary {
+    pub author: String,
+    pub state: ReviewState,
+    pub reason: String,
+    pub created: SystemTime,
+}
+
+/// The state a review proposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewState {
+    Approved,
+    Denied,
+    /// Any other state, by its upper-case name (e.g. `PROMOTED`); shown without an emoji.
+    Other(String),
+}
+
+/// A rendered mail, ready to be addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedMail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+const NEW_HEADING: &str = "You have a new Role Request";
+const RESOLVED_HEADING: &str = "Role Request has been resolved";
+
+/// `<cluster> Role Request <id>`, safe for a header.
+pub fn subject(request: &RequestSummary) -> String {
+    format!(
+        "{} Role Request {}",
+        header_field(&request.cluster),
+        header_field(&request.id)
+    )
+}
+
+/// The first mail of a thread: "You have a new Role Request:" and the request's current status.
+pub fn new_request(request: &RequestSummary, status: &Resolution) -> RenderedMail {
+    request_mail(NEW_HEADING, request, status)
+}
+
+/// The last mail of a thread: "Role Request has been resolved:" and the final status.
+pub fn resolved(request: &RequestSummary, status: &Resolution) -> RenderedMail {
+    request_mail(RESOLVED_HEADING, request, status)
+}
+
+/// A reply for one review: who reviewed, when, what they proposed and why.
+pub fn review(request: &RequestSummary, review: &ReviewSummary) -> RenderedMail {
+    let author = body_field(&review.author);
+    let reason = body_field(&review.reason);
+    let when = rfc822_utc(review.created);
+    let (emoji, word) = match &review.state {
+        ReviewState::Approved => ("✅", "APPROVED".to_owned()),
+        ReviewState::Denied => ("❌", "DENIED".to_owned()),
+        ReviewState::Other(name) => ("", body_field(name)),
+    };
+    let mut text =
+        format!("{author} reviewed the request at {when}.\nResolution: {emoji} {word}.\n");
+    let mut html = format!(
+        "<p>{} reviewed the request at {when}.</p>\n<p>Resolution: {emoji} {}.</p>\n",
+        html_escape(&author),
+        html_escape(&word)
+    );
+    if !reason.is_empty() {
+        text.push_str(&format!("Reason: {reason}."));
+        html.push_str(&format!(
+            "<p style=\"white-space: pre-wrap\">Reason: {}.</p>\n",
+            html_escape(&reason)
+        ));
+    }
+    RenderedMail {
+        subject: subject(request),
+        text,
+        html: html_document(&html),
+    }
+}
+
+/// One `Name: value` line of a request mail; `code` renders the value in monospace.
+struct Field {
+    name: &'static str,
+    value: String,
+    code: bool,
+    link: bool,
+}
+
+fn request_mail(heading: &str, request: &RequestSummary, status: &Resolution) -> RenderedMail {
+    let fields = request_fields(request, status);
+    let status_line = status_line(status);
+
+    let mut text = format!("{heading}:\n\n");
+    for f in &fields {
+        text.push_str(&format!("{}: {}\n", f.name, f.value));
+    }
+    text.push_str(&format!("\nStatus: {status_line}"));
+
+    let mut html = format!("<p>{heading}:</p>\n<table>\n");
+    for f in &fields {
+        html.push_str(&format!(
+            "<tr><td style=\"vertical-align: top; padding-right: 1em\">{}:</td><td style=\"white-space: pre-wrap\">{}</td></tr>\n",
+            f.name,
+            html_value(f)
+        ));
+    }
+    html.push_str(&format!(
+        "</table>\n<p>Status: {}</p>\n",
+        html_escape(&status_line)
+    ));
+
+    RenderedMail {
+        subject: subject(request),
+        text,
+        html: html_document(&html),
+    }
+}
+
+fn request_fields(request: &RequestSummary, status: &Resolution) -> Vec<Field> {
+    let field = |name, value: &str| Field {
+        name,
+        value: body_field(value),
+        code: false,
+        link: false,
+    };
+    let id = body_field(&request.id);
+    let mut fields = vec![field("ID", &request.id), field("Cluster", &request.cluster)];
+    if !request.user.is_empty() {
+        fields.push(field("User", &request.user));
+    }
+    if !request.roles.is_empty() {
+        fields.push(field("Role(s)", &request.roles.join(",")));
+    }
+    if !request.reason.is_empty() {
+        fields.push(field("Reason", &request.reason));
+    }
+    match &request.link {
+        Some(link) => fields.push(Field {
+            link: true,
+            ..field("Link", link)
+        }),
+        None if *status == Resolution::Pending => {
+            for (name, verb) in [("Approve", "approve"), ("Deny", "deny")] {
+                fields.push(Field {
+                    name,
+                    value: format!("tsh request review --{verb} {id}"),
+                    code: true,
+                    link: false,
+                });
+            }
+        }
+        None => {}
+    }
+    fields
+}
+
+fn html_value(f: &Field) -> String {
+    let escaped = html_escape(&f.value);
+    let is_web = f.value.starts_with("https://") || f.value.starts_with("http://");
+    if f.link && is_web {
+        format!("<a href=\"{escaped}\">{escaped}</a>")
+    } else if f.code {
+        format!("<code>{escaped}</code>")
+    } else {
+        escaped
+    }
+}
+
+/// `⏳ PENDING`, `✅ APPROVED (reason)`, …: the part after `Status: `.
+fn status_line(status: &Resolution) -> String {
+    let with_reason = |head: String, reason: &str| {
+        let reason = body_field(reason);
+        if reason.is_empty() {
+            head
+        } else {
+            format!("{head} ({reason})")
+        }
+    };
+    match status {
+        Resolution::Pending => "⏳ PENDING".to_owned(),
+        Resolution::Approved(reason) => with_reason("✅ APPROVED".to_owned(), reason),
+        Resolution::Denied(reason) => with_reason("❌ DENIED".to_owned(), reason),
+        Resolution::Expired => "⌛ EXPIRED".to_owned(),
+        Resolution::Promoted {
+            reason,
+            access_list,
+        } => with_reason(
+            format!("✅ PROMOTED to Access List \"{}\"", body_field(access_list)),
+            reason,
+        ),
+    }
+}
+
+fn html_document(body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html>\n<head><meta charset=\"utf-8\"></head>\n<body style=\"font-family: sans-serif\">\n{body}</body>\n</html>\n"
+    )
+}
+
+/// `t` in Go's RFC822 layout `02 Jan 06 15:04 MST`, in UTC.
+pub fn rfc822_utc(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let of_day = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0) % 12];
+    format!(
+        "{day:02} {month_name} {:02} {:02}:{:02} UTC",
+        year.rem_euclid(100),
+        of_day / 3600,
+        of_day % 3600 / 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests;

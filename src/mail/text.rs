@@ -1,0 +1,117 @@
+//! Making user-supplied text safe for a mail: bounded length, no header injection, HTML-escaped.
+//!
+//! Request reasons, user names, roles and reviewer names come from whoever can create an Access
+//! Request, so none of them may grow a mail without bound, add a header line, or add markup.
+
+/// The longest user-supplied field we put into a body, in bytes; longer ones are cut.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// The longest user-supplied piece we put into a header (the subject's parts), in bytes.
+pub const MAX_HEADER_FIELD_BYTES: usize = 256;
+
+/// What replaces the cut-off tail of a long field.
+pub const TRUNCATION_NOTE: &str = " … [truncated]";
+
+/// `s` cut at a char boundary to at most `max` bytes, with [`TRUNCATION_NOTE`] appended when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATION_NOTE}", &s[..end])
+}
+
+/// Text for a header: every control character (CR and LF included) becomes a space.
+pub fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Text for a body line: line breaks kept as `\n`, other control characters shown as U+FFFD.
+pub fn body_safe(s: &str) -> String {
+    let unified = s.replace("\r\n", "\n").replace('\r', "\n");
+    unified
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A user-supplied field for a body: cleaned, then bounded.
+pub fn body_field(s: &str) -> String {
+    truncate(&body_safe(s), MAX_FIELD_BYTES)
+}
+
+/// A user-supplied field for a header: cleaned, then bounded.
+pub fn header_field(s: &str) -> String {
+    truncate(&header_safe(s), MAX_HEADER_FIELD_BYTES)
+}
+
+/// `s` with `&`, `<`, `>`, `"` and `'` replaced by entities, safe in HTML text and attributes.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_cuts_at_a_char_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("abcdef", 3), format!("abc{TRUNCATION_NOTE}"));
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(truncate("aé", 2), format!("a{TRUNCATION_NOTE}"));
+        let long = "x".repeat(MAX_FIELD_BYTES * 3);
+        assert_eq!(
+            body_field(&long).len(),
+            MAX_FIELD_BYTES + TRUNCATION_NOTE.len()
+        );
+    }
+
+    #[test]
+    fn header_safe_removes_line_breaks_and_controls() {
+        assert_eq!(
+            header_safe("ok\r\nBcc: evil@example.com\t\u{7}"),
+            "ok  Bcc: evil@example.com  "
+        );
+        assert_eq!(header_safe("Zürich ✅"), "Zürich ✅");
+    }
+
+    #[test]
+    fn body_safe_keeps_line_breaks_only() {
+        assert_eq!(body_safe("a\r\nb\rc\nd\te"), "a\nb\nc\nd\te");
+        assert_eq!(
+            body_safe("bell\u{7}esc\u{1b}[31m"),
+            "bell\u{FFFD}esc\u{FFFD}[31m"
+        );
+    }
+
+    #[test]
+    fn html_escape_covers_markup_and_quotes() {
+        assert_eq!(
+            html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}
