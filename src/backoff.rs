@@ -55,10 +55,16 @@ mod tests {
         let mut max_seen = Duration::ZERO;
         for _ in 0..200 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(20) && d <= Duration::from_secs(5), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(20) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
             max_seen = max_seen.max(d);
         }
-        assert!(max_seen > Duration::from_secs(1), "never grew: {max_seen:?}");
+        assert!(
+            max_seen > Duration::from_secs(1),
+            "never grew: {max_seen:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod mail;

@@ -117,12 +117,19 @@ async fn watch_once(
             )));
         }
         Some(Err(e)) => return Err(e),
-        None => return Err(TeleportError::Unavailable("the watch stream closed before INIT".into())),
+        None => {
+            return Err(TeleportError::Unavailable(
+                "the watch stream closed before INIT".into(),
+            ));
+        }
     }
     backoff.reset();
     if config.reconcile {
         let requests = client.list_access_requests(None).await?;
-        tracing::debug!(count = requests.len(), "Reconciling the existing access requests");
+        tracing::debug!(
+            count = requests.len(),
+            "Reconciling the existing access requests"
+        );
         for r in requests {
             dispatcher.submit(WatchEvent::Put(Box::new(r))).await;
         }
@@ -249,7 +256,10 @@ mod tests {
                 self.max_running.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 if let WatchEvent::Put(r) = &event {
-                    self.log.lock().unwrap().push(format!("{}:{}", r.id, r.reason));
+                    self.log
+                        .lock()
+                        .unwrap()
+                        .push(format!("{}:{}", r.id, r.reason));
                 }
                 self.running.fetch_sub(1, Ordering::SeqCst);
             })
@@ -276,7 +286,10 @@ mod tests {
             let want: Vec<_> = (0..5).map(|i| format!("{id}:{i}")).collect();
             assert_eq!(seq, want);
         }
-        assert!(rec.max_running.load(Ordering::SeqCst) >= 2, "requests did not run concurrently");
+        assert!(
+            rec.max_running.load(Ordering::SeqCst) >= 2,
+            "requests did not run concurrently"
+        );
         assert!(rec.max_running.load(Ordering::SeqCst) <= 3);
     }
 

@@ -1,4 +1,5 @@
 //! Integration tests over real sockets and the built binary. One test binary, one module per area.
 
 mod cli;
+mod plugin;
 mod teleport;

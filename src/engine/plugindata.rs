@@ -1,0 +1,241 @@
+//! The per-request state kept in Teleport's plugin data, encoded exactly as the original plugin
+//! encodes it (plugin name `email`, seven keys), so either can continue the other's threads.
+
+use std::collections::BTreeMap;
+
+/// The plugin name the data is stored under.
+pub const PLUGIN_NAME: &str = "email";
+
+/// The seven keys the original always writes.
+pub const KEYS: [&str; 7] = [
+    "user",
+    "roles",
+    "request_reason",
+    "reviews_count",
+    "resolution",
+    "resolve_reason",
+    "email_threads",
+];
+
+/// How a request ended, as stored in `resolution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Approved,
+    Denied,
+    Expired,
+    /// Ours: the original never writes it (it ignores promoted requests) and reads it as "resolved".
+    Promoted,
+}
+
+impl Resolution {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Approved => "APPROVED",
+            Self::Denied => "DENIED",
+            Self::Expired => "EXPIRED",
+            Self::Promoted => "PROMOTED",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "APPROVED" => Some(Self::Approved),
+            "DENIED" => Some(Self::Denied),
+            "EXPIRED" => Some(Self::Expired),
+            "PROMOTED" => Some(Self::Promoted),
+            _ => None,
+        }
+    }
+}
+
+/// One recipient's mail thread: the address, when it started, and its first Message-ID (kept
+/// exactly as stored, brackets and all, so re-encoding changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub email: String,
+    pub timestamp: String,
+    pub message_id: String,
+}
+
+/// Decoded plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginData {
+    pub user: String,
+    pub roles: Vec<String>,
+    pub request_reason: String,
+    pub reviews_count: usize,
+    pub resolution: Option<Resolution>,
+    /// The raw `resolution` value when it is not one we know (kept, never overwritten blindly).
+    pub resolution_other: String,
+    pub resolve_reason: String,
+    pub threads: Vec<Thread>,
+}
+
+impl PluginData {
+    /// Whether a resolution (of any kind) is recorded.
+    pub fn is_resolved(&self) -> bool {
+        self.resolution.is_some() || !self.resolution_other.is_empty()
+    }
+
+    /// The seven keys, as the original writes them (empty strings where unset).
+    pub fn encode(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("user".into(), self.user.clone());
+        m.insert("roles".into(), self.roles.join(","));
+        m.insert("request_reason".into(), self.request_reason.clone());
+        m.insert(
+            "reviews_count".into(),
+            if self.reviews_count == 0 {
+                String::new()
+            } else {
+                self.reviews_count.to_string()
+            },
+        );
+        let resolution = match self.resolution {
+            Some(r) => r.as_str().to_owned(),
+            None => self.resolution_other.clone(),
+        };
+        m.insert("resolution".into(), resolution);
+        m.insert("resolve_reason".into(), self.resolve_reason.clone());
+        m.insert(
+            "email_threads".into(),
+            self.threads
+                .iter()
+                .map(|t| format!("{}/{}/{}", t.email, t.timestamp, t.message_id))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        m
+    }
+
+    /// Reads stored data the way the original does: unknown `reviews_count` is 0, thread items
+    /// that do not split into exactly three parts are skipped, and the legacy `email` +
+    /// `timestamp` keys become a first thread without a Message-ID.
+    pub fn decode(m: &BTreeMap<String, String>) -> Self {
+        let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+        let roles = get("roles");
+        let mut threads = Vec::new();
+        let (legacy_email, legacy_ts) = (get("email"), get("timestamp"));
+        if !legacy_email.is_empty() && !legacy_ts.is_empty() {
+            threads.push(Thread {
+                email: legacy_email,
+                timestamp: legacy_ts,
+                message_id: String::new(),
+            });
+        }
+        for item in get("email_threads").split(',').filter(|s| !s.is_empty()) {
+            let parts: Vec<&str> = item.split('/').collect();
+            if let [email, timestamp, message_id] = parts[..] {
+                threads.push(Thread {
+                    email: email.into(),
+                    timestamp: timestamp.into(),
+                    message_id: message_id.into(),
+                });
+            }
+        }
+        let resolution_raw = get("resolution");
+        let resolution = Resolution::parse(&resolution_raw);
+        Self {
+            user: get("user"),
+            roles: if roles.is_empty() {
+                Vec::new()
+            } else {
+                roles.split(',').map(str::to_owned).collect()
+            },
+            request_reason: get("request_reason"),
+            reviews_count: get("reviews_count").parse().unwrap_or(0),
+            resolution,
+            resolution_other: if resolution.is_none() {
+                resolution_raw
+            } else {
+                String::new()
+            },
+            resolve_reason: get("resolve_reason"),
+            threads,
+        }
+    }
+
+    /// What the original sends as "expected" when there is no data yet: all seven keys empty.
+    pub fn empty_encoding() -> BTreeMap<String, String> {
+        KEYS.iter()
+            .map(|k| (k.to_string(), String::new()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PluginData {
+        PluginData {
+            user: "user-foo".into(),
+            roles: vec!["role-foo".into(), "role-bar".into()],
+            request_reason: "foo reason".into(),
+            reviews_count: 3,
+            resolution: Some(Resolution::Approved),
+            resolution_other: String::new(),
+            resolve_reason: "foo ok".into(),
+            threads: vec![
+                Thread {
+                    email: "E1".into(),
+                    timestamp: "0000001".into(),
+                    message_id: "M1".into(),
+                },
+                Thread {
+                    email: "E2".into(),
+                    timestamp: "0000002".into(),
+                    message_id: "M2".into(),
+                },
+            ],
+        }
+    }
+
+    /// The original's TestEncodeDecodePluginData.
+    #[test]
+    fn encode_decode() {
+        let m = sample().encode();
+        assert_eq!(m.len(), 7);
+        assert_eq!(m["roles"], "role-foo,role-bar");
+        assert_eq!(m["reviews_count"], "3");
+        assert_eq!(m["resolution"], "APPROVED");
+        assert_eq!(m["resolve_reason"], "foo ok");
+        assert_eq!(m["email_threads"], "E1/0000001/M1,E2/0000002/M2");
+        assert_eq!(m["user"], "user-foo");
+        assert_eq!(m["request_reason"], "foo reason");
+        assert_eq!(PluginData::decode(&m), sample());
+    }
+
+    /// The original's TestEncodeEmptyPluginData and TestDecodeEmptyPluginData.
+    #[test]
+    fn empty() {
+        let m = PluginData::default().encode();
+        assert_eq!(m, PluginData::empty_encoding());
+        assert_eq!(PluginData::decode(&BTreeMap::new()), PluginData::default());
+    }
+
+    #[test]
+    fn legacy_keys_and_malformed_threads() {
+        let m: BTreeMap<String, String> = [
+            ("email", "old@example.com"),
+            ("timestamp", "2020-01-01"),
+            (
+                "email_threads",
+                "a@x/t1/<id1@mailgun>,broken,b@x/t2/id2,c/d/e/f",
+            ),
+            ("reviews_count", "many"),
+            ("resolution", "SOMETHING_NEW"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let d = PluginData::decode(&m);
+        let emails: Vec<_> = d.threads.iter().map(|t| t.email.as_str()).collect();
+        assert_eq!(emails, ["old@example.com", "a@x", "b@x"]);
+        assert_eq!(d.threads[0].message_id, "");
+        assert_eq!(d.threads[1].message_id, "<id1@mailgun>");
+        assert_eq!(d.reviews_count, 0);
+        assert!(d.is_resolved());
+        assert_eq!(d.encode()["resolution"], "SOMETHING_NEW");
+    }
+}
