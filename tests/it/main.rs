@@ -1,3 +1,4 @@
 //! Integration tests over real sockets and the built binary. One test binary, one module per area.
 
 mod cli;
+mod real;
