@@ -2,11 +2,12 @@
 //!
 //! They run only when `TELEPORT_BIN`, `TCTL_BIN` and `TSH_BIN` name the binaries; otherwise each
 //! prints a `SKIPPED real_cluster::<test>` line and passes. None of Teleport's code or binaries
-//! is part of this repository.
+//! is part of this repository. What these tests pinned about the real Teleport is written up in
+//! `FINDINGS.md` beside this file.
 //!
 //! The harness: [`RealCluster`] (start, `tctl`, `tsh`, identities), RBAC from the user guide
-//! (`rbac`), access-request helpers (`requests`), TLS/HTTP probes (`probe`), the SQLite backend
-//! (`backend`).
+//! (`rbac`), access-request helpers (`requests`), an nginx L7 balancer (`nginx`), TLS/HTTP
+//! probes (`probe`), the SQLite backend (`backend`).
 
 // The harness is shared by tests yet to come; not every helper is used yet.
 #![allow(dead_code)]
@@ -42,17 +43,30 @@ macro_rules! real_cluster {
     };
 }
 
+/// The cluster shared by the tests that only read or add requests, with the RBAC in place, or
+/// SKIPPED (see `real_binaries_or_skip!`).
+macro_rules! shared_real_cluster {
+    () => {
+        crate::real::shared(real_binaries_or_skip!())
+    };
+}
+
 mod backend;
 mod certs;
 mod cluster;
+mod nginx;
 mod probe;
 mod process;
 mod rbac;
 mod requests;
 
+mod facts;
 mod smoke;
 
+use std::sync::OnceLock;
+
 pub use cluster::{Binaries, IdentityFormat, RealCluster, SignedIdentity};
+pub use nginx::L7Balancer;
 pub use requests::RequestState;
 
 /// Prints the loud line that says a real-cluster test did not run. It goes to the process's
@@ -64,4 +78,17 @@ pub fn print_skipped(test: &str, missing: &[&str]) {
         "SKIPPED real_cluster::{test}: TELEPORT_BIN/TCTL_BIN/TSH_BIN not set ({} missing; see README \"Real-cluster tests\")",
         missing.join(", ")
     );
+}
+
+/// One cluster for the whole test binary, started on first use with the RBAC created.
+///
+/// It lives in a `static`, so it is never dropped: its watchdog stops teleport and deletes its
+/// directory when the test process exits.
+pub fn shared(bins: Binaries) -> &'static RealCluster {
+    static SHARED: OnceLock<RealCluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cluster = RealCluster::start_with(bins);
+        cluster.create_rbac();
+        cluster
+    })
 }
