@@ -2,4 +2,5 @@
 
 mod cli;
 mod plugin;
+mod real;
 mod teleport;
