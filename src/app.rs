@@ -1,13 +1,13 @@
 //! The one place that wires concrete parts together and runs them until shutdown.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Credentials, MailerConfig};
-use crate::engine::{Engine, Routing};
+use crate::engine::{DeliveryPolicy, Engine, Routing};
 use crate::exit::Exit;
 use crate::logging::Logging;
 use crate::mail::{self, Mailer};
@@ -47,7 +47,7 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
     };
     runtime.block_on(async {
         let root = CancellationToken::new();
-        let _reloads = match shutdown::install(root.clone()) {
+        let reloads = match shutdown::install(root.clone()) {
             Ok(rx) => rx,
             Err(e) => {
                 tracing::error!(error = %e, "Terminating with fatal error: cannot install signal handlers");
@@ -55,7 +55,12 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
             }
         };
         tokio::select! {
-            exit = run(loaded.config, root.clone()) => exit,
+            exit = run_with_reload(loaded.config, root.clone(), Some(Reload {
+                path: config_path.to_owned(),
+                debug,
+                logging,
+                signals: reloads,
+            })) => exit,
             _ = shutdown::grace_expired(root, shutdown::GRACE_PERIOD) => {
                 tracing::error!("In-flight work did not finish within the grace period; exiting");
                 Exit::Forced
@@ -64,9 +69,27 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
     })
 }
 
+/// Where a SIGHUP reload gets its new config, and what it applies it to.
+pub struct Reload {
+    pub path: PathBuf,
+    pub debug: bool,
+    pub logging: Option<Logging>,
+    /// One `()` per SIGHUP.
+    pub signals: mpsc::Receiver<()>,
+}
+
 /// Runs the daemon with a validated config until `root` is cancelled or a fatal error.
 pub async fn run(config: Config, root: CancellationToken) -> Exit {
-    match run_inner(config, root).await {
+    run_with_reload(config, root, None).await
+}
+
+/// [`run`], reloading the config from `reload` on each signal.
+pub async fn run_with_reload(
+    config: Config,
+    root: CancellationToken,
+    reload: Option<Reload>,
+) -> Exit {
+    match run_inner(config, root, reload).await {
         Ok(()) => {
             tracing::info!("Successfully shut down");
             Exit::Success
@@ -80,7 +103,11 @@ pub async fn run(config: Config, root: CancellationToken) -> Exit {
 
 type Fatal = (Exit, String);
 
-async fn run_inner(config: Config, root: CancellationToken) -> Result<(), Fatal> {
+async fn run_inner(
+    config: Config,
+    root: CancellationToken,
+    reload: Option<Reload>,
+) -> Result<(), Fatal> {
     let fail_fast = fail_fast_from_env().map_err(|e| (Exit::Config, e))?;
     let client = connect_teleport(&config, &root).await?;
     let cluster = tokio::time::timeout(INIT_TIMEOUT, client.ping())
@@ -101,12 +128,24 @@ async fn run_inner(config: Config, root: CancellationToken) -> Result<(), Fatal>
     let mailer = build_mailer(&config).await?;
     let engine = Arc::new(Engine::new(
         client.clone(),
-        mailer,
         cluster,
         Routing {
             recipients: config.recipients.clone(),
+            mailer,
+        },
+        DeliveryPolicy {
+            retry_for: config.delivery.retry_timeout,
+            ..DeliveryPolicy::default()
         },
     ));
+    if let Some(reload) = reload {
+        tokio::spawn(reload_loop(
+            reload,
+            config.clone(),
+            engine.clone(),
+            root.clone(),
+        ));
+    }
     let (ready_tx, _ready_rx) = watch::channel(false);
     let watcher_config = WatcherConfig {
         fail_fast,
@@ -115,6 +154,58 @@ async fn run_inner(config: Config, root: CancellationToken) -> Result<(), Fatal>
     watcher::run(client, engine, watcher_config, ready_tx, root)
         .await
         .map_err(|e| (Exit::Runtime, e.to_string()))
+}
+
+/// Applies a new config on each SIGHUP: log settings, recipients, mailer and its secrets. A config
+/// that does not load, or a mailer that fails its health check, is rejected and the old one stays.
+async fn reload_loop(
+    mut reload: Reload,
+    mut current: Config,
+    engine: Arc<Engine>,
+    root: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = root.cancelled() => return,
+            signal = reload.signals.recv() => if signal.is_none() { return },
+        }
+        tracing::info!(config = %reload.path.display(), "SIGHUP: reloading the configuration");
+        let loaded = match config::load(&reload.path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
+                continue;
+            }
+        };
+        let new = loaded.config;
+        let mailer = match build_mailer(&new).await {
+            Ok(m) => m,
+            Err((_, e)) => {
+                tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
+                continue;
+            }
+        };
+        if let Some(Err(e)) = reload
+            .logging
+            .as_ref()
+            .map(|l| l.apply(&new.log, reload.debug))
+        {
+            tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
+            continue;
+        }
+        for warning in &loaded.warnings {
+            tracing::warn!(config = %reload.path.display(), "{warning}");
+        }
+        if new.teleport != current.teleport {
+            tracing::warn!("The [teleport] section changed: it takes effect at the next restart");
+        }
+        engine.set_routing(Routing {
+            recipients: new.recipients.clone(),
+            mailer,
+        });
+        tracing::info!("Configuration reloaded");
+        current = new;
+    }
 }
 
 async fn connect_teleport(

@@ -105,7 +105,12 @@ pub const MAILGUN_DEFAULT_API_BASE: &str = "https://api.mailgun.net/v3";
 pub struct DeliveryConfig {
     /// The `From` of every mail; empty only when the file left it out (warned).
     pub sender: String,
+    /// How long a mail that failed for a transient reason is retried before an ERROR.
+    pub retry_timeout: Duration,
 }
+
+/// The default of `delivery.retry_timeout`.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `[role_to_recipients]`: role name → addresses; always has a non-empty `"*"`.
 #[derive(Debug, Clone, PartialEq)]

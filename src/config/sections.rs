@@ -38,7 +38,7 @@ pub fn read(root: &Table) -> (Option<Config>, Findings) {
     let teleport = read_teleport(&mut f, teleport_table);
     let mailer = read_mailer(&mut f, root);
     let delivery_table = table(&mut f, root, "delivery");
-    let (sender, legacy_recipients) = read_delivery(&mut f, delivery_table);
+    let (sender, retry_timeout, legacy_recipients) = read_delivery(&mut f, delivery_table);
     let recipients = read_recipients(&mut f, root, legacy_recipients);
     let log_table = table(&mut f, root, "log");
     let log = read_log(&mut f, log_table);
@@ -46,7 +46,10 @@ pub fn read(root: &Table) -> (Option<Config>, Findings) {
         Some(Config {
             teleport: teleport?,
             mailer: mailer?,
-            delivery: DeliveryConfig { sender },
+            delivery: DeliveryConfig {
+                sender,
+                retry_timeout,
+            },
             recipients: recipients?,
             log: log?,
         })
@@ -334,11 +337,14 @@ pub fn permissions_warning(path: &Path, what: &str) -> Option<String> {
     })
 }
 
-fn read_delivery(f: &mut Findings, t: &Table) -> (String, Option<Vec<String>>) {
+fn read_delivery(f: &mut Findings, t: &Table) -> (String, Duration, Option<Vec<String>>) {
     let mut s = Section::new("delivery", t);
     let sender = s
         .string(f, "sender", &["Sender", "SENDER"])
         .unwrap_or_default();
+    let retry_timeout = s
+        .duration(f, "retry_timeout")
+        .unwrap_or(DEFAULT_RETRY_TIMEOUT);
     let recipients = s
         .has("recipients", &["Recipients", "RECIPIENTS"])
         .then(|| s.strings(f, "recipients"))
@@ -352,7 +358,7 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (String, Option<Vec<String>>) {
             format!("{sender:?} is not an email address (use noreply@example.com or \"Name <noreply@example.com>\")"),
         );
     }
-    (sender, recipients)
+    (sender, retry_timeout, recipients)
 }
 
 fn read_recipients(

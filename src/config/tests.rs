@@ -244,6 +244,7 @@ fn configure_output_documents_every_key() {
         "password_file",
         "starttls_policy",
         "implicit_tls",
+        "retry_timeout",
         "sender",
         "recipients",
         "output",

@@ -7,27 +7,30 @@
 
 mod plugindata;
 mod recipients;
+mod stage;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 
-pub use plugindata::{PLUGIN_NAME, PluginData, Resolution, Thread};
+pub use plugindata::{Claim, PLUGIN_NAME, PluginData, Resolution, Thread};
 pub use recipients::{recipients_for, web_link};
+use stage::{Job, Stage};
 
 use crate::config::RecipientMap;
-use crate::mail::render::{self, RequestSummary, ReviewState, ReviewSummary};
-use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
-use crate::teleport::identity::rfc3339;
+use crate::mail::render::RequestSummary;
+use crate::mail::{MailError, Mailer, MessageId};
 use crate::teleport::{
-    AccessRequest, ClusterInfo, RequestState, Review, TeleportClient, TeleportError, WatchEvent,
+    AccessRequest, ClusterInfo, RequestState, TeleportClient, TeleportError, WatchEvent,
 };
 use crate::watcher::{BoxFuture, EventHandler};
 
-/// Compare-and-swap attempts before giving up, as the original.
-const MAX_CAS_TRIES: usize = 5;
+/// Compare-and-swap attempts before giving up (the original tries 5 times; replicas contend more).
+const MAX_CAS_TRIES: usize = 10;
+
+/// How long a claim on a request's mails lasts unless renewed.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Why handling an event failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,49 +39,98 @@ pub enum EngineError {
     Teleport(#[from] TeleportError),
     #[error("plugin data: gave up after {MAX_CAS_TRIES} compare-and-swap conflicts")]
     TooManyConflicts,
-    #[error("{failed} of {total} mail(s) could not be sent: {first}")]
+    #[error("{failed} recipient(s) did not get the {stage} mail: {first}")]
     Mail {
+        stage: &'static str,
         failed: usize,
-        total: usize,
         first: MailError,
     },
 }
 
 /// The settings that can change at run time (config reload).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Routing {
     pub recipients: RecipientMap,
+    pub mailer: Arc<dyn Mailer>,
+}
+
+/// How hard delivery tries.
+#[derive(Debug, Clone)]
+pub struct DeliveryPolicy {
+    /// How long a transient failure is retried before an ERROR.
+    pub retry_for: Duration,
+    /// The first wait between retries; it doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long our claim on a request lasts without renewal.
+    pub lease: Duration,
+    /// Who we are in claims: unique per process.
+    pub instance: String,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        Self {
+            retry_for: Duration::from_secs(600),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            lease: DEFAULT_LEASE,
+            instance: instance_id(),
+        }
+    }
+}
+
+/// A name for this process in claims: host, pid and a random part.
+pub fn instance_id() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .collect();
+    format!("{host}.{}.{:x}", std::process::id(), rand::random::<u32>())
 }
 
 /// Handles access-request events.
 pub struct Engine {
     client: TeleportClient,
-    mailer: Arc<dyn Mailer>,
     cluster: ClusterInfo,
-    routing: RwLock<Arc<Routing>>,
+    routing: RwLock<Routing>,
+    policy: DeliveryPolicy,
+}
+
+enum Claimed {
+    /// Nothing owed in this stage.
+    Done,
+    /// Another instance holds the request until then (Unix ms).
+    Busy(u64),
+    /// Ours; the data as claimed.
+    Ours(Box<PluginData>),
 }
 
 impl Engine {
     pub fn new(
         client: TeleportClient,
-        mailer: Arc<dyn Mailer>,
         cluster: ClusterInfo,
         routing: Routing,
+        policy: DeliveryPolicy,
     ) -> Self {
         Self {
             client,
-            mailer,
             cluster,
-            routing: RwLock::new(Arc::new(routing)),
+            routing: RwLock::new(routing),
+            policy,
         }
     }
 
-    /// Replaces the recipients (config reload); events handled later use the new ones.
+    /// Replaces recipients and mailer (config reload); events handled later use the new ones.
     pub fn set_routing(&self, routing: Routing) {
-        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = routing;
     }
 
-    fn routing(&self) -> Arc<Routing> {
+    fn routing(&self) -> Routing {
         self.routing
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -98,202 +150,180 @@ impl Engine {
     }
 
     async fn on_put(&self, req: &AccessRequest) -> Result<(), EngineError> {
-        match req.state {
-            RequestState::Pending => self.on_pending(req).await,
-            RequestState::Approved => self.on_resolved(req, Resolution::Approved).await,
-            RequestState::Denied => self.on_resolved(req, Resolution::Denied).await,
-            RequestState::Promoted => self.on_resolved(req, Resolution::Promoted).await,
+        let tag = match req.state {
+            RequestState::Pending => return self.on_pending(req).await,
+            RequestState::Approved => Resolution::Approved,
+            RequestState::Denied => Resolution::Denied,
+            RequestState::Promoted => Resolution::Promoted,
             other => {
                 tracing::warn!(request_id = %req.id, state = ?other, "Unknown request state");
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        // A request resolved before we ever saw it pending still gets its threads first.
+        self.on_pending(req).await?;
+        self.run_stage(
+            &req.id,
+            Stage::Resolution {
+                tag,
+                reason: req.resolve_reason.clone(),
+                access_list: req.promoted_to.clone(),
+            },
+        )
+        .await
     }
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
+        let recipients = recipients_for(&self.routing().recipients, req);
         let fresh = PluginData {
             user: req.user.clone(),
             roles: req.roles.clone(),
             request_reason: req.reason.clone(),
+            intended: Some(recipients.clone()),
             ..Default::default()
         };
         let created = self
-            .modify(&req.id, |old| match old {
-                None => Some(fresh.clone()),
-                Some(_) => None,
-            })
+            .modify(&req.id, |old| old.is_none().then(|| fresh.clone()))
             .await?;
-        if let Some((_, data)) = created {
-            let recipients = recipients_for(&self.routing().recipients, req);
-            if recipients.is_empty() {
-                tracing::warn!(request_id = %req.id, "No recipients to send");
-                return Ok(());
-            }
-            self.send_new_threads(req, &data, &recipients).await?;
+        if created.is_some() && recipients.is_empty() {
+            tracing::warn!(request_id = %req.id, "No recipients to send");
         }
+        self.run_stage(&req.id, Stage::NewThreads).await?;
         if !req.reviews.is_empty() {
-            self.send_reviews(req).await?;
+            self.run_stage(&req.id, Stage::Reviews(req.reviews.clone()))
+                .await?;
         }
         Ok(())
     }
 
-    async fn on_resolved(&self, req: &AccessRequest, tag: Resolution) -> Result<(), EngineError> {
-        let reviews = self.send_reviews(req).await;
-        let reason = req.resolve_reason.clone();
-        let resolution = self
-            .send_resolution(&req.id, tag, &reason, req.promoted_to.as_deref())
-            .await;
-        reviews.and(resolution)
-    }
-
     async fn on_delete(&self, id: &str) -> Result<(), EngineError> {
-        self.send_resolution(id, Resolution::Expired, "", None)
-            .await
-    }
-
-    /// One new-thread mail per recipient, then the threads recorded.
-    async fn send_new_threads(
-        &self,
-        req: &AccessRequest,
-        data: &PluginData,
-        recipients: &[String],
-    ) -> Result<(), EngineError> {
-        let summary = self.summary(&req.id, data);
-        let rendered = render::new_request(&summary, &render::Resolution::Pending);
-        let sends = recipients.iter().map(|to| {
-            let mail = OutgoingMail::new(to.clone(), rendered.clone(), MessageId::generate(), None);
-            async move {
-                let result = self.mailer.send(&mail).await;
-                (to.clone(), result)
-            }
-        });
-        let results = join_all(sends).await;
-        let mut threads = Vec::new();
-        let mut failures = Vec::new();
-        for (to, result) in results {
-            match result {
-                Ok(id) => {
-                    tracing::info!(request_id = %req.id, email = %to, message_id = %id, kind = "new threads", "Successfully sent");
-                    threads.push(Thread {
-                        email: to,
-                        timestamp: rfc3339(SystemTime::now()),
-                        message_id: id.as_str().to_owned(),
-                    });
-                }
-                Err(e) => failures.push((to, e)),
-            }
-        }
-        if !threads.is_empty() {
-            self.modify(&req.id, |old| {
-                let mut d = old.cloned().unwrap_or_default();
-                d.threads.extend(threads.iter().cloned());
-                Some(d)
-            })
-            .await?;
-        }
-        mail_result(&req.id, "new threads", recipients.len(), failures)
-    }
-
-    /// Replies for the reviews not yet announced, in every thread.
-    async fn send_reviews(&self, req: &AccessRequest) -> Result<(), EngineError> {
-        let count = req.reviews.len();
-        let claimed = self
-            .modify(&req.id, |old| {
-                let d = old?;
-                if d.threads.is_empty() || d.reviews_count >= count {
-                    return None;
-                }
-                let mut d = d.clone();
-                d.reviews_count = count;
-                Some(d)
-            })
-            .await?;
-        let Some((old, data)) = claimed else {
-            tracing::debug!(request_id = %req.id, "No new reviews to announce");
-            return Ok(());
-        };
-        let summary = self.summary(&req.id, &data);
-        let mut total = 0;
-        let mut failures = Vec::new();
-        for review in &req.reviews[old.map_or(0, |o| o.reviews_count).min(count)..] {
-            let rendered = render::review(&summary, &review_summary(review));
-            let (n, mut f) = self
-                .send_to_threads(&req.id, &data.threads, &rendered, "new review")
-                .await;
-            total += n;
-            failures.append(&mut f);
-        }
-        mail_result(&req.id, "new review", total, failures)
-    }
-
-    /// The resolution (or expiry) mail in every thread, once.
-    async fn send_resolution(
-        &self,
-        id: &str,
-        tag: Resolution,
-        reason: &str,
-        access_list: Option<&str>,
-    ) -> Result<(), EngineError> {
-        let claimed = self
-            .modify(id, |old| {
-                let d = old?;
-                if d.threads.is_empty() || d.is_resolved() {
-                    return None;
-                }
-                let mut d = d.clone();
-                d.resolution = Some(tag);
-                d.resolve_reason = reason.to_owned();
-                Some(d)
-            })
-            .await?;
-        let Some((_, data)) = claimed else {
-            tracing::debug!(request_id = %id, "Resolution already announced (or no threads)");
-            return Ok(());
-        };
-        let status = match tag {
-            Resolution::Approved => render::Resolution::Approved(reason.to_owned()),
-            Resolution::Denied => render::Resolution::Denied(reason.to_owned()),
-            Resolution::Expired => render::Resolution::Expired,
-            Resolution::Promoted => render::Resolution::Promoted {
-                reason: reason.to_owned(),
-                access_list: access_list.unwrap_or_default().to_owned(),
+        self.run_stage(
+            id,
+            Stage::Resolution {
+                tag: Resolution::Expired,
+                reason: String::new(),
+                access_list: None,
             },
-        };
-        let rendered = render::resolved(&self.summary(id, &data), &status);
-        let (total, failures) = self
-            .send_to_threads(id, &data.threads, &rendered, "request resolved")
-            .await;
-        tracing::info!(request_id = %id, resolution = ?tag, "Marked request with resolution and sent emails");
-        mail_result(id, "request resolved", total, failures)
+        )
+        .await
     }
 
-    async fn send_to_threads(
-        &self,
-        id: &str,
-        threads: &[Thread],
-        rendered: &render::RenderedMail,
-        kind: &'static str,
-    ) -> (usize, Vec<(String, MailError)>) {
-        let sends = threads.iter().map(|t| {
-            let parent = MessageId::parse(&t.message_id).ok();
-            let mail = OutgoingMail::new(
-                t.email.clone(),
-                rendered.clone(),
-                MessageId::generate(),
-                parent,
-            );
-            async move { (t.email.clone(), self.mailer.send(&mail).await) }
-        });
-        let mut failures = Vec::new();
-        for (to, result) in join_all(sends).await {
-            match result {
-                Ok(mid) => {
-                    tracing::info!(request_id = %id, email = %to, message_id = %mid, kind, "Successfully sent")
+    /// Delivers everything `stage` still owes: claim the request, send, record each recipient's
+    /// progress, release; transient failures are retried with backoff for `retry_for`.
+    async fn run_stage(&self, id: &str, stage: Stage) -> Result<(), EngineError> {
+        let deadline = Instant::now() + self.policy.retry_for;
+        let mut backoff = self.policy.min_backoff;
+        loop {
+            let data = match self.claim(id, &stage).await? {
+                Claimed::Done => return Ok(()),
+                Claimed::Busy(until) => {
+                    // Poll: the holder usually finishes well before its lease runs out.
+                    let wait = until.saturating_sub(now_ms()).clamp(50, 500);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    continue;
                 }
-                Err(e) => failures.push((to, e)),
+                Claimed::Ours(data) => *data,
+            };
+            let summary = self.summary(id, &data);
+            let jobs = stage.work(&data, &summary);
+            let mailer = self.routing().mailer;
+            let outcomes = join_all(jobs.iter().map(|job| send_job(mailer.as_ref(), job))).await;
+
+            let mut transient = Vec::new();
+            let mut permanent = Vec::new();
+            let mut retry_after = None;
+            for (job, (delivered, first_id, error)) in jobs.iter().zip(&outcomes) {
+                for mail in &job.mails[..*delivered] {
+                    tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
+                }
+                let _ = first_id;
+                match error {
+                    Some(e) if e.is_transient() => {
+                        retry_after = retry_after.max(e.retry_after());
+                        transient.push((job.email.clone(), e.clone()));
+                    }
+                    Some(e) => permanent.push((job.email.clone(), e.clone())),
+                    None => {}
+                }
             }
+            let give_up = !transient.is_empty() && Instant::now() + backoff > deadline;
+            let keep_claim = !transient.is_empty() && !give_up;
+            let stage_name = stage.name();
+            self.modify(id, |old| {
+                let mut d = old?.clone();
+                for (job, (delivered, first_id, _)) in jobs.iter().zip(&outcomes) {
+                    stage.record(&mut d, &job.email, *delivered, first_id.as_ref());
+                }
+                for (email, _) in &permanent {
+                    d.failed.push(format!("{email}/{stage_name}"));
+                }
+                d.claim = keep_claim.then(|| self.lease());
+                Some(d)
+            })
+            .await?;
+            for (email, e) in &permanent {
+                tracing::error!(request_id = %id, email = %email, stage = stage_name, error = %e, "Mail could not be delivered and will not be retried (permanent failure)");
+            }
+            if give_up {
+                for (email, e) in &transient {
+                    tracing::error!(request_id = %id, email = %email, stage = stage_name, error = %e, retried_for = ?self.policy.retry_for, "Mail could not be delivered; giving up until the next restart or reconnect");
+                }
+            }
+            if transient.is_empty() || give_up {
+                let failed = permanent.len() + if give_up { transient.len() } else { 0 };
+                let first = permanent.into_iter().chain(transient).next();
+                return match first {
+                    Some((_, first)) if failed > 0 => Err(EngineError::Mail {
+                        stage: stage_name,
+                        failed,
+                        first,
+                    }),
+                    _ => Ok(()),
+                };
+            }
+            let wait = retry_after.unwrap_or(backoff).max(backoff);
+            for (email, e) in &transient {
+                tracing::warn!(request_id = %id, email = %email, stage = stage_name, error = %e, retry_in = ?wait, "Mail delivery failed; will retry");
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.policy.max_backoff);
         }
-        (threads.len(), failures)
+    }
+
+    fn lease(&self) -> Claim {
+        Claim {
+            owner: self.policy.instance.clone(),
+            until_ms: now_ms() + self.policy.lease.as_millis() as u64,
+        }
+    }
+
+    /// Takes the request for `stage`, unless nothing is owed or another live instance holds it.
+    async fn claim(&self, id: &str, stage: &Stage) -> Result<Claimed, EngineError> {
+        let mut outcome = Claimed::Done;
+        let written = self
+            .modify(id, |old| {
+                outcome = Claimed::Done;
+                let data = old?;
+                if let Some(c) = &data.claim
+                    && c.owner != self.policy.instance
+                    && c.until_ms > now_ms()
+                {
+                    outcome = Claimed::Busy(c.until_ms);
+                    return None;
+                }
+                let mut d = stage.begin(data)?;
+                if stage.work(&d, &self.summary(id, &d)).is_empty() {
+                    // Nothing owed: still write the stage's start marks (and drop a stale claim).
+                    d.claim = None;
+                    return (d != *data).then_some(d);
+                }
+                d.claim = Some(self.lease());
+                outcome = Claimed::Ours(Box::new(d.clone()));
+                Some(d)
+            })
+            .await?;
+        let _ = written;
+        Ok(outcome)
     }
 
     fn summary(&self, id: &str, data: &PluginData) -> RequestSummary {
@@ -317,9 +347,9 @@ impl Engine {
     async fn modify(
         &self,
         id: &str,
-        update: impl Fn(Option<&PluginData>) -> Option<PluginData>,
+        mut update: impl FnMut(Option<&PluginData>) -> Option<PluginData>,
     ) -> Result<Option<(Option<PluginData>, PluginData)>, EngineError> {
-        for _ in 0..MAX_CAS_TRIES {
+        for attempt in 0..MAX_CAS_TRIES {
             let raw = self.client.get_plugin_data(id, PLUGIN_NAME).await?;
             let old = raw.as_ref().map(PluginData::decode);
             let Some(new) = update(old.as_ref()) else {
@@ -336,7 +366,7 @@ impl Engine {
                 None => PluginData::empty_encoding(),
             };
             let mut set = new.encode();
-            // Keys we do not write (e.g. the legacy `email`/`timestamp`) are cleared.
+            // Keys we no longer write (a released claim, the legacy `email`/`timestamp`) are cleared.
             for k in expect.keys() {
                 set.entry(k.clone()).or_default();
             }
@@ -346,7 +376,10 @@ impl Engine {
                 .await
             {
                 Ok(()) => return Ok(Some((old, new))),
-                Err(TeleportError::CompareFailed(_)) => continue,
+                Err(TeleportError::CompareFailed(_)) => {
+                    let jitter = rand::random_range(0..10u64 << attempt.min(5));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -354,42 +387,26 @@ impl Engine {
     }
 }
 
-fn review_summary(r: &Review) -> ReviewSummary {
-    ReviewSummary {
-        author: r.author.clone(),
-        state: match r.proposed {
-            RequestState::Approved => ReviewState::Approved,
-            RequestState::Denied => ReviewState::Denied,
-            RequestState::Promoted => ReviewState::Other("PROMOTED".into()),
-            RequestState::Pending => ReviewState::Other("PENDING".into()),
-            RequestState::None => ReviewState::Other("NONE".into()),
-            RequestState::Unknown(v) => ReviewState::Other(v.to_string()),
-        },
-        reason: r.reason.clone(),
-        created: r.created.unwrap_or_else(SystemTime::now),
+/// Sends one recipient's mails in order; stops at the first failure.
+/// Returns how many went out, the first one's Message-ID, and the failure.
+async fn send_job(mailer: &dyn Mailer, job: &Job) -> (usize, Option<MessageId>, Option<MailError>) {
+    let mut first = None;
+    for (i, mail) in job.mails.iter().enumerate() {
+        match mailer.send(mail).await {
+            Ok(id) => {
+                first.get_or_insert(id);
+            }
+            Err(e) => return (i, first, Some(e)),
+        }
     }
+    (job.mails.len(), first, None)
 }
 
-fn mail_result(
-    id: &str,
-    kind: &str,
-    total: usize,
-    failures: Vec<(String, MailError)>,
-) -> Result<(), EngineError> {
-    let failed = failures.len();
-    let mut first = None;
-    for (to, e) in failures {
-        tracing::error!(request_id = %id, email = %to, kind, error = %e, transient = e.is_transient(), "Mail could not be delivered");
-        first.get_or_insert(e);
-    }
-    match first {
-        None => Ok(()),
-        Some(first) => Err(EngineError::Mail {
-            failed,
-            total,
-            first,
-        }),
-    }
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl EventHandler for Engine {
@@ -397,6 +414,3 @@ impl EventHandler for Engine {
         Box::pin(async move { self.handle_event(event).await })
     }
 }
-
-/// The plugin data map type, for tests.
-pub type RawPluginData = BTreeMap<String, String>;

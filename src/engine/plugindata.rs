@@ -57,6 +57,24 @@ pub struct Thread {
     pub message_id: String,
 }
 
+/// Our own keys, beside the original's seven (which keep their meaning). Each value starts with
+/// `v1:` so that "present but empty" survives Teleport's rule that an empty value deletes a key;
+/// an absent key means "as the original's keys say".
+pub const KEY_RECIPIENTS: &str = "te_recipients";
+pub const KEY_REVIEWS_SENT: &str = "te_reviews_sent";
+pub const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
+pub const KEY_FAILED: &str = "te_failed";
+pub const KEY_CLAIM: &str = "te_claim";
+const V1: &str = "v1:";
+
+/// Who is working on a request's mails, and until when (a lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    /// Unix milliseconds.
+    pub until_ms: u64,
+}
+
 /// Decoded plugin data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PluginData {
@@ -69,6 +87,16 @@ pub struct PluginData {
     pub resolution_other: String,
     pub resolve_reason: String,
     pub threads: Vec<Thread>,
+    /// Everyone who should get a thread (ours; absent in the original's data: the threads are it).
+    pub intended: Option<Vec<String>>,
+    /// Per recipient, how many reviews they were sent (ours; absent: `reviews_count` each).
+    pub reviews_sent: Option<BTreeMap<String, usize>>,
+    /// Who got the resolution mail (ours; absent: everyone, once `resolution` is set).
+    pub resolution_sent: Option<Vec<String>>,
+    /// `email/stage` pairs that failed for good and are not retried.
+    pub failed: Vec<String>,
+    /// The current claim on this request's mails.
+    pub claim: Option<Claim>,
 }
 
 impl PluginData {
@@ -105,6 +133,25 @@ impl PluginData {
                 .collect::<Vec<_>>()
                 .join(","),
         );
+        if let Some(list) = &self.intended {
+            m.insert(KEY_RECIPIENTS.into(), format!("{V1}{}", list.join(",")));
+        }
+        if let Some(sent) = &self.reviews_sent {
+            let pairs: Vec<String> = sent.iter().map(|(e, n)| format!("{e}/{n}")).collect();
+            m.insert(KEY_REVIEWS_SENT.into(), format!("{V1}{}", pairs.join(",")));
+        }
+        if let Some(list) = &self.resolution_sent {
+            m.insert(
+                KEY_RESOLUTION_SENT.into(),
+                format!("{V1}{}", list.join(",")),
+            );
+        }
+        if !self.failed.is_empty() {
+            m.insert(KEY_FAILED.into(), format!("{V1}{}", self.failed.join(",")));
+        }
+        if let Some(c) = &self.claim {
+            m.insert(KEY_CLAIM.into(), format!("{V1}{}/{}", c.owner, c.until_ms));
+        }
         m
     }
 
@@ -152,7 +199,50 @@ impl PluginData {
             },
             resolve_reason: get("resolve_reason"),
             threads,
+            intended: ours(m, KEY_RECIPIENTS).map(|v| split_list(&v)),
+            reviews_sent: ours(m, KEY_REVIEWS_SENT).map(|v| {
+                split_list(&v)
+                    .iter()
+                    .filter_map(|p| {
+                        let (e, n) = p.rsplit_once('/')?;
+                        Some((e.to_owned(), n.parse().ok()?))
+                    })
+                    .collect()
+            }),
+            resolution_sent: ours(m, KEY_RESOLUTION_SENT).map(|v| split_list(&v)),
+            failed: ours(m, KEY_FAILED)
+                .map(|v| split_list(&v))
+                .unwrap_or_default(),
+            claim: ours(m, KEY_CLAIM).and_then(|v| {
+                let (owner, until) = v.rsplit_once('/')?;
+                Some(Claim {
+                    owner: owner.to_owned(),
+                    until_ms: until.parse().ok()?,
+                })
+            }),
         }
+    }
+
+    /// How many reviews `email` has been sent.
+    pub fn reviews_sent_to(&self, email: &str) -> usize {
+        match &self.reviews_sent {
+            Some(m) => m.get(email).copied().unwrap_or(0),
+            None => self.reviews_count,
+        }
+    }
+
+    /// Whether `email` has had the resolution mail.
+    pub fn resolution_sent_to(&self, email: &str) -> bool {
+        match &self.resolution_sent {
+            Some(list) => list.iter().any(|e| e == email),
+            None => self.is_resolved(),
+        }
+    }
+
+    /// Whether `email` failed for good at `stage`.
+    pub fn failed_at(&self, email: &str, stage: &str) -> bool {
+        let key = format!("{email}/{stage}");
+        self.failed.contains(&key)
     }
 
     /// What the original sends as "expected" when there is no data yet: all seven keys empty.
@@ -161,6 +251,18 @@ impl PluginData {
             .map(|k| (k.to_string(), String::new()))
             .collect()
     }
+}
+
+/// One of our `v1:` values, `None` when absent or not ours.
+fn ours(m: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    m.get(key)?.strip_prefix(V1).map(str::to_owned)
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -176,6 +278,11 @@ mod tests {
             resolution: Some(Resolution::Approved),
             resolution_other: String::new(),
             resolve_reason: "foo ok".into(),
+            intended: None,
+            reviews_sent: None,
+            resolution_sent: None,
+            failed: vec![],
+            claim: None,
             threads: vec![
                 Thread {
                     email: "E1".into(),
@@ -212,6 +319,28 @@ mod tests {
         let m = PluginData::default().encode();
         assert_eq!(m, PluginData::empty_encoding());
         assert_eq!(PluginData::decode(&BTreeMap::new()), PluginData::default());
+    }
+
+    #[test]
+    fn our_keys_round_trip_and_absent_means_original_semantics() {
+        let mut d = sample();
+        assert_eq!(d.reviews_sent_to("E1"), 3);
+        assert!(d.resolution_sent_to("E2"));
+        d.intended = Some(vec!["E1".into(), "E2".into(), "E3".into()]);
+        d.reviews_sent = Some([("E1".to_owned(), 3), ("E2".to_owned(), 1)].into());
+        d.resolution_sent = Some(vec![]);
+        d.failed = vec!["E3/new".into()];
+        d.claim = Some(Claim {
+            owner: "host-1.abc".into(),
+            until_ms: 1_700_000_000_000,
+        });
+        let m = d.encode();
+        assert_eq!(m[KEY_RESOLUTION_SENT], "v1:");
+        assert_eq!(m[KEY_REVIEWS_SENT], "v1:E1/3,E2/1");
+        assert_eq!(PluginData::decode(&m), d);
+        assert_eq!(d.reviews_sent_to("E2"), 1);
+        assert!(!d.resolution_sent_to("E1"));
+        assert!(d.failed_at("E3", "new"));
     }
 
     #[test]
