@@ -164,6 +164,22 @@ impl Harness {
         }
     }
 
+    /// The SMTP receiver (SMTP harnesses only).
+    pub fn smtp(&self) -> &SmtpReceiver {
+        match &self.receiver {
+            Receiver::Smtp(s) => s,
+            Receiver::Mailgun(_) => panic!("not an SMTP harness"),
+        }
+    }
+
+    /// The Mailgun stand-in (Mailgun harnesses only).
+    pub fn mailgun(&self) -> &MailgunStandIn {
+        match &self.receiver {
+            Receiver::Mailgun(m) => m,
+            Receiver::Smtp(_) => panic!("not a Mailgun harness"),
+        }
+    }
+
     /// Every mail received so far.
     pub fn all_mails(&self) -> Vec<Mail> {
         match &self.receiver {
@@ -245,7 +261,7 @@ impl Harness {
     }
 }
 
-fn sorted_to(mails: &[Mail]) -> Vec<String> {
+pub fn sorted_to(mails: &[Mail]) -> Vec<String> {
     let mut to: Vec<_> = mails.iter().map(|m| m.to.clone()).collect();
     to.sort();
     to
@@ -642,7 +658,7 @@ async fn promoted_requests_get_a_resolution(backend: Backend) {
 
 impl Harness {
     /// Stops our daemon but keeps the fake cluster and the mail receiver.
-    async fn shutdown_daemon_only(&mut self) {
+    pub async fn shutdown_daemon_only(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             assert_eq!(
@@ -656,7 +672,7 @@ impl Harness {
     }
 
     /// Starts our daemon again with the same peers.
-    async fn restart_daemon(&mut self, backend: Backend) {
+    pub async fn restart_daemon(&mut self, backend: Backend) {
         let identity = self._dir.path().join("identity");
         let mailer = match (&self.receiver, backend) {
             (Receiver::Smtp(s), _) => format!(
