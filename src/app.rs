@@ -135,6 +135,7 @@ async fn run_inner(
         },
         DeliveryPolicy {
             retry_for: config.delivery.retry_timeout,
+            id_host: message_id_host(&config.delivery.sender),
             ..DeliveryPolicy::default()
         },
     ));
@@ -266,6 +267,16 @@ async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
             )
         })?;
     Ok(mailer)
+}
+
+/// The domain of the sender's address (the same on every replica), or this host's name.
+fn message_id_host(sender: &str) -> String {
+    sender
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_owned())
+        .filter(|d| !d.is_empty())
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// `TELEPORT_PLUGIN_FAIL_FAST`, read with Go's boolean rules; any other value is an error.

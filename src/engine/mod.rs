@@ -66,6 +66,8 @@ pub struct DeliveryPolicy {
     pub lease: Duration,
     /// Who we are in claims: unique per process.
     pub instance: String,
+    /// The right-hand side of our Message-IDs: the sender's domain, the same for every replica.
+    pub id_host: String,
 }
 
 impl Default for DeliveryPolicy {
@@ -76,6 +78,7 @@ impl Default for DeliveryPolicy {
             max_backoff: Duration::from_secs(10),
             lease: DEFAULT_LEASE,
             instance: instance_id(),
+            id_host: "localhost".into(),
         }
     }
 }
@@ -225,7 +228,7 @@ impl Engine {
                 Claimed::Ours(data) => *data,
             };
             let summary = self.summary(id, &data);
-            let jobs = stage.work(&data, &summary);
+            let jobs = stage.work(&data, &summary, &self.policy.id_host);
             let mailer = self.routing().mailer;
             let outcomes = join_all(jobs.iter().map(|job| send_job(mailer.as_ref(), job))).await;
 
@@ -312,7 +315,10 @@ impl Engine {
                     return None;
                 }
                 let mut d = stage.begin(data)?;
-                if stage.work(&d, &self.summary(id, &d)).is_empty() {
+                if stage
+                    .work(&d, &self.summary(id, &d), &self.policy.id_host)
+                    .is_empty()
+                {
                     // Nothing owed: still write the stage's start marks (and drop a stale claim).
                     d.claim = None;
                     return (d != *data).then_some(d);

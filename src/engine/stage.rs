@@ -78,8 +78,12 @@ impl Stage {
         Some(d)
     }
 
-    /// The mails still owed, per recipient, in sending order.
-    pub fn work(&self, data: &PluginData, summary: &RequestSummary) -> Vec<Job> {
+    /// The mails still owed, per recipient, in sending order. Message-IDs are derived from the
+    /// request, recipient and stage, under `id_host`, so a resend reuses them.
+    pub fn work(&self, data: &PluginData, summary: &RequestSummary, id_host: &str) -> Vec<Job> {
+        let id = |email: &str, part: &str| {
+            MessageId::derived(&format!("{}/{email}/{part}", summary.id), id_host)
+        };
         let stage = self.name();
         let open = |email: &str| !data.failed_at(email, stage);
         match self {
@@ -96,7 +100,7 @@ impl Stage {
                         mails: vec![OutgoingMail::new(
                             e.clone(),
                             rendered.clone(),
-                            MessageId::generate(),
+                            id(e, "new"),
                             None,
                         )],
                     })
@@ -112,7 +116,11 @@ impl Stage {
                         let mails: Vec<_> = reviews
                             .get(from..upto)?
                             .iter()
-                            .map(|r| reply(t, render::review(summary, &review_summary(r))))
+                            .enumerate()
+                            .map(|(i, r)| {
+                                let rendered = render::review(summary, &review_summary(r));
+                                reply(t, rendered, id(&t.email, &format!("review{}", from + i)))
+                            })
                             .collect();
                         (!mails.is_empty()).then(|| Job {
                             email: t.email.clone(),
@@ -141,7 +149,7 @@ impl Stage {
                     .filter(|t| open(&t.email) && !data.resolution_sent_to(&t.email))
                     .map(|t| Job {
                         email: t.email.clone(),
-                        mails: vec![reply(t, rendered.clone())],
+                        mails: vec![reply(t, rendered.clone(), id(&t.email, "resolution"))],
                     })
                     .collect()
             }
@@ -195,14 +203,9 @@ pub struct Job {
     pub mails: Vec<OutgoingMail>,
 }
 
-fn reply(thread: &Thread, rendered: RenderedMail) -> OutgoingMail {
+fn reply(thread: &Thread, rendered: RenderedMail, id: MessageId) -> OutgoingMail {
     let parent = MessageId::parse(&thread.message_id).ok();
-    OutgoingMail::new(
-        thread.email.clone(),
-        rendered,
-        MessageId::generate(),
-        parent,
-    )
+    OutgoingMail::new(thread.email.clone(), rendered, id, parent)
 }
 
 fn review_summary(r: &Review) -> ReviewSummary {

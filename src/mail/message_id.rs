@@ -47,6 +47,24 @@ impl MessageId {
         ))
     }
 
+    /// The same id wherever and whenever it is made for `key` (request, recipient, stage), in the
+    /// same `BASE36.BASE36@host` shape: a retry, a restart or another replica that sends the same
+    /// mail again reuses its Message-ID, so mail clients see one message.
+    pub fn derived(key: &str, host: &str) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let bytes = digest.as_ref();
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&bytes[..8]);
+        b.copy_from_slice(&bytes[8..16]);
+        Self(format!(
+            "{}.{}@{}",
+            base36(u128::from(u64::from_be_bytes(a))),
+            base36(u128::from(u64::from_be_bytes(b))),
+            clean_host(host)
+        ))
+    }
+
     /// Reads a stored or header-form id, accepting `id@host`, `<id@host>` and `<<id@host>>`.
     pub fn parse(s: &str) -> Result<Self, MessageIdError> {
         let mut inner = s.trim();
@@ -138,6 +156,15 @@ fn base36(mut n: u128) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let a = MessageId::derived("req-1/a@x/new", "example.com");
+        assert_eq!(a, MessageId::derived("req-1/a@x/new", "example.com"));
+        assert_ne!(a, MessageId::derived("req-1/b@x/new", "example.com"));
+        assert!(a.as_str().ends_with("@example.com"));
+        assert_eq!(MessageId::parse(a.as_str()), Ok(a));
+    }
+
     use super::*;
 
     #[test]
