@@ -9,20 +9,25 @@ use std::sync::Arc;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::Layered;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry, reload};
 
 use crate::config::{LogConfig, LogFormat, LogOutput, LogSeverity};
 
-type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+/// The level filter sits directly on the registry (a global filter: per-layer filters cannot be
+/// swapped at run time); the output layer sits on top of it.
+type Filtered = Layered<reload::Layer<Targets, Registry>, Registry>;
+type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
 
 /// Crates whose debug output is noise (or could echo request headers): kept at INFO at most.
 const QUIET_CRATES: &[&str] = &["h2", "hyper", "hyper_util", "reqwest", "tower", "mio"];
 
 /// The installed subscriber; [`Logging::apply`] swaps its settings.
 pub struct Logging {
-    handle: reload::Handle<BoxedLayer, Registry>,
+    filter: reload::Handle<Targets, Registry>,
+    output: reload::Handle<BoxedLayer, Filtered>,
 }
 
 /// The log file could not be opened.
@@ -42,17 +47,23 @@ impl Logging {
             severity: LogSeverity::Info,
             format: LogFormat::Text,
         };
-        let layer = build(&default, false).ok()?;
-        let (layer, handle) = reload::Layer::new(layer);
-        tracing_subscriber::registry().with(layer).try_init().ok()?;
-        Some(Self { handle })
+        let (targets, layer) = build(&default, false).ok()?;
+        let (targets, filter) = reload::Layer::new(targets);
+        let (layer, output) = reload::Layer::new(layer);
+        tracing_subscriber::registry()
+            .with(targets)
+            .with(layer)
+            .try_init()
+            .ok()?;
+        Some(Self { filter, output })
     }
 
     /// Applies `[log]` (with `--debug` forcing DEBUG); the old settings stay if this fails.
     pub fn apply(&self, config: &LogConfig, debug: bool) -> Result<(), LogError> {
-        let layer = build(config, debug)?;
+        let (targets, layer) = build(config, debug)?;
         // Only fails when the subscriber is gone, i.e. the process is exiting.
-        let _ = self.handle.reload(layer);
+        let _ = self.output.reload(layer);
+        let _ = self.filter.reload(targets);
         Ok(())
     }
 }
@@ -70,7 +81,7 @@ fn level(config: &LogConfig, debug: bool) -> LevelFilter {
     }
 }
 
-fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
+fn build(config: &LogConfig, debug: bool) -> Result<(Targets, BoxedLayer), LogError> {
     let level = level(config, debug);
     let quiet = level.min(LevelFilter::INFO);
     let filter = QUIET_CRATES
@@ -103,7 +114,6 @@ fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
-            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -111,8 +121,7 @@ fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
             .with_current_span(false)
             .with_span_list(false)
             .with_writer(writer)
-            .with_filter(filter)
             .boxed(),
     };
-    Ok(layer)
+    Ok((filter, layer))
 }

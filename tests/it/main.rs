@@ -3,5 +3,6 @@
 mod cli;
 mod delivery;
 mod plugin;
+mod process;
 mod real;
 mod teleport;

@@ -1,0 +1,279 @@
+//! The built binary as operators run it: killed with SIGKILL and restarted, two replicas with one
+//! killed half-way through a burst, and SIGHUP config reloads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
+use teleport_email::testkit::pki::KeyKind;
+use teleport_email::testkit::smtp::SmtpReceiver;
+
+const ALL: &str = "all@example.com";
+const R1: &str = "reviewer1@example.com";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Peers {
+    auth: Arc<FakeAuth>,
+    smtp: SmtpReceiver,
+    dir: tempfile::TempDir,
+}
+
+impl Peers {
+    async fn start() -> Self {
+        let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+        let smtp = SmtpReceiver::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
+        let p = Self { auth, smtp, dir };
+        p.write_config("config.toml", &format!("\"*\" = \"{ALL}\"\n"));
+        p
+    }
+
+    fn write_config(&self, name: &str, recipients: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        let text = format!(
+            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n[delivery]\nsender = \"noreply@example.com\"\n[role_to_recipients]\n{recipients}",
+            self.auth.addr(),
+            self.dir.path().join("identity").display(),
+            self.smtp.port()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+}
+
+/// A daemon process with its log in a file.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    async fn start(config: &Path, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_teleport-email"))
+            .args(["start", "--config"])
+            .arg(config)
+            .arg("--debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the daemon starts");
+        let d = Self { child, log };
+        d.wait_log("Plugin is ready", 1).await;
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, needle: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.log_text().matches(needle).count() < times {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{needle:?} never logged {times} time(s):\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    async fn stop(mut self) -> i32 {
+        self.signal("-TERM");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (request, recipient, kind) → distinct Message-IDs and copies received.
+fn tally(smtp: &SmtpReceiver) -> BTreeMap<(String, String, &'static str), (Vec<String>, usize)> {
+    let mut out: BTreeMap<_, (Vec<String>, usize)> = BTreeMap::new();
+    for m in smtp.messages() {
+        let msg = mail_parser::MessageParser::default()
+            .parse(&m.data)
+            .unwrap();
+        let subject = msg.subject().unwrap_or_default().to_owned();
+        let id = subject.rsplit("Role Request ").next().unwrap().to_owned();
+        let text = msg.body_text(0).unwrap_or_default();
+        let kind = if text.contains("You have a new Role Request") {
+            "new"
+        } else if text.contains("reviewed the request") {
+            "review"
+        } else {
+            "resolved"
+        };
+        let e = out.entry((id, m.rcpt_to.join(","), kind)).or_default();
+        let mid = msg.message_id().unwrap_or_default().to_owned();
+        if !e.0.contains(&mid) {
+            e.0.push(mid);
+        }
+        e.1 += 1;
+    }
+    out
+}
+
+/// Every recipient holds exactly one message per stage: one Message-ID for each (request,
+/// recipient, stage). A resend after a crash reuses the Message-ID, so it is the same message.
+fn assert_one_message_each(
+    smtp: &SmtpReceiver,
+    ids: &[String],
+    recipients: &[&str],
+    kinds: &[&str],
+) {
+    let t = tally(smtp);
+    for id in ids {
+        for to in recipients {
+            for k in kinds {
+                let key = (id.clone(), to.to_string(), *k);
+                let (mids, _) = t
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{to} never got the {k} mail of {id}"));
+                assert_eq!(
+                    mids.len(),
+                    1,
+                    "{key:?} arrived as different messages: {mids:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        t.len(),
+        ids.len() * recipients.len() * kinds.len(),
+        "unexpected mails: {t:#?}"
+    );
+}
+
+async fn wait_messages(smtp: &SmtpReceiver, distinct: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tally(smtp).len() < distinct {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {distinct} distinct mails",
+            tally(smtp).len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_then_a_request_while_down_then_restart() {
+    let p = Peers::start().await;
+    let mut d = Daemon::start(&p.config(), p.dir.path().join("d1.log")).await;
+    let a = p
+        .auth
+        .create_request("a@example.com", &["editor"], "first", &[R1]);
+    wait_messages(&p.smtp, 2).await;
+    d.kill9();
+    let b = p
+        .auth
+        .create_request("b@example.com", &["editor"], "while down", &[R1]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tally(&p.smtp).len(), 2);
+    let d = Daemon::start(&p.config(), p.dir.path().join("d2.log")).await;
+    wait_messages(&p.smtp, 4).await;
+    p.auth.resolve(&a, true, "ok");
+    p.auth.resolve(&b, false, "no");
+    wait_messages(&p.smtp, 8).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_one_message_each(&p.smtp, &[a, b], &[ALL, R1], &["new", "resolved"]);
+    assert_eq!(d.stop().await, 0, "graceful stop exits 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_killed_half_way_through_a_burst() {
+    let p = Peers::start().await;
+    let mut d1 = Daemon::start(&p.config(), p.dir.path().join("d1.log")).await;
+    let d2 = Daemon::start(&p.config(), p.dir.path().join("d2.log")).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        if i == 25 {
+            d1.kill9();
+        }
+        ids.push(
+            p.auth
+                .create_request(&format!("u{i}@example.com"), &["editor"], "burst", &[R1]),
+        );
+    }
+    // The survivor takes over what the dead one had claimed once its lease runs out (30 s).
+    wait_messages(&p.smtp, 100).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_one_message_each(&p.smtp, &ids, &[ALL, R1], &["new"]);
+    assert_eq!(d2.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
+    let p = Peers::start().await;
+    let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
+    let a = p
+        .auth
+        .create_request("a@example.com", &["editor"], "before", &[]);
+    wait_messages(&p.smtp, 1).await;
+
+    p.write_config(
+        "config.toml",
+        &format!("\"*\" = \"{ALL}\"\n\"editor\" = \"editors@example.com\"\n"),
+    );
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 1).await;
+    let b = p
+        .auth
+        .create_request("b@example.com", &["editor"], "after", &[]);
+    wait_messages(&p.smtp, 2).await;
+    let t = tally(&p.smtp);
+    assert!(t.contains_key(&(a.clone(), ALL.to_owned(), "new")));
+    assert!(
+        t.contains_key(&(b.clone(), "editors@example.com".to_owned(), "new")),
+        "{t:#?}"
+    );
+
+    std::fs::write(p.config(), "[smtp]\nstarttls_policy = \"sometimes\"\n").unwrap();
+    d.signal("-HUP");
+    d.wait_log("Configuration reload rejected", 1).await;
+    let c = p
+        .auth
+        .create_request("c@example.com", &["editor"], "still", &[]);
+    wait_messages(&p.smtp, 3).await;
+    assert!(tally(&p.smtp).contains_key(&(c, "editors@example.com".to_owned(), "new")));
+    assert_eq!(d.stop().await, 0);
+}
