@@ -2,6 +2,7 @@
 
 mod cli;
 mod delivery;
+mod hostile;
 mod plugin;
 mod process;
 mod real;
