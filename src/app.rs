@@ -219,6 +219,13 @@ async fn connect_teleport(
             "no Teleport credentials configured: set teleport.identity (or teleport.client_crt, client_key and root_cas)".to_owned(),
         ));
     };
+    let secret_file = match credentials {
+        Credentials::IdentityFile { path, .. } => path,
+        Credentials::KeyPair { key, .. } => key,
+    };
+    if let Some(warning) = config::permissions_warning(secret_file, "the Teleport key file") {
+        tracing::warn!("{warning}");
+    }
     let store = CredentialStore::load(credentials).map_err(|e| (Exit::Teleport, e.to_string()))?;
     if let Credentials::IdentityFile {
         refresh: Some(every),

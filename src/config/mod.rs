@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::secret::Secret;
 
 pub use duration::parse_go_duration;
+pub use sections::permissions_warning;
 
 /// The commented example printed by `teleport-email configure`.
 pub const EXAMPLE_CONFIG: &str = include_str!("example.toml");

@@ -129,6 +129,12 @@ impl PluginData {
             "email_threads".into(),
             self.threads
                 .iter()
+                // A field holding a separator cannot be stored (the original would misread it).
+                .filter(|t| {
+                    ![&t.email, &t.timestamp, &t.message_id]
+                        .iter()
+                        .any(|f| f.contains(['/', ',']))
+                })
                 .map(|t| format!("{}/{}/{}", t.email, t.timestamp, t.message_id))
                 .collect::<Vec<_>>()
                 .join(","),

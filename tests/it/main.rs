@@ -2,6 +2,7 @@
 
 mod cli;
 mod delivery;
+mod fuzz;
 mod hostile;
 mod plugin;
 mod process;
