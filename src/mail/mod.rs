@@ -69,6 +69,9 @@ pub trait Mailer: Send + Sync {
 
     /// `"smtp"` or `"mailgun"`, for logs.
     fn backend(&self) -> &'static str;
+
+    /// Closes idle connections politely, at shutdown; the mailer is not used afterwards.
+    async fn close(&self) {}
 }
 
 /// Builds the mailer the configuration names, sending as `sender`; Mailgun's health check mails

@@ -1,8 +1,9 @@
 //! Test peers (feature `testkit`): a fake Teleport Auth Service with real mTLS and the cluster PKI
-//! behind it, a fake Proxy, an SMTP receiver, a Mailgun stand-in and throwaway TLS material. Used
-//! by the tests, the benchmark and the sandbox; never part of the released binary.
+//! behind it, a fake Proxy, an SMTP receiver, a Mailgun stand-in, a recording mailer and throwaway
+//! TLS material. Used by the tests, the benchmark and the sandbox; never part of the released binary.
 
 pub mod auth;
+pub mod mailer;
 pub mod mailgun;
 pub mod pki;
 pub mod proxy;

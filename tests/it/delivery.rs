@@ -53,7 +53,7 @@ fn assert_exactly_once(mails: &[Mail], requests: usize, recipients: &[&str], kin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_down_for_15s_while_requests_are_created() {
     let mut h = Harness::start(Backend::Smtp, FakeAuthOptions::default()).await;
-    h.smtp().go_down();
+    h.smtp().go_down().await;
     let ids: Vec<_> = (0..5)
         .map(|i| {
             h.auth

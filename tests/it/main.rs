@@ -1,10 +1,15 @@
 //! Integration tests over real sockets and the built binary. One test binary, one module per area.
 
+mod aiosmtpd;
 mod cli;
 mod delivery;
 mod fuzz;
 mod hostile;
+mod mailgun;
+mod native_roots;
 mod plugin;
 mod process;
 mod real;
+mod smtp;
+mod support;
 mod teleport;

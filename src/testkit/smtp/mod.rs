@@ -176,8 +176,13 @@ impl SmtpReceiverBuilder {
 pub struct SmtpReceiver {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    /// The token of the current listener and its sessions; `None` while down.
-    running: Mutex<Option<CancellationToken>>,
+    /// The current listener and its sessions; `None` while down.
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    token: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 struct Shared {
@@ -305,10 +310,12 @@ impl SmtpReceiver {
     }
 
     /// Stops listening and drops every open session: connections are refused until
-    /// [`Self::come_back`].
-    pub fn go_down(&self) {
-        if let Some(token) = self.lock_running().take() {
-            token.cancel();
+    /// [`Self::come_back`]. Returns once the port is closed.
+    pub async fn go_down(&self) {
+        let running = self.lock_running().take();
+        if let Some(running) = running {
+            running.token.cancel();
+            let _ = running.accept.await;
         }
     }
 
@@ -322,20 +329,26 @@ impl SmtpReceiver {
         Ok(())
     }
 
-    fn lock_running(&self) -> MutexGuard<'_, Option<CancellationToken>> {
+    fn lock_running(&self) -> MutexGuard<'_, Option<Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn serve(&self, listener: TcpListener) {
         let token = CancellationToken::new();
-        *self.lock_running() = Some(token.clone());
-        tokio::spawn(accept_loop(listener, Arc::clone(&self.shared), token));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&self.shared),
+            token.clone(),
+        ));
+        *self.lock_running() = Some(Running { token, accept });
     }
 }
 
 impl Drop for SmtpReceiver {
     fn drop(&mut self) {
-        self.go_down();
+        if let Some(running) = self.lock_running().take() {
+            running.token.cancel();
+        }
     }
 }
 

@@ -1,35 +1,47 @@
-//! The SMTP backend: lettre's pooled async transport over rustls, and its errors classified.
+//! The SMTP backend: lettre's SMTP client over our own small connection pool, rustls, and its
+//! errors classified.
 //!
 //! Connections are pooled and reused across mails (the original dials once per mail). TLS follows
 //! `smtp.starttls_policy` (`mandatory` → STARTTLS required, `opportunistic` → used when offered,
 //! `disabled` → never) unless `implicit_tls` is set, when TLS starts with the first byte. Server
 //! certificates are checked against the OS trust store, which honours `SSL_CERT_FILE` and
-//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN) is used only when a username is configured.
+//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN) is used only when a username is configured. Every
+//! network operation has a deadline (see [`dial`]).
+
+mod dial;
+mod pool;
 
 use std::error::Error as _;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::{Error as SmtpError, PoolConfig};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, Message};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::Semaphore;
 
 use super::{AUTO_RESPONSE_SUPPRESS, AUTO_SUBMITTED, MailError, Mailer, MessageId, OutgoingMail};
 use crate::config::{SmtpConfig, StartTlsPolicy};
+use dial::{Dialer, Failure, Security};
+use pool::Pool;
 
 /// Knobs the configuration file does not set; the defaults suit production.
 #[derive(Debug, Clone)]
 pub struct SmtpOptions {
-    /// Per network operation (connect, each command).
+    /// Per network operation: connect, TLS handshake, each command's reply.
     pub timeout: Duration,
     /// Extra trusted CA certificates (PEM), on top of the OS trust store; for tests.
     pub extra_root_certs_pem: Vec<Vec<u8>>,
-    /// Pooled connections kept at most.
+    /// Connections at most, open at once and kept idle (sends beyond it wait their turn).
     pub pool_max_size: u32,
-    /// Idle pooled connections are closed after this; keep it under the server's idle timeout.
+    /// Idle connections older than this are not reused; keep it under the server's idle timeout.
     pub pool_idle_timeout: Duration,
     /// The EHLO name; the host name when `None`.
     pub hello_name: Option<String>,
@@ -47,91 +59,48 @@ impl Default for SmtpOptions {
     }
 }
 
-/// Sends mail through one SMTP server over a pool of connections.
+/// Sends mail through one SMTP server over a small pool of connections.
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    dialer: Dialer,
+    pool: Pool,
+    /// Caps sends in flight at the pool size, so a burst reuses a few connections instead of
+    /// opening one per mail.
+    in_flight: Semaphore,
     /// `host:port`, for messages.
     server: String,
     from: Mailbox,
-    probe: Probe,
 }
-
-/// What the health check needs to dial a fresh connection of its own.
-struct Probe {
-    host: String,
-    port: u16,
-    timeout: Duration,
-    hello: ClientId,
-    tls: Option<TlsParameters>,
-    implicit_tls: bool,
-    policy: StartTlsPolicy,
-    credentials: Option<Credentials>,
-}
-
-const MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
 
 impl SmtpMailer {
-    /// A mailer for `config`, sending as `from`; must be called inside a Tokio runtime (the pool
-    /// runs a cleanup task).
+    /// A mailer for `config`, sending as `from`. Nothing is dialled until the first send.
     pub fn new(config: &SmtpConfig, from: &str, options: SmtpOptions) -> Result<Self, MailError> {
         let setup = |reason: String| MailError::Setup {
             backend: "smtp",
             reason,
         };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(setup("must be created inside a Tokio runtime".into()));
-        }
         let from: Mailbox = from
             .parse()
             .map_err(|e| setup(format!("delivery.sender {from:?} is not a mailbox: {e}")))?;
-        let tls_params = tls_parameters(&config.host, &options.extra_root_certs_pem)
+        let security = security(config, &options.extra_root_certs_pem)
             .map_err(|e| setup(format!("TLS setup for {}: {e}", config.host)))?;
-        let tls = if config.implicit_tls {
-            Tls::Wrapper(tls_params.clone())
-        } else {
-            match config.starttls {
-                StartTlsPolicy::Mandatory => Tls::Required(tls_params.clone()),
-                StartTlsPolicy::Opportunistic => Tls::Opportunistic(tls_params.clone()),
-                StartTlsPolicy::Disabled => Tls::None,
-            }
-        };
-        let hello = options
-            .hello_name
-            .clone()
-            .map(ClientId::Domain)
-            .unwrap_or_default();
         let credentials = config.username.as_ref().map(|user| {
             let password = config.password.as_ref().map(|p| p.expose()).unwrap_or("");
             Credentials::new(user.clone(), password.to_owned())
         });
-        let pool = PoolConfig::new()
-            .max_size(options.pool_max_size.max(1))
-            .idle_timeout(options.pool_idle_timeout);
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .timeout(Some(options.timeout))
-            .hello_name(hello.clone())
-            .tls(tls)
-            .pool_config(pool);
-        if let Some(credentials) = &credentials {
-            builder = builder
-                .credentials(credentials.clone())
-                .authentication(MECHANISMS.to_vec());
-        }
+        let pool_size = options.pool_max_size.max(1) as usize;
         Ok(Self {
-            transport: builder.build(),
-            server: format!("{}:{}", config.host, config.port),
-            from,
-            probe: Probe {
+            dialer: Dialer {
                 host: config.host.clone(),
                 port: config.port,
                 timeout: options.timeout,
-                hello,
-                tls: Some(tls_params),
-                implicit_tls: config.implicit_tls,
-                policy: config.starttls,
+                hello: options.hello_name.map(ClientId::Domain).unwrap_or_default(),
+                security,
                 credentials,
             },
+            pool: Pool::new(pool_size, options.pool_idle_timeout),
+            in_flight: Semaphore::new(pool_size),
+            server: format!("{}:{}", config.host, config.port),
+            from,
         })
     }
 
@@ -171,82 +140,74 @@ impl SmtpMailer {
             ))
             .map_err(|e| bad(e.to_string()))
     }
+
+    /// A pooled connection that still answers NOOP, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, Failure> {
+        while let Some(mut conn) = self.pool.take() {
+            if conn.test_connected().await {
+                return Ok(conn);
+            }
+            conn.abort().await;
+        }
+        self.dialer.dial().await
+    }
+
+    fn classify(&self, failure: Failure) -> MailError {
+        let server = self.server.clone();
+        match failure {
+            Failure::Smtp(e) => classify(server, &e),
+            Failure::Io(e) => classify_io(server, &e),
+            Failure::NoStartTls => MailError::StartTlsUnavailable { server },
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Mailer for SmtpMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
         let message = self.message(mail)?;
-        self.transport
-            .send(message)
+        let envelope = message.envelope().clone();
+        let bytes = message.formatted();
+        let _permit = self
+            .in_flight
+            .acquire()
             .await
-            .map_err(|e| classify(&self.server, &e))?;
-        Ok(mail.message_id.clone())
+            .map_err(|_| MailError::Setup {
+                backend: "smtp",
+                reason: "the mailer was closed".into(),
+            })?;
+        let mut conn = self.connection().await.map_err(|f| self.classify(f))?;
+        match conn.send(&envelope, &bytes).await {
+            Ok(_) => {
+                self.pool.put(conn);
+                Ok(mail.message_id.clone())
+            }
+            Err(e) => {
+                // lettre has already sent QUIT and closed a connection it marked broken.
+                self.pool.put(conn);
+                Err(self.classify(Failure::Smtp(e)))
+            }
+        }
     }
 
+    /// A fresh connection (not a pooled one): connect, EHLO, TLS and AUTH as configured, QUIT.
     async fn health_check(&self) -> Result<(), MailError> {
-        self.probe.run().await.map_err(|e| match e {
-            ProbeError::Smtp(e) => classify(&self.server, &e),
-            ProbeError::NoStartTls => MailError::StartTlsUnavailable {
-                server: self.server.clone(),
-            },
-        })
+        let mut conn = self.dialer.dial().await.map_err(|f| self.classify(f))?;
+        conn.quit()
+            .await
+            .map_err(|e| self.classify(Failure::Smtp(e)))?;
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {
         "smtp"
     }
-}
 
-enum ProbeError {
-    Smtp(SmtpError),
-    NoStartTls,
-}
-
-impl From<SmtpError> for ProbeError {
-    fn from(e: SmtpError) -> Self {
-        Self::Smtp(e)
-    }
-}
-
-impl Probe {
-    /// A fresh connection (not a pooled one): connect, EHLO, TLS and AUTH as configured, QUIT.
-    async fn run(&self) -> Result<(), ProbeError> {
-        let wrapper = if self.implicit_tls {
-            self.tls.clone()
-        } else {
-            None
-        };
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(self.timeout),
-            &self.hello,
-            wrapper,
-            None,
-        )
-        .await?;
-        if !self.implicit_tls {
-            let wanted = match self.policy {
-                StartTlsPolicy::Mandatory if !conn.can_starttls() => {
-                    conn.abort().await;
-                    return Err(ProbeError::NoStartTls);
-                }
-                StartTlsPolicy::Mandatory => true,
-                StartTlsPolicy::Opportunistic => conn.can_starttls(),
-                StartTlsPolicy::Disabled => false,
-            };
-            if let (true, Some(tls)) = (wanted, &self.tls) {
-                conn.starttls(tls.clone(), &self.hello).await?;
-            }
+    async fn close(&self) {
+        self.in_flight.close();
+        for mut conn in self.pool.drain() {
+            let _ = conn.quit().await;
         }
-        if let Some(credentials) = &self.credentials
-            && let Err(e) = conn.auth(&MECHANISMS, credentials).await
-        {
-            conn.abort().await;
-            return Err(e.into());
-        }
-        conn.quit().await?;
-        Ok(())
     }
 }
 
@@ -254,6 +215,19 @@ fn raw_header(name: &'static str, value: &str) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_owned())
 }
 
+fn security(config: &SmtpConfig, extra_pem: &[Vec<u8>]) -> Result<Security, String> {
+    if config.implicit_tls {
+        return implicit_tls_config(extra_pem).map(Security::Implicit);
+    }
+    let params = || tls_parameters(&config.host, extra_pem).map_err(|e| e.to_string());
+    Ok(match config.starttls {
+        StartTlsPolicy::Mandatory => Security::Required(params()?),
+        StartTlsPolicy::Opportunistic => Security::Opportunistic(params()?),
+        StartTlsPolicy::Disabled => Security::None,
+    })
+}
+
+/// STARTTLS parameters: the OS trust store (lettre reads it) plus `extra_pem`.
 fn tls_parameters(host: &str, extra_pem: &[Vec<u8>]) -> Result<TlsParameters, SmtpError> {
     let mut builder = TlsParameters::builder(host.to_owned());
     for pem in extra_pem {
@@ -262,9 +236,31 @@ fn tls_parameters(host: &str, extra_pem: &[Vec<u8>]) -> Result<TlsParameters, Sm
     builder.build_rustls()
 }
 
+/// The rustls config for implicit TLS: the OS trust store plus `extra_pem`, as for STARTTLS.
+fn implicit_tls_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for pem in extra_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("extra root certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("extra root certificate: {e}"))?;
+        }
+    }
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Sorts a lettre error into transient and permanent kinds, naming `server`.
-fn classify(server: &str, e: &SmtpError) -> MailError {
-    let server = server.to_owned();
+fn classify(server: String, e: &SmtpError) -> MailError {
     let reason = e.to_string();
     if let Some(code) = e.status() {
         let code = u16::from(code);
@@ -314,6 +310,18 @@ fn classify(server: &str, e: &SmtpError) -> MailError {
     MailError::Connect { server, reason }
 }
 
+/// Sorts an I/O error from dialling: timeouts, TLS failures, and everything else (transient).
+fn classify_io(server: String, e: &io::Error) -> MailError {
+    let reason = e.to_string();
+    if e.kind() == io::ErrorKind::TimedOut {
+        MailError::Timeout { server, reason }
+    } else if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        MailError::Tls { server, reason }
+    } else {
+        MailError::Connect { server, reason }
+    }
+}
+
 /// Whether a rustls error sits somewhere in the chain (lettre reports handshakes as connection
 /// errors; tokio-rustls wraps rustls errors in `io::Error`).
 fn caused_by_tls(e: &SmtpError) -> bool {
@@ -322,7 +330,7 @@ fn caused_by_tls(e: &SmtpError) -> bool {
         if err.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
+        if let Some(io) = err.downcast_ref::<io::Error>()
             && io
                 .get_ref()
                 .is_some_and(|inner| inner.is::<rustls::Error>())
@@ -403,20 +411,10 @@ mod tests {
     }
 
     #[test]
-    fn needs_a_runtime_and_a_valid_sender() {
-        let err = SmtpMailer::new(&config(), "noreply@example.com", SmtpOptions::default())
+    fn needs_a_valid_sender() {
+        let err = SmtpMailer::new(&config(), "not a mailbox", SmtpOptions::default())
             .err()
             .unwrap();
-        assert!(err.to_string().contains("Tokio runtime"), "{err}");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let err = SmtpMailer::new(&config(), "not a mailbox", SmtpOptions::default())
-                .err()
-                .unwrap();
-            assert!(err.to_string().contains("delivery.sender"), "{err}");
-        });
+        assert!(err.to_string().contains("delivery.sender"), "{err}");
     }
 }

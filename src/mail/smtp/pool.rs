@@ -1,0 +1,59 @@
+//! Idle SMTP connections kept for the next mail.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+
+/// A stack of idle connections: the most recently used is reused first, so the rest age out.
+pub(super) struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The freshest idle connection not older than the idle timeout; older ones are dropped.
+    pub fn take(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.lock();
+        let timeout = self.idle_timeout;
+        idle.retain(|i| i.since.elapsed() < timeout);
+        idle.pop().map(|i| i.conn)
+    }
+
+    /// Keeps `conn` for reuse unless it is broken or the pool is full.
+    pub fn put(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Every idle connection, leaving the pool empty.
+    pub fn drain(&self) -> Vec<AsyncSmtpConnection> {
+        self.lock().drain(..).map(|i| i.conn).collect()
+    }
+}

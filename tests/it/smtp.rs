@@ -1,0 +1,415 @@
+//! The SMTP backend against the in-process receiver: TLS policies, implicit TLS, AUTH, content,
+//! threading, header injection, pooling and error classification.
+
+use std::time::Duration;
+
+use teleport_email::config::StartTlsPolicy;
+use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
+use teleport_email::mail::{MailError, Mailer};
+use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, Stage};
+use teleport_email::testkit::tls::TestPki;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn starttls_receiver(pki: &TestPki, auth: bool) -> SmtpReceiver {
+    let mut builder = SmtpReceiver::builder().starttls(pki.server_config().unwrap());
+    if auth {
+        builder = builder.auth(USER, PASSWORD);
+    }
+    builder.start().await.unwrap()
+}
+
+#[tokio::test]
+async fn plain_relay_without_auth_gets_the_whole_thread() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    assert_eq!(mailer.backend(), "smtp");
+
+    let first = new_thread_mail();
+    let id = mailer.send(&first).await.unwrap();
+    assert_eq!(id, first.message_id);
+    let reply = follow_up_mail(&id);
+    mailer.send(&reply).await.unwrap();
+
+    let got = receiver.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(got[0].mail_from, SENDER);
+    assert_eq!(got[0].rcpt_to, vec![RECIPIENT.to_owned()]);
+    assert!(!got[0].tls);
+    assert_eq!(got[0].auth_user, None);
+    assert_new_thread(&got[0].data, &first);
+    assert_follow_up(&got[1].data, &reply, &id);
+    assert_eq!(
+        parse_mail(&got[1].data).text,
+        "reviewer1@example.com reviewed the request at 05 Mar 24 14:07 UTC.\n\
+         Resolution: ✅ APPROVED.\n\
+         Reason: okay."
+    );
+    // Pooled: both mails went over one connection.
+    assert_eq!(receiver.stats().connections, 1);
+}
+
+#[tokio::test]
+async fn mandatory_starttls_with_auth_plain() {
+    crypto();
+    let pki = pki();
+    let receiver = starttls_receiver(&pki, true).await;
+    let config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, PASSWORD)),
+    );
+    let mailer = smtp_mailer(&config, Some(&pki));
+    mailer.health_check().await.unwrap();
+    let mail = new_thread_mail();
+    mailer.send(&mail).await.unwrap();
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth_user.as_deref(), Some(USER));
+    assert_new_thread(&got[0].data, &mail);
+    // One for the health check, one for the pool.
+    assert_eq!(receiver.stats().auth_successes, 2);
+}
+
+#[tokio::test]
+async fn mandatory_starttls_against_a_server_without_it_is_a_clear_permanent_error() {
+    crypto();
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Mandatory, None);
+    let mailer = smtp_mailer(&config, None);
+    let server = format!("localhost:{}", receiver.port());
+    for err in [
+        mailer.send(&new_thread_mail()).await.unwrap_err(),
+        mailer.health_check().await.unwrap_err(),
+    ] {
+        assert_eq!(
+            err,
+            MailError::StartTlsUnavailable {
+                server: server.clone()
+            }
+        );
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("does not offer STARTTLS"), "{err}");
+    }
+    assert_eq!(receiver.stats().transactions, 0);
+}
+
+#[tokio::test]
+async fn opportunistic_uses_tls_when_offered_and_plain_otherwise() {
+    crypto();
+    let pki = pki();
+    let with_tls = starttls_receiver(&pki, false).await;
+    let config = smtp_config(with_tls.port(), StartTlsPolicy::Opportunistic, None);
+    smtp_mailer(&config, Some(&pki))
+        .send(&new_thread_mail())
+        .await
+        .unwrap();
+    assert!(with_tls.wait_for(1, WAIT).await.unwrap()[0].tls);
+
+    let without = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(without.port(), StartTlsPolicy::Opportunistic, None);
+    let mailer = smtp_mailer(&config, Some(&pki));
+    mailer.health_check().await.unwrap();
+    mailer.send(&new_thread_mail()).await.unwrap();
+    assert!(!without.wait_for(1, WAIT).await.unwrap()[0].tls);
+}
+
+#[tokio::test]
+async fn disabled_never_starts_tls() {
+    crypto();
+    let pki = pki();
+    let receiver = starttls_receiver(&pki, false).await;
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    mailer.health_check().await.unwrap();
+    mailer.send(&new_thread_mail()).await.unwrap();
+    assert!(!receiver.wait_for(1, WAIT).await.unwrap()[0].tls);
+    assert_eq!(receiver.stats().tls_sessions, 0);
+}
+
+#[tokio::test]
+async fn implicit_tls_with_auth_login() {
+    crypto();
+    let pki = pki();
+    let receiver = SmtpReceiver::builder()
+        .implicit_tls(pki.server_config().unwrap())
+        .auth(USER, PASSWORD)
+        .auth_mechanisms(&[AuthMechanism::Login])
+        .start()
+        .await
+        .unwrap();
+    let mut config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, PASSWORD)),
+    );
+    config.implicit_tls = true;
+    let mailer = smtp_mailer(&config, Some(&pki));
+    mailer.health_check().await.unwrap();
+    let first = new_thread_mail();
+    mailer.send(&first).await.unwrap();
+    let reply = follow_up_mail(&first.message_id);
+    mailer.send(&reply).await.unwrap();
+    let got = receiver.wait_for(2, WAIT).await.unwrap();
+    assert!(
+        got.iter()
+            .all(|m| m.tls && m.auth_user.as_deref() == Some(USER))
+    );
+    assert_new_thread(&got[0].data, &first);
+    assert_follow_up(&got[1].data, &reply, &first.message_id);
+}
+
+#[tokio::test]
+async fn auth_plain_only_over_starttls() {
+    crypto();
+    let pki = pki();
+    let receiver = SmtpReceiver::builder()
+        .starttls(pki.server_config().unwrap())
+        .auth(USER, PASSWORD)
+        .auth_mechanisms(&[AuthMechanism::Plain])
+        .auth_requires_tls(true)
+        .start()
+        .await
+        .unwrap();
+    let config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, PASSWORD)),
+    );
+    smtp_mailer(&config, Some(&pki))
+        .send(&new_thread_mail())
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver.wait_for(1, WAIT).await.unwrap()[0]
+            .auth_user
+            .as_deref(),
+        Some(USER)
+    );
+
+    // The same server with TLS disabled never offers AUTH: a clear, permanent error.
+    let config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Disabled,
+        Some((USER, PASSWORD)),
+    );
+    let err = smtp_mailer(&config, None)
+        .send(&new_thread_mail())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MailError::Auth { .. }), "{err}");
+    assert!(
+        err.to_string().contains("offers no AUTH mechanism"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_permanent_and_never_printed() {
+    crypto();
+    let pki = pki();
+    let receiver = starttls_receiver(&pki, true).await;
+    let config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, "wrong-pw-123")),
+    );
+    let mailer = smtp_mailer(&config, Some(&pki));
+    for err in [
+        mailer.send(&new_thread_mail()).await.unwrap_err(),
+        mailer.health_check().await.unwrap_err(),
+    ] {
+        assert!(matches!(err, MailError::Auth { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        let text = format!("{err} {err:?}");
+        assert!(
+            text.contains(&format!("localhost:{}", receiver.port())),
+            "{text}"
+        );
+        assert!(text.contains("535"), "{text}");
+        assert!(!text.contains("wrong-pw-123"), "{text}");
+    }
+    assert_eq!(receiver.stats().auth_failures, 2);
+    assert!(receiver.messages().is_empty());
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_a_permanent_tls_error() {
+    crypto();
+    let pki = pki();
+    let receiver = starttls_receiver(&pki, false).await;
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Mandatory, None);
+    let mailer = smtp_mailer(&config, None);
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(matches!(err, MailError::Tls { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let err = mailer.health_check().await.unwrap_err();
+    assert!(matches!(err, MailError::Tls { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn header_injection_adds_no_header_and_no_recipient() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    let mut mail = injection_mail();
+    // Even a subject handed over raw cannot split the header.
+    mail.subject = format!("raw subject{INJECTION}");
+    mailer.send(&mail).await.unwrap();
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].rcpt_to, vec![RECIPIENT.to_owned()]);
+    assert_eq!(receiver.stats().recipients, 1);
+    assert_no_injected_header(&got[0].data);
+    let parsed = parse_mail(&got[0].data);
+    assert_eq!(parsed.subject, "raw subjectok  Bcc: evil@example.com");
+    assert!(
+        parsed.text.contains("Reason: ok\nBcc: evil@example.com\n"),
+        "{}",
+        parsed.text
+    );
+}
+
+#[tokio::test]
+async fn non_ascii_subject_is_encoded() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mut mail = new_thread_mail();
+    mail.subject = "Zürich ✅ Role Request 1".to_owned();
+    smtp_mailer(&config, None).send(&mail).await.unwrap();
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
+    let subject_line = got[0]
+        .header_lines()
+        .into_iter()
+        .find(|l| l.starts_with("Subject:"))
+        .unwrap();
+    assert!(
+        subject_line.is_ascii() && subject_line.contains("=?utf-8?"),
+        "{subject_line}"
+    );
+    assert_eq!(parse_mail(&got[0].data).subject, mail.subject);
+}
+
+#[tokio::test]
+async fn smtp_4xx_is_transient_and_5xx_permanent() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+
+    receiver.inject(Stage::MailFrom, "451 4.3.0 Try again later", 1);
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(
+        matches!(err, MailError::Rejected { code: 451, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("Try again later"), "{err}");
+
+    receiver.inject(Stage::RcptTo, "550 5.1.1 No such user", 1);
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(
+        matches!(err, MailError::Rejected { code: 550, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+
+    receiver.inject(Stage::Data, "452 4.3.1 Insufficient storage", 1);
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+
+    // The pool recovers: the next mail goes through.
+    mailer.send(&new_thread_mail()).await.unwrap();
+    assert_eq!(receiver.wait_for(1, WAIT).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn server_down_is_transient_and_the_pool_recovers() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    mailer.send(&new_thread_mail()).await.unwrap();
+
+    receiver.go_down().await;
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(matches!(err, MailError::Connect { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(
+        err.to_string()
+            .contains(&format!("localhost:{}", receiver.port())),
+        "{err}"
+    );
+    assert!(mailer.health_check().await.unwrap_err().is_transient());
+
+    receiver.come_back().unwrap();
+    mailer.send(&new_thread_mail()).await.unwrap();
+    assert_eq!(receiver.wait_for(2, WAIT).await.unwrap().len(), 2);
+
+    receiver.refuse_next_connections(1);
+    receiver.go_down().await;
+    receiver.come_back().unwrap();
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(
+        matches!(err, MailError::Rejected { code: 421, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    mailer.send(&new_thread_mail()).await.unwrap();
+}
+
+#[tokio::test]
+async fn silent_server_times_out_transiently() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
+    let options = SmtpOptions {
+        timeout: Duration::from_millis(300),
+        ..SmtpOptions::default()
+    };
+    let mailer = SmtpMailer::new(&config, SENDER, options).unwrap();
+    let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+    assert!(matches!(err, MailError::Timeout { .. }), "{err:?}");
+    assert!(err.is_transient());
+    hold.abort();
+}
+
+#[tokio::test]
+async fn unreachable_server_is_transient() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
+    let err = smtp_mailer(&config, None).health_check().await.unwrap_err();
+    assert!(matches!(err, MailError::Connect { .. }), "{err:?}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_mails_in_parallel_share_a_small_pool() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = std::sync::Arc::new(smtp_mailer(&config, None));
+    let sends = (0..100).map(|_| {
+        let mailer = std::sync::Arc::clone(&mailer);
+        tokio::spawn(async move { mailer.send(&new_thread_mail()).await })
+    });
+    for send in futures_util::future::join_all(sends).await {
+        send.unwrap().unwrap();
+    }
+    let got = receiver.wait_for(100, WAIT).await.unwrap();
+    let ids: std::collections::HashSet<_> =
+        got.iter().map(|m| parse_mail(&m.data).message_id).collect();
+    assert_eq!(ids.len(), 100);
+    assert!(
+        receiver.stats().connections <= 4 + 4,
+        "{:?}",
+        receiver.stats()
+    );
+}
