@@ -126,19 +126,22 @@ async fn run_inner(
         "Connected to Teleport"
     );
     let mailer = build_mailer(&config).await?;
-    let engine = Arc::new(Engine::new(
-        client.clone(),
-        cluster,
-        Routing {
-            recipients: config.recipients.clone(),
-            mailer,
-        },
-        DeliveryPolicy {
-            retry_for: config.delivery.retry_timeout,
-            id_host: message_id_host(&config.delivery.sender),
-            ..DeliveryPolicy::default()
-        },
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            client.clone(),
+            cluster,
+            Routing {
+                recipients: config.recipients.clone(),
+                mailer,
+            },
+            DeliveryPolicy {
+                retry_for: config.delivery.retry_timeout,
+                id_host: message_id_host(&config.delivery.sender),
+                ..DeliveryPolicy::default()
+            },
+        )
+        .with_shutdown(root.clone()),
+    );
     if let Some(reload) = reload {
         tokio::spawn(reload_loop(
             reload,

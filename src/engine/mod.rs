@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
 
 pub use plugindata::{Claim, PLUGIN_NAME, PluginData, Resolution, Thread};
 pub use recipients::{recipients_for, web_link};
@@ -102,6 +103,9 @@ pub struct Engine {
     cluster: ClusterInfo,
     routing: RwLock<Routing>,
     policy: DeliveryPolicy,
+    /// Cancelled at shutdown: retries stop waiting, claims are released, the rest is left to the
+    /// next start (or another replica), which the plugin data tells where to resume.
+    stopping: CancellationToken,
 }
 
 enum Claimed {
@@ -125,7 +129,14 @@ impl Engine {
             cluster,
             routing: RwLock::new(routing),
             policy,
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Stops retries when `token` is cancelled (graceful shutdown).
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.stopping = token;
+        self
     }
 
     /// Replaces recipients and mailer (config reload); events handled later use the new ones.
@@ -219,6 +230,7 @@ impl Engine {
         loop {
             let data = match self.claim(id, &stage).await? {
                 Claimed::Done => return Ok(()),
+                Claimed::Busy(_) if self.stopping.is_cancelled() => return Ok(()),
                 Claimed::Busy(until) => {
                     // Poll: the holder usually finishes well before its lease runs out.
                     let wait = until.saturating_sub(now_ms()).clamp(50, 500);
@@ -288,9 +300,35 @@ impl Engine {
             for (email, e) in &transient {
                 tracing::warn!(request_id = %id, email = %email, stage = stage_name, error = %e, retry_in = ?wait, "Mail delivery failed; will retry");
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopping.cancelled() => {
+                    self.release(id).await?;
+                    tracing::warn!(request_id = %id, stage = stage_name, pending = transient.len(), "Stopping: undelivered mail is left for the next start");
+                    return Ok(());
+                }
+            }
             backoff = (backoff * 2).min(self.policy.max_backoff);
         }
+    }
+
+    /// Drops our claim on the request, if we hold it.
+    async fn release(&self, id: &str) -> Result<(), EngineError> {
+        self.modify(id, |old| {
+            let d = old?;
+            if d.claim
+                .as_ref()
+                .is_some_and(|c| c.owner == self.policy.instance)
+            {
+                let mut d = d.clone();
+                d.claim = None;
+                Some(d)
+            } else {
+                None
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     fn lease(&self) -> Claim {

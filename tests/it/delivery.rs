@@ -160,3 +160,43 @@ async fn watch_dropped_in_the_middle_of_a_burst_of_50() {
     assert_exactly_once(&mails, 50, &[ALL, R1], &["new"]);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_retries_releases_the_claim_and_the_next_start_delivers() {
+    let mut h = Harness::start(Backend::Smtp, FakeAuthOptions::default()).await;
+    h.smtp().go_down().await;
+    let id = h
+        .auth
+        .create_request("u@example.com", &["editor"], "incident", &[R1]);
+    // Wait until the first attempt failed and the daemon is retrying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h
+        .auth
+        .plugin_data(&id, "email")
+        .is_some_and(|d| d.contains_key("te_claim"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = tokio::time::Instant::now();
+    h.shutdown_daemon_only().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the retries"
+    );
+    let data = h.auth.plugin_data(&id, "email").unwrap();
+    assert!(
+        !data.contains_key("te_claim"),
+        "claim left behind: {data:?}"
+    );
+    assert!(
+        data.get("email_threads").is_none_or(|t| t.is_empty()),
+        "{data:?}"
+    );
+    h.smtp().come_back().unwrap();
+    h.restart_daemon(Backend::Smtp).await;
+    let mails = h.next_mails(2).await;
+    h.assert_quiet().await;
+    assert_exactly_once(&mails, 1, &[ALL, R1], &["new"]);
+    h.shutdown().await;
+}
