@@ -11,6 +11,7 @@ use crate::engine::{DeliveryPolicy, Engine, Routing};
 use crate::exit::Exit;
 use crate::logging::Logging;
 use crate::mail::{self, Mailer};
+use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::teleport::identity::rfc3339;
 use crate::teleport::{CredentialStore, DialOptions, INIT_TIMEOUT, TeleportClient};
@@ -109,7 +110,23 @@ async fn run_inner(
     reload: Option<Reload>,
 ) -> Result<(), Fatal> {
     let fail_fast = fail_fast_from_env().map_err(|e| (Exit::Config, e))?;
-    let client = connect_teleport(&config, &root).await?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics {
+        let listener = crate::metrics::bind(addr).await.map_err(|e| {
+            (
+                Exit::Config,
+                format!("metrics.listen: cannot listen on {addr}: {e}"),
+            )
+        })?;
+        tracing::info!(%addr, "Serving /metrics, /healthz and /readyz");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            root.child_token(),
+        ));
+    }
+    let (client, credentials) = connect_teleport(&config, &root).await?;
+    spawn_expiry_gauge(credentials, metrics.clone(), root.child_token());
     let cluster = tokio::time::timeout(INIT_TIMEOUT, client.ping())
         .await
         .map_err(|_| {
@@ -140,7 +157,8 @@ async fn run_inner(
                 ..DeliveryPolicy::default()
             },
         )
-        .with_shutdown(root.clone()),
+        .with_shutdown(root.clone())
+        .with_metrics(metrics.clone()),
     );
     if let Some(reload) = reload {
         tokio::spawn(reload_loop(
@@ -155,7 +173,7 @@ async fn run_inner(
         fail_fast,
         ..WatcherConfig::default()
     };
-    watcher::run(client, engine, watcher_config, ready_tx, root)
+    watcher::run(client, engine, watcher_config, ready_tx, metrics, root)
         .await
         .map_err(|e| (Exit::Runtime, e.to_string()))
 }
@@ -212,10 +230,27 @@ async fn reload_loop(
     }
 }
 
+/// Keeps the identity-expiry gauge current (the identity file may be renewed under us).
+fn spawn_expiry_gauge(
+    credentials: Arc<CredentialStore>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            metrics.set_identity_expiry(credentials.current().info.not_after);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            }
+        }
+    });
+}
+
 async fn connect_teleport(
     config: &Config,
     root: &CancellationToken,
-) -> Result<TeleportClient, Fatal> {
+) -> Result<(TeleportClient, Arc<CredentialStore>), Fatal> {
     let Some(credentials) = &config.teleport.credentials else {
         return Err((
             Exit::Config,
@@ -239,9 +274,14 @@ async fn connect_teleport(
     }
     let info = &store.current().info;
     tracing::info!(user = %info.user, cluster = %info.cluster, expires = %rfc3339(info.not_after), "Loaded Teleport credentials");
-    TeleportClient::connect(DialOptions::new(&config.teleport.addr), store, INIT_TIMEOUT)
-        .await
-        .map_err(|e| (Exit::Teleport, e.to_string()))
+    let client = TeleportClient::connect(
+        DialOptions::new(&config.teleport.addr),
+        store.clone(),
+        INIT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| (Exit::Teleport, e.to_string()))?;
+    Ok((client, store))
 }
 
 async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {

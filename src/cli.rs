@@ -27,6 +27,15 @@ pub enum Command {
         #[arg(short, long)]
         debug: bool,
     },
+    /// Checks the config, the Teleport connection and permissions, and the mail server.
+    Check {
+        /// TOML config file path.
+        #[arg(short, long, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Also send one real test mail to this address.
+        #[arg(long, value_name = "ADDRESS")]
+        send_test: Option<String>,
+    },
     /// Prints an example configuration file, with every key explained.
     Configure,
     /// Prints the version.

@@ -7,12 +7,14 @@
 pub mod address;
 pub mod app;
 pub mod backoff;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod exit;
 pub mod logging;
 pub mod mail;
+pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod teleport;

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::metrics::Metrics;
 use crate::teleport::{TeleportClient, TeleportError, WatchEvent};
 
 /// A boxed future, as handlers return.
@@ -63,6 +64,7 @@ pub async fn run(
     handler: Arc<dyn EventHandler>,
     config: WatcherConfig,
     ready: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> Result<(), WatchError> {
     let dispatcher = Dispatcher::new(handler, config.max_in_flight);
@@ -71,9 +73,10 @@ pub async fn run(
     let result = loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            r = watch_once(&client, &dispatcher, &config, &ready, &mut announced, &mut backoff) => r,
+            r = watch_once(&client, &dispatcher, &config, &ready, &metrics, &mut announced, &mut backoff) => r,
         };
         ready.send_replace(false);
+        metrics.set_ready(false);
         let error = match outcome {
             Ok(()) => TeleportError::Unavailable("the watch stream ended".into()),
             Err(e) => e,
@@ -86,6 +89,7 @@ pub async fn run(
         }
         let delay = backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, "Connection problem with the watch; reconnecting");
+        metrics.reconnect();
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             _ = tokio::time::sleep(delay) => {}
@@ -102,6 +106,7 @@ async fn watch_once(
     dispatcher: &Dispatcher,
     config: &WatcherConfig,
     ready: &watch::Sender<bool>,
+    metrics: &Metrics,
     announced: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), TeleportError> {
@@ -110,7 +115,7 @@ async fn watch_once(
         .await
         .map_err(|_| TeleportError::Unavailable("watcher initialization timed out".into()))?;
     match first {
-        Some(Ok(WatchEvent::Init)) => {}
+        Some(Ok(WatchEvent::Init)) => metrics.event("init"),
         Some(Ok(other)) => {
             return Err(TeleportError::Unavailable(format!(
                 "unexpected first event on the watch (expected INIT): {other:?}"
@@ -135,6 +140,7 @@ async fn watch_once(
         }
     }
     ready.send_replace(true);
+    metrics.set_ready(true);
     if !*announced {
         tracing::info!("Plugin is ready");
         *announced = true;
@@ -144,10 +150,21 @@ async fn watch_once(
     loop {
         match stream.next().await {
             Some(Ok(event @ (WatchEvent::Put(_) | WatchEvent::Delete { .. }))) => {
+                metrics.event(if matches!(event, WatchEvent::Put(_)) {
+                    "put"
+                } else {
+                    "delete"
+                });
                 dispatcher.submit(event).await;
             }
-            Some(Ok(WatchEvent::Init)) => tracing::debug!("Ignoring a second INIT"),
-            Some(Ok(WatchEvent::Other(what))) => tracing::debug!(%what, "Ignoring an event"),
+            Some(Ok(WatchEvent::Init)) => {
+                metrics.event("init");
+                tracing::debug!("Ignoring a second INIT");
+            }
+            Some(Ok(WatchEvent::Other(what))) => {
+                metrics.event("other");
+                tracing::debug!(%what, "Ignoring an event");
+            }
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
         }

@@ -31,6 +31,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub recipients: RecipientMap,
     pub log: LogConfig,
+    /// `[metrics] listen`: where `/metrics`, `/healthz` and `/readyz` are served; off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `[teleport]`: where the cluster is and how we prove who we are.

@@ -21,6 +21,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "delivery",
     "role_to_recipients",
     "log",
+    "metrics",
 ];
 
 /// Reads every section; the config is `None` only when something required could not be built.
@@ -42,6 +43,8 @@ pub fn read(root: &Table) -> (Option<Config>, Findings) {
     let recipients = read_recipients(&mut f, root, legacy_recipients);
     let log_table = table(&mut f, root, "log");
     let log = read_log(&mut f, log_table);
+    let metrics_table = table(&mut f, root, "metrics");
+    let metrics = read_metrics(&mut f, metrics_table);
     let config = (|| {
         Some(Config {
             teleport: teleport?,
@@ -52,6 +55,7 @@ pub fn read(root: &Table) -> (Option<Config>, Findings) {
             },
             recipients: recipients?,
             log: log?,
+            metrics,
         })
     })();
     (config, f)
@@ -484,4 +488,21 @@ fn read_log(f: &mut Findings, t: &Table) -> Option<LogConfig> {
         severity: severity?,
         format: format?,
     })
+}
+
+fn read_metrics(f: &mut Findings, t: &Table) -> Option<std::net::SocketAddr> {
+    let mut s = Section::new("metrics", t);
+    let listen = s.non_empty(f, "listen", &[]);
+    s.finish(f);
+    let listen = listen?;
+    match listen.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            f.error(
+                "metrics.listen",
+                format!("{listen:?} is not an address such as \"127.0.0.1:9105\""),
+            );
+            None
+        }
+    }
 }

@@ -245,6 +245,7 @@ fn configure_output_documents_every_key() {
         "starttls_policy",
         "implicit_tls",
         "retry_timeout",
+        "listen",
         "sender",
         "recipients",
         "output",
@@ -456,4 +457,16 @@ fn syntax_errors_name_the_file() {
     let e = parse("[teleport\n", Path::new("/etc/x.toml")).unwrap_err();
     assert!(matches!(e, ConfigError::Syntax { .. }));
     assert!(e.to_string().contains("/etc/x.toml"));
+}
+
+#[test]
+fn metrics_listen() {
+    let l = ok(&format!(
+        "{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n[metrics]\nlisten = \"127.0.0.1:9105\"\n"
+    ));
+    assert_eq!(l.config.metrics, Some("127.0.0.1:9105".parse().unwrap()));
+    let p = problems(&format!(
+        "{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n[metrics]\nlisten = \"everywhere\"\n"
+    ));
+    assert!(p[0].starts_with("metrics.listen: "), "{p:?}");
 }

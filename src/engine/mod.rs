@@ -22,6 +22,7 @@ use stage::{Job, Stage};
 use crate::config::RecipientMap;
 use crate::mail::render::RequestSummary;
 use crate::mail::{MailError, Mailer, MessageId};
+use crate::metrics::Metrics;
 use crate::teleport::{
     AccessRequest, ClusterInfo, RequestState, TeleportClient, TeleportError, WatchEvent,
 };
@@ -106,6 +107,7 @@ pub struct Engine {
     /// Cancelled at shutdown: retries stop waiting, claims are released, the rest is left to the
     /// next start (or another replica), which the plugin data tells where to resume.
     stopping: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 enum Claimed {
@@ -130,12 +132,19 @@ impl Engine {
             routing: RwLock::new(routing),
             policy,
             stopping: CancellationToken::new(),
+            metrics: Arc::default(),
         }
     }
 
     /// Stops retries when `token` is cancelled (graceful shutdown).
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.stopping = token;
+        self
+    }
+
+    /// Counts sends, failures and retries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -248,6 +257,12 @@ impl Engine {
             let mut permanent = Vec::new();
             let mut retry_after = None;
             for (job, (delivered, first_id, error)) in jobs.iter().zip(&outcomes) {
+                for _ in 0..*delivered {
+                    self.metrics.mail(mailer.backend(), stage.name(), true);
+                }
+                if error.is_some() {
+                    self.metrics.mail(mailer.backend(), stage.name(), false);
+                }
                 for mail in &job.mails[..*delivered] {
                     tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
                 }
@@ -300,6 +315,7 @@ impl Engine {
             for (email, e) in &transient {
                 tracing::warn!(request_id = %id, email = %email, stage = stage_name, error = %e, retry_in = ?wait, "Mail delivery failed; will retry");
             }
+            self.metrics.retry();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stopping.cancelled() => {

@@ -266,7 +266,10 @@ impl Dialer {
             }
             UpgradeMode::Always => {}
         }
-        let outer = self.web_handshake(&["http/1.1"]).await?;
+        let outer = self
+            .web_handshake(&["http/1.1"])
+            .await
+            .map_err(|e| format!("HTTPS to the Proxy for the upgrade: {e}"))?;
         let tunnel = websocket::upgrade(outer, self.host()).await?;
         auth_handshake(Box::new(tunnel), identity, true).await
     }
@@ -349,7 +352,9 @@ fn tls_failure(e: &std::io::Error, cluster_ca: bool) -> String {
         Some(rustls::Error::InvalidCertificate(cert_err)) => {
             format!("TLS handshake failed: the Proxy's web certificate is not trusted ({cert_err:?})")
         }
-        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol))
+            if cluster_ca =>
+        {
             "TLS handshake failed: the server does not speak HTTP/2 (no common application protocol): not a Teleport Auth Service gRPC endpoint".into()
         }
         Some(rustls::Error::AlertReceived(alert)) => {

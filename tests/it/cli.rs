@@ -48,7 +48,7 @@ fn help_on_every_command() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    for cmd in ["start", "configure", "version"] {
+    for cmd in ["start", "check", "configure", "version"] {
         assert!(help.contains(cmd), "{help}");
     }
     let out = run(&["start", "--help"]);
@@ -63,6 +63,9 @@ fn help_on_every_command() {
     ] {
         assert!(help.contains(flag), "{flag} missing from: {help}");
     }
+    let out = run(&["check", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("--send-test"));
     for cmd in ["configure", "version"] {
         assert_eq!(run(&[cmd, "--help"]).status.code(), Some(0), "{cmd} --help");
     }

@@ -7,6 +7,7 @@ mod fuzz;
 mod hostile;
 mod mailgun;
 mod native_roots;
+mod ops;
 mod plugin;
 mod process;
 mod real;

@@ -1,0 +1,225 @@
+//! `teleport-email check`: everything `start` needs, tried once, with a ✓ or ✗ line each.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::config::{self, Config, MailerConfig};
+use crate::exit::Exit;
+use crate::mail::{self, MessageId, OutgoingMail, RenderedMail};
+use crate::teleport::identity::rfc3339;
+use crate::teleport::{CredentialStore, DialOptions, INIT_TIMEOUT, TeleportClient, TeleportError};
+
+/// One checked item.
+struct Line {
+    ok: bool,
+    what: &'static str,
+    detail: String,
+}
+
+struct Report(Vec<Line>);
+
+impl Report {
+    fn pass(&mut self, what: &'static str, detail: impl Into<String>) {
+        self.0.push(Line {
+            ok: true,
+            what,
+            detail: detail.into(),
+        });
+    }
+
+    fn fail(&mut self, what: &'static str, detail: impl Into<String>) {
+        self.0.push(Line {
+            ok: false,
+            what,
+            detail: detail.into(),
+        });
+    }
+
+    fn print(&self) -> Exit {
+        for l in &self.0 {
+            let mark = if l.ok { "✓" } else { "✗" };
+            println!("{mark} {:<12} {}", l.what, l.detail);
+        }
+        if self.0.iter().all(|l| l.ok) {
+            println!("All checks passed.");
+            Exit::Success
+        } else {
+            Exit::Runtime
+        }
+    }
+}
+
+/// Runs every check; exit 0 only when all pass.
+pub async fn run(config_path: &Path, send_test: Option<&str>) -> Exit {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut r = Report(Vec::new());
+    let loaded = match config::load(config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            r.fail("config", e.to_string());
+            r.print();
+            return Exit::Config;
+        }
+    };
+    r.pass(
+        "config",
+        format!(
+            "{} is valid ({} warning(s){})",
+            config_path.display(),
+            loaded.warnings.len(),
+            loaded
+                .warnings
+                .iter()
+                .map(|w| format!("; {w}"))
+                .collect::<String>()
+        ),
+    );
+    let config = loaded.config;
+    check_teleport(&config, &mut r).await;
+    check_mailer(&config, send_test, &mut r).await;
+    r.print()
+}
+
+async fn check_teleport(config: &Config, r: &mut Report) {
+    if !check_connection(config, r).await {
+        r.fail("list", "not checked: no connection to Teleport");
+        r.fail("plugin data", "not checked: no connection to Teleport");
+    }
+}
+
+/// Everything about Teleport; `false` when it stopped before the permission checks.
+async fn check_connection(config: &Config, r: &mut Report) -> bool {
+    let Some(credentials) = &config.teleport.credentials else {
+        r.fail(
+            "credentials",
+            "none configured: set teleport.identity (or client_crt, client_key and root_cas)",
+        );
+        return false;
+    };
+    let store = match CredentialStore::load(credentials) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail("credentials", e.to_string());
+            return false;
+        }
+    };
+    let info = store.current().info.clone();
+    r.pass(
+        "credentials",
+        format!(
+            "user {} (roles {}), cluster {}, valid until {}",
+            info.user,
+            info.roles.join(","),
+            info.cluster,
+            rfc3339(info.not_after)
+        ),
+    );
+    let client =
+        match TeleportClient::connect(DialOptions::new(&config.teleport.addr), store, INIT_TIMEOUT)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                r.fail("teleport", e.to_string());
+                return false;
+            }
+        };
+    match tokio::time::timeout(INIT_TIMEOUT, client.ping()).await {
+        Ok(Ok(c)) => r.pass(
+            "teleport",
+            format!(
+                "cluster {} (Teleport {}), {}; advanced workflows: {}{}",
+                c.name,
+                c.server_version,
+                client
+                    .dial_path()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                if c.advanced_workflows { "yes" } else { "no" },
+                if c.proxy_public_addr.is_empty() {
+                    String::new()
+                } else {
+                    format!(", proxy {}", c.proxy_public_addr)
+                }
+            ),
+        ),
+        Ok(Err(e)) => {
+            r.fail("teleport", e.to_string());
+            return false;
+        }
+        Err(_) => {
+            r.fail("teleport", "Ping timed out after 10 s");
+            return false;
+        }
+    }
+    match client.list_access_requests(None).await {
+        Ok(list) => r.pass(
+            "list",
+            format!("may list access requests ({} now)", list.len()),
+        ),
+        Err(e) => r.fail("list", e.to_string()),
+    }
+    // A write to a request that cannot exist: allowed roles get NotFound, others AccessDenied.
+    let probe = "00000000-0000-4000-8000-000000000000";
+    let set = [("probe".to_owned(), "1".to_owned())].into();
+    match client
+        .update_plugin_data(probe, crate::engine::PLUGIN_NAME, &set, &Default::default())
+        .await
+    {
+        Err(TeleportError::NotFound(_)) | Ok(()) => {
+            r.pass("plugin data", "may update access_plugin_data")
+        }
+        Err(e) => r.fail("plugin data", e.to_string()),
+    }
+    true
+}
+
+async fn check_mailer(config: &Config, send_test: Option<&str>, r: &mut Report) {
+    let what = match &config.mailer {
+        MailerConfig::Smtp(s) => format!(
+            "SMTP {}:{} ({}{})",
+            s.host,
+            s.port,
+            if s.implicit_tls {
+                "implicit TLS".to_owned()
+            } else {
+                format!("STARTTLS {:?}", s.starttls).to_lowercase()
+            },
+            if s.username.is_some() { ", AUTH" } else { "" }
+        ),
+        MailerConfig::Mailgun(m) => format!("Mailgun {} at {} (test mode)", m.domain, m.api_base),
+    };
+    let mailer = match mail::from_config(
+        &config.mailer,
+        &config.delivery.sender,
+        config.recipients.fallback(),
+    ) {
+        Ok(m) => m,
+        Err(e) => return r.fail("mailer", e.to_string()),
+    };
+    match tokio::time::timeout(INIT_TIMEOUT, mailer.health_check()).await {
+        Ok(Ok(())) => r.pass("mailer", what),
+        Ok(Err(e)) => return r.fail("mailer", e.to_string()),
+        Err(_) => return r.fail("mailer", format!("{what}: timed out after 10 s")),
+    }
+    let Some(to) = send_test else {
+        return;
+    };
+    let text = format!(
+        "This is a test mail from teleport-email, sent by `teleport-email check` at {}.\n\nIf you can read it, Access Request notifications will reach you.",
+        rfc3339(SystemTime::now())
+    );
+    let rendered = RenderedMail {
+        subject: "teleport-email test mail".into(),
+        html: format!(
+            "<p>{}</p>",
+            mail::text::html_escape(&text).replace('\n', "<br>")
+        ),
+        text,
+    };
+    let mail = OutgoingMail::new(to, rendered, MessageId::generate(), None);
+    match mailer.send(&mail).await {
+        Ok(id) => r.pass("test mail", format!("sent to {to} (Message-ID <{id}>)")),
+        Err(e) => r.fail("test mail", e.to_string()),
+    }
+}

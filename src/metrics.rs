@@ -1,0 +1,238 @@
+//! Counters the daemon keeps about itself, and the small HTTP endpoint that serves them:
+//! `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz` (the watch is
+//! initialised and the mailer's last attempt succeeded).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything counted, shared by the watcher, the engine and the endpoint.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    events: Mutex<BTreeMap<&'static str, u64>>,
+    /// (backend, stage, outcome) → count.
+    mails: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    retries: AtomicU64,
+    reconnects: AtomicU64,
+    /// Milliseconds since `started` at the last event; 0 before the first.
+    last_event_ms: AtomicU64,
+    identity_expiry: AtomicU64,
+    ready: AtomicBool,
+    mailer_ok: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            events: Mutex::default(),
+            mails: Mutex::default(),
+            retries: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_event_ms: AtomicU64::new(0),
+            identity_expiry: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            mailer_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Metrics {
+    /// A watch event of `kind` (`init`, `put`, `delete`, `other`) arrived.
+    pub fn event(&self, kind: &'static str) {
+        *self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_event_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// A mail was sent (`ok`) or failed.
+    pub fn mail(&self, backend: &'static str, stage: &'static str, ok: bool) {
+        let outcome = if ok { "sent" } else { "failed" };
+        *self
+            .mails
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((backend, stage, outcome))
+            .or_default() += 1;
+        self.mailer_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// A failed delivery round will be retried.
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The watch had to be re-established.
+    pub fn reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the watch is initialised.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The mailer's health check result.
+    pub fn set_mailer_ok(&self, ok: bool) {
+        self.mailer_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// When the client certificate in use expires.
+    pub fn set_identity_expiry(&self, at: SystemTime) {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.identity_expiry.store(secs, Ordering::Relaxed);
+    }
+
+    /// Ready to serve: watch initialised and the last mail attempt succeeded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.mailer_ok.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mails = self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut s = String::new();
+        help(
+            &mut s,
+            "teleport_email_events_total",
+            "counter",
+            "Watch events received, by kind.",
+        );
+        for (kind, n) in &events {
+            let _ = writeln!(s, "teleport_email_events_total{{kind=\"{kind}\"}} {n}");
+        }
+        for (name, wanted, text) in [
+            (
+                "teleport_email_mails_sent_total",
+                "sent",
+                "Mails accepted by the mail server, by backend and stage.",
+            ),
+            (
+                "teleport_email_mails_failed_total",
+                "failed",
+                "Mail attempts that failed, by backend and stage.",
+            ),
+        ] {
+            help(&mut s, name, "counter", text);
+            for ((backend, stage, outcome), n) in &mails {
+                if *outcome == wanted {
+                    let _ = writeln!(s, "{name}{{backend=\"{backend}\",stage=\"{stage}\"}} {n}");
+                }
+            }
+        }
+        let last = self.last_event_ms.load(Ordering::Relaxed);
+        let since = self.started.elapsed().as_secs_f64() - last as f64 / 1000.0;
+        let scalars = [
+            (
+                "teleport_email_retries_total",
+                "counter",
+                "Delivery rounds retried after a transient failure.",
+                self.retries.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "teleport_email_watch_reconnects_total",
+                "counter",
+                "Times the watch on access requests was re-established.",
+                self.reconnects.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "teleport_email_seconds_since_last_event",
+                "gauge",
+                "Seconds since the last watch event (since start before the first).",
+                format!("{since:.3}"),
+            ),
+            (
+                "teleport_email_identity_expiry_timestamp_seconds",
+                "gauge",
+                "When the client certificate in use expires (Unix time).",
+                self.identity_expiry.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "teleport_email_ready",
+                "gauge",
+                "1 when the watch is initialised and the mailer is healthy.",
+                u8::from(self.is_ready()).to_string(),
+            ),
+        ];
+        for (name, kind, text, value) in scalars {
+            help(&mut s, name, kind, text);
+            let _ = writeln!(s, "{name} {value}");
+        }
+        s
+    }
+}
+
+fn help(s: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(s, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
+    loop {
+        let (mut conn, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    conn.read(&mut buf[len..]),
+                )
+                .await
+                {
+                    Ok(Ok(n)) if n > 0 => len += n,
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body, ctype) = match path {
+                "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+                "/healthz" => ("200 OK", "ok\n".to_owned(), "text/plain"),
+                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned(), "text/plain"),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "not ready\n".to_owned(),
+                    "text/plain",
+                ),
+                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Binds the endpoint's address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
