@@ -194,7 +194,7 @@ async fn shutdown_during_retries_releases_the_claim_and_the_next_start_delivers(
         "{data:?}"
     );
     h.smtp().come_back().unwrap();
-    h.restart_daemon(Backend::Smtp).await;
+    h.restart_daemon().await;
     let mails = h.next_mails(2).await;
     h.assert_quiet().await;
     assert_exactly_once(&mails, 1, &[ALL, R1], &["new"]);

@@ -57,6 +57,22 @@ enum Receiver {
     Mailgun(MailgunStandIn),
 }
 
+impl Receiver {
+    /// The daemon's mailer section for this receiver.
+    fn config_section(&self) -> String {
+        match self {
+            Receiver::Smtp(s) => format!(
+                "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
+                s.port()
+            ),
+            Receiver::Mailgun(m) => format!(
+                "[mailgun]\ndomain = \"test.example.com\"\nprivate_key = \"000000\"\napi_base = \"{}\"\n",
+                m.api_base()
+            ),
+        }
+    }
+}
+
 fn bracketed(s: &str) -> String {
     format!(
         "<{}>",
@@ -92,6 +108,22 @@ fn from_smtp(raw: &[u8]) -> Mail {
     }
 }
 
+/// The daemon's config for these peers.
+fn daemon_config(
+    auth: &FakeAuth,
+    identity: &std::path::Path,
+    mailer: &str,
+) -> teleport_email::config::Config {
+    let text = format!(
+        "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{mailer}[delivery]\nsender = \"{SENDER}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n[log]\nseverity = \"debug\"\n",
+        auth.addr(),
+        identity.display()
+    );
+    teleport_email::config::parse(&text, std::path::Path::new("test.toml"))
+        .expect("valid config")
+        .config
+}
+
 /// A running daemon with its peers.
 pub struct Harness {
     pub auth: Arc<FakeAuth>,
@@ -107,32 +139,12 @@ impl Harness {
         let auth = FakeAuth::start(options).await;
         let dir = tempfile::tempdir().unwrap();
         let identity = auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
-        let (receiver, mailer) = match backend {
-            Backend::Smtp => {
-                let smtp = SmtpReceiver::start().await.unwrap();
-                let section = format!(
-                    "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
-                    smtp.port()
-                );
-                (Receiver::Smtp(smtp), section)
-            }
-            Backend::Mailgun => {
-                let mg = MailgunStandIn::start().await.unwrap();
-                let section = format!(
-                    "[mailgun]\ndomain = \"test.example.com\"\nprivate_key = \"000000\"\napi_base = \"{}\"\n",
-                    mg.api_base()
-                );
-                (Receiver::Mailgun(mg), section)
-            }
+        let receiver = match backend {
+            Backend::Smtp => Receiver::Smtp(SmtpReceiver::start().await.unwrap()),
+            Backend::Mailgun => Receiver::Mailgun(MailgunStandIn::start().await.unwrap()),
         };
-        let text = format!(
-            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{mailer}[delivery]\nsender = \"{SENDER}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n[log]\nseverity = \"debug\"\n",
-            auth.addr(),
-            identity.display()
-        );
-        let config = teleport_email::config::parse(&text, std::path::Path::new("test.toml"))
-            .expect("valid config")
-            .config;
+        let mailer = receiver.config_section();
+        let config = daemon_config(&auth, &identity, &mailer);
         let stop = CancellationToken::new();
         let task = tokio::spawn(app::run(config, stop.clone()));
         let mut h = Self {
@@ -367,14 +379,15 @@ async fn new_threads(backend: Backend) {
     h.shutdown().await;
 }
 
-async fn approval(backend: Backend) {
+/// A request with one suggested reviewer, resolved by an administrator.
+async fn resolved_by_admin(backend: Backend, approve: bool, reason: &str, status: &str) {
     let mut h = Harness::start(backend, FakeAuthOptions::default()).await;
     let id = h
         .auth
         .create_request(REQUESTER, &["editor"], "because of", &[R1]);
     let first = h.next_mails(2).await;
     h.wait_threads(&id, 2).await;
-    h.auth.resolve(&id, true, "okay");
+    h.auth.resolve(&id, approve, reason);
     let follow = h.next_mails(2).await;
     assert_eq!(sorted_to(&follow), [ALL, R1]);
     for m in &follow {
@@ -383,32 +396,19 @@ async fn approval(backend: Backend) {
             "{}",
             m.text
         );
-        assert!(m.text.contains("Status: ✅ APPROVED (okay)"), "{}", m.text);
+        assert!(m.text.contains(status), "{}", m.text);
     }
     assert_threaded(&first, &follow);
     h.assert_quiet().await;
     h.shutdown().await;
 }
 
+async fn approval(backend: Backend) {
+    resolved_by_admin(backend, true, "okay", "Status: ✅ APPROVED (okay)").await
+}
+
 async fn denial(backend: Backend) {
-    let mut h = Harness::start(backend, FakeAuthOptions::default()).await;
-    let id = h
-        .auth
-        .create_request(REQUESTER, &["editor"], "because of", &[R1]);
-    let first = h.next_mails(2).await;
-    h.wait_threads(&id, 2).await;
-    h.auth.resolve(&id, false, "not okay");
-    let follow = h.next_mails(2).await;
-    assert_eq!(sorted_to(&follow), [ALL, R1]);
-    for m in &follow {
-        assert!(
-            m.text.contains("Status: ❌ DENIED (not okay)"),
-            "{}",
-            m.text
-        );
-    }
-    assert_threaded(&first, &follow);
-    h.shutdown().await;
+    resolved_by_admin(backend, false, "not okay", "Status: ❌ DENIED (not okay)").await
 }
 
 async fn expiration(backend: Backend) {
@@ -620,7 +620,7 @@ async fn continues_the_original_plugins_threads(backend: Backend) {
             ("email_threads", &threads),
         ],
     );
-    h.restart_daemon(backend).await;
+    h.restart_daemon().await;
     h.assert_quiet().await;
     h.auth.resolve(&id, true, "okay");
     let follow = h.next_mails(2).await;
@@ -672,26 +672,10 @@ impl Harness {
     }
 
     /// Starts our daemon again with the same peers.
-    pub async fn restart_daemon(&mut self, backend: Backend) {
+    pub async fn restart_daemon(&mut self) {
         let identity = self._dir.path().join("identity");
-        let mailer = match (&self.receiver, backend) {
-            (Receiver::Smtp(s), _) => format!(
-                "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
-                s.port()
-            ),
-            (Receiver::Mailgun(m), _) => format!(
-                "[mailgun]\ndomain = \"test.example.com\"\nprivate_key = \"000000\"\napi_base = \"{}\"\n",
-                m.api_base()
-            ),
-        };
-        let text = format!(
-            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{mailer}[delivery]\nsender = \"{SENDER}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n",
-            self.auth.addr(),
-            identity.display()
-        );
-        let config = teleport_email::config::parse(&text, std::path::Path::new("test.toml"))
-            .unwrap()
-            .config;
+        let mailer = self.receiver.config_section();
+        let config = daemon_config(&self.auth, &identity, &mailer);
         self.stop = CancellationToken::new();
         self.task = Some(tokio::spawn(app::run(config, self.stop.clone())));
         self.wait_ready().await;
