@@ -277,3 +277,50 @@ async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
     assert!(tally(&p.smtp).contains_key(&(c, "editors@example.com".to_owned(), "new")));
     assert_eq!(d.stop().await, 0);
 }
+
+/// The daemon (not just the client) reaches a ready watch through the fake Proxy, by TLS routing
+/// and by the connection upgrade behind an L7 load balancer, and mails a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_through_a_proxy_and_an_l7_load_balancer() {
+    use teleport_email::testkit::proxy::{FakeProxy, ProxyMode};
+    for (mode, path) in [
+        (ProxyMode::Routing, "through the Proxy (TLS routing)"),
+        (
+            ProxyMode::BehindL7,
+            "through the Proxy (ALPN connection upgrade)",
+        ),
+    ] {
+        let p = Peers::start().await;
+        let proxy = FakeProxy::start(p.auth.addr(), p.auth.cluster(), mode).await;
+        let config = p.dir.path().join("proxy.toml");
+        let text = std::fs::read_to_string(p.config())
+            .unwrap()
+            .replace(&p.auth.addr().to_string(), &proxy.addr().to_string());
+        std::fs::write(&config, text).unwrap();
+        let ca = p.dir.path().join("web-ca.pem");
+        std::fs::write(&ca, proxy.web_ca_pem()).unwrap();
+        let log = p.dir.path().join("d.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_teleport-email"))
+            .args(["start", "--config"])
+            .arg(&config)
+            .env("SSL_CERT_FILE", &ca)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, log };
+        d.wait_log("Plugin is ready", 1).await;
+        assert!(
+            d.log_text().contains(path),
+            "{mode:?}: wrong path:\n{}",
+            d.log_text()
+        );
+        let id = p
+            .auth
+            .create_request("a@example.com", &["editor"], "via proxy", &[R1]);
+        wait_messages(&p.smtp, 2).await;
+        assert_one_message_each(&p.smtp, &[id], &[ALL, R1], &["new"]);
+        assert_eq!(d.stop().await, 0);
+    }
+}
