@@ -9,20 +9,28 @@ use std::sync::Arc;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry, reload};
 
 use crate::config::{LogConfig, LogFormat, LogOutput, LogSeverity};
 
-type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+/// The registry under its (reloadable) level filter.
+type Filtered = Layered<reload::Layer<Targets, Registry>, Registry>;
+type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
 
 /// Crates whose debug output is noise (or could echo request headers): kept at INFO at most.
 const QUIET_CRATES: &[&str] = &["h2", "hyper", "hyper_util", "reqwest", "tower", "mio"];
 
 /// The installed subscriber; [`Logging::apply`] swaps its settings.
+///
+/// The level filter is a global filter with a reload handle of its own: a per-layer filter
+/// (`Layer::with_filter`) swapped in through `reload` is never registered with the subscriber,
+/// and tracing-subscriber panics on the next event ("a `Filtered` layer was used, but it had no
+/// `FilterId`").
 pub struct Logging {
-    handle: reload::Handle<BoxedLayer, Registry>,
+    filter: reload::Handle<Targets, Registry>,
+    output: reload::Handle<BoxedLayer, Filtered>,
 }
 
 /// The log file could not be opened.
@@ -42,17 +50,26 @@ impl Logging {
             severity: LogSeverity::Info,
             format: LogFormat::Text,
         };
-        let layer = build(&default, false).ok()?;
-        let (layer, handle) = reload::Layer::new(layer);
-        tracing_subscriber::registry().with(layer).try_init().ok()?;
-        Some(Self { handle })
+        let (targets, layer) = build(&default, false).ok()?;
+        let (filter, filter_handle) = reload::Layer::new(targets);
+        let (output, output_handle) = reload::Layer::new(layer);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(output)
+            .try_init()
+            .ok()?;
+        Some(Self {
+            filter: filter_handle,
+            output: output_handle,
+        })
     }
 
     /// Applies `[log]` (with `--debug` forcing DEBUG); the old settings stay if this fails.
     pub fn apply(&self, config: &LogConfig, debug: bool) -> Result<(), LogError> {
-        let layer = build(config, debug)?;
+        let (targets, layer) = build(config, debug)?;
         // Only fails when the subscriber is gone, i.e. the process is exiting.
-        let _ = self.handle.reload(layer);
+        let _ = self.output.reload(layer);
+        let _ = self.filter.reload(targets);
         Ok(())
     }
 }
@@ -70,7 +87,8 @@ fn level(config: &LogConfig, debug: bool) -> LevelFilter {
     }
 }
 
-fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
+/// The level filter and the output layer for `config`.
+fn build(config: &LogConfig, debug: bool) -> Result<(Targets, BoxedLayer), LogError> {
     let level = level(config, debug);
     let quiet = level.min(LevelFilter::INFO);
     let filter = QUIET_CRATES
@@ -103,7 +121,6 @@ fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
-            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -111,8 +128,7 @@ fn build(config: &LogConfig, debug: bool) -> Result<BoxedLayer, LogError> {
             .with_current_span(false)
             .with_span_list(false)
             .with_writer(writer)
-            .with_filter(filter)
             .boxed(),
     };
-    Ok(layer)
+    Ok((filter, layer))
 }
