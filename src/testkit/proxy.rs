@@ -1,8 +1,9 @@
 //! A fake Teleport Proxy on one port: TLS routing by ALPN (a ClientHello whose first ALPN is
 //! `teleport-auth@…` is passed through, bytes untouched, to the Auth Service), and HTTPS with
 //! `/webapi/find` and the WebSocket connection upgrade. In `BehindL7` mode it acts like a Proxy
-//! behind a TLS-terminating load balancer: every connection is terminated with the web
-//! certificate, so only the connection upgrade reaches Auth.
+//! behind a TLS-terminating load balancer (nginx): every connection is terminated with the web
+//! certificate, Teleport's ALPN protocols are refused with a `no_application_protocol` alert,
+//! so only the connection upgrade reaches Auth.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,8 +61,9 @@ impl FakeProxy {
         let (mut web_config, web_ca_pem) = web_server_tls(&["localhost", "127.0.0.1"]);
         let alpn: &[&str] = match mode {
             ProxyMode::Routing => &["h2", "http/1.1", "teleport-reversetunnel"],
-            // Like nginx: ALPN offered by clients is ignored, none is negotiated.
-            ProxyMode::BehindL7 => &[],
+            // Like nginx (HTTP/1.1 only): `http/1.1` when offered, nothing without ALPN; any
+            // other offer gets the alert in `handle`.
+            ProxyMode::BehindL7 => &["http/1.1"],
         };
         Arc::get_mut(&mut web_config)
             .expect("fresh config")
@@ -124,6 +126,10 @@ impl FakeProxy {
     }
 }
 
+/// A TLS alert record: content type 21, TLS 1.2 record version, length 2, fatal (2),
+/// `no_application_protocol` (120).
+const NO_APPLICATION_PROTOCOL_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 120];
+
 async fn handle(ctx: Arc<Ctx>, mut tcp: TcpStream) {
     let Ok((hello, alpn)) = peek_client_hello(&mut tcp).await else {
         return;
@@ -135,6 +141,14 @@ async fn handle(ctx: Arc<Ctx>, mut tcp: TcpStream) {
     {
         ctx.passthroughs.fetch_add(1, Ordering::Relaxed);
         let _ = pass_through(tcp, &hello, ctx.auth).await;
+        return;
+    }
+    if ctx.mode == ProxyMode::BehindL7 && !alpn.is_empty() && !alpn.iter().any(|p| p == "http/1.1")
+    {
+        // nginx (OpenSSL) answers an offer it cannot serve with a fatal alert before any
+        // ServerHello, in a plaintext record: the signal Teleport clients read as "upgrade".
+        let _ = tcp.write_all(&NO_APPLICATION_PROTOCOL_ALERT).await;
+        let _ = tcp.shutdown().await;
         return;
     }
     let rewound = Rewind::new(hello, tcp);

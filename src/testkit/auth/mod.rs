@@ -297,7 +297,7 @@ impl FakeAuth {
         self.shared
             .lock()
             .set_state(id, state, reason)
-            .expect("the request is pending");
+            .expect("the state change is allowed");
     }
 
     /// Promotes a request to an Access List (Identity Governance).
@@ -305,7 +305,7 @@ impl FakeAuth {
         self.shared
             .lock()
             .set_state(id, RequestState::Promoted, reason)
-            .expect("the request is pending");
+            .expect("the state change is allowed");
     }
 
     /// Deletes a request (which is how expiry reaches plugins).

@@ -55,13 +55,14 @@ mod backend;
 mod certs;
 mod cluster;
 mod nginx;
-mod probe;
+pub mod probe;
 mod process;
 mod rbac;
 mod requests;
 
 mod facts;
 mod smoke;
+mod wire;
 
 use std::sync::OnceLock;
 
