@@ -166,13 +166,21 @@ impl Dialer {
             })
             .collect();
         let mut attempts = Vec::new();
+        // The Auth Service's own port also accepts the routing ALPN (it picks the `h2` after
+        // it), so on an Auth address both Direct and TlsRouting succeed and the faster one would
+        // win at random. A routed connection is therefore held until Direct has finished: if
+        // Direct works, the address is the Auth Service, and that is the path reported.
+        let mut held = None;
+        let mut direct_done = false;
         while let Some((path, result)) = racing.next().await {
+            direct_done |= path == DialPath::Direct;
             match result {
-                Ok(conn) => {
-                    *self.last_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
-                    return Ok((conn, path));
-                }
+                Ok(conn) if path == DialPath::TlsRouting && !direct_done => held = Some(conn),
+                Ok(conn) => return Ok(self.chose(conn, path)),
                 Err(e) => attempts.push((path, e)),
+            }
+            if direct_done && let Some(conn) = held.take() {
+                return Ok(self.chose(conn, DialPath::TlsRouting));
             }
         }
         attempts.sort_by_key(|(p, _)| *p as u8);
@@ -180,6 +188,11 @@ impl Dialer {
             addr: self.options.addr.clone(),
             attempts,
         })
+    }
+
+    fn chose(&self, conn: AuthConn, path: DialPath) -> (AuthConn, DialPath) {
+        *self.last_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+        (conn, path)
     }
 
     async fn attempt(&self, path: DialPath, identity: &Identity) -> Result<AuthConn, String> {
