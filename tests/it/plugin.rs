@@ -64,7 +64,7 @@ fn bracketed(s: &str) -> String {
     )
 }
 
-fn from_smtp(raw: &[u8]) -> Mail {
+pub fn from_smtp(raw: &[u8]) -> Mail {
     let msg = mail_parser::MessageParser::default()
         .parse(raw)
         .expect("a parseable message");
@@ -245,7 +245,7 @@ impl Harness {
     }
 }
 
-fn sorted_to(mails: &[Mail]) -> Vec<String> {
+pub fn sorted_to(mails: &[Mail]) -> Vec<String> {
     let mut to: Vec<_> = mails.iter().map(|m| m.to.clone()).collect();
     to.sort();
     to
@@ -260,7 +260,7 @@ fn enterprise() -> FakeAuthOptions {
 }
 
 /// Asserts each follow-up threads under the first mail its recipient got.
-fn assert_threaded(first: &[Mail], follow_ups: &[Mail]) {
+pub fn assert_threaded(first: &[Mail], follow_ups: &[Mail]) {
     for f in follow_ups {
         let root = first
             .iter()

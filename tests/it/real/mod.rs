@@ -55,12 +55,14 @@ mod backend;
 mod certs;
 mod cluster;
 mod nginx;
+mod plugins;
 pub mod probe;
 mod process;
 mod rbac;
 mod requests;
 
 mod facts;
+mod interop;
 mod smoke;
 mod wire;
 
