@@ -43,6 +43,8 @@ impl Drop for FakeProxy {
 }
 
 struct Ctx {
+    /// Our own (web) address.
+    addr: SocketAddr,
     auth: SocketAddr,
     cluster: String,
     mode: ProxyMode,
@@ -71,6 +73,7 @@ impl FakeProxy {
         let upgrades = Arc::new(AtomicU64::new(0));
         let passthroughs = Arc::new(AtomicU64::new(0));
         let ctx = Arc::new(Ctx {
+            addr,
             auth,
             cluster: cluster.to_owned(),
             mode,
@@ -199,10 +202,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     match path.split('?').next().unwrap_or("") {
         "/webapi/find" => {
-            let body = format!(
-                r#"{{"proxy":{{"tls_routing_enabled":true,"ssh":{{"listen_addr":"0.0.0.0:3023","tunnel_listen_addr":"0.0.0.0:3024","web_listen_addr":"0.0.0.0:3080"}}}},"server_version":"18.0.0","min_client_version":"17.0.0-aa","cluster_name":"{}"}}"#,
-                ctx.cluster
-            );
+            let body = find_response(&ctx.cluster, ctx.addr).to_string();
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -243,6 +243,38 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         _ => respond(&mut io, "404 Not Found").await,
     }
+}
+
+/// `/webapi/find` as a v18 Proxy in multiplex mode answers it (FINDINGS.md): every listen
+/// address in `proxy.ssh` is the one web port, which is also the public address.
+fn find_response(cluster: &str, web: SocketAddr) -> serde_json::Value {
+    let web = web.to_string();
+    serde_json::json!({
+        "auth": {
+            "signature_algorithm_suite": "balanced-v1", "type": "", "private_key_policy": "",
+            "default_session_ttl": "0s", "device_trust": {}, "has_motd": false,
+            "piv_pin_cache_ttl": 0, "piv_slot": "",
+        },
+        "auto_update": {
+            "agent_auto_update": false, "agent_update_jitter_seconds": 60,
+            "agent_version": "18.0.0", "tools_auto_update": false, "tools_version": "18.0.0",
+        },
+        "automatic_upgrades": false,
+        "cluster_name": cluster,
+        "edition": "oss",
+        "fips": false,
+        "min_client_version": "17.0.0-aa",
+        "proxy": {
+            "db": {"mysql_listen_addr": web, "postgres_listen_addr": web},
+            "kube": {"enabled": true, "listen_addr": web},
+            "ssh": {
+                "dial_timeout": 30_000_000_000_u64, "listen_addr": web, "public_addr": web,
+                "tunnel_listen_addr": web, "web_listen_addr": web,
+            },
+            "tls_routing_enabled": true,
+        },
+        "server_version": "18.0.0",
+    })
 }
 
 async fn respond<S: AsyncWrite + Unpin>(io: &mut S, status: &str) -> std::io::Result<()> {

@@ -308,3 +308,77 @@ async fn the_fake_l7_balancer_answers_alpn_as_nginx() {
     .await
     .unwrap();
 }
+
+/// The shape of `/webapi/find` from a v18 Proxy in multiplex mode (FINDINGS.md), checked on
+/// the real one by `real::facts` and on the fake here.
+#[track_caller]
+pub fn check_find_shape(find: &serde_json::Value, web: std::net::SocketAddr, cluster: &str) {
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(find),
+        [
+            "auth",
+            "auto_update",
+            "automatic_upgrades",
+            "cluster_name",
+            "edition",
+            "fips",
+            "min_client_version",
+            "proxy",
+            "server_version"
+        ],
+        "{find:#}"
+    );
+    assert_eq!(find["cluster_name"], cluster, "{find:#}");
+    assert_eq!(find["edition"], "oss", "{find:#}");
+    assert_eq!(find["min_client_version"], "17.0.0-aa", "{find:#}");
+    assert_eq!(find["server_version"], "18.0.0", "{find:#}");
+    assert_eq!(
+        find["auth"]["signature_algorithm_suite"], "balanced-v1",
+        "{find:#}"
+    );
+    assert_eq!(find["proxy"]["tls_routing_enabled"], true, "{find:#}");
+    let ssh = &find["proxy"]["ssh"];
+    assert_eq!(
+        keys(ssh),
+        [
+            "dial_timeout",
+            "listen_addr",
+            "public_addr",
+            "tunnel_listen_addr",
+            "web_listen_addr"
+        ],
+        "{find:#}"
+    );
+    for k in [
+        "listen_addr",
+        "public_addr",
+        "tunnel_listen_addr",
+        "web_listen_addr",
+    ] {
+        assert_eq!(ssh[k], web.to_string(), "proxy.ssh.{k}: {find:#}");
+    }
+    assert_eq!(ssh["dial_timeout"], 30_000_000_000_u64, "{find:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_proxy_answers_webapi_find_as_the_real_one() {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    let proxy = FakeProxy::start(auth.addr(), auth.cluster(), ProxyMode::Routing).await;
+    let addr = proxy.addr();
+    let ca = proxy.web_ca_pem().to_owned();
+    let cluster = auth.cluster().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let find = probe::get_json(addr, Trust::Ca(&ca), "/webapi/find").expect("find");
+        check_find_shape(&find, addr, &cluster);
+    })
+    .await
+    .unwrap();
+}
