@@ -245,11 +245,29 @@ fn ours_through_an_l7_balancer_with_the_connection_upgrade() {
         format!("localhost:{}", lb.addr().port()),
         &[("SSL_CERT_FILE", &ca)],
     );
+    let connected = std::time::Instant::now();
     assert_eq!(
         connected_path(&ours),
         "through the Proxy (ALPN connection upgrade)"
     );
     four_stories(&setup.cluster, &setup.mailbox);
+
+    // Past Teleport's first WebSocket ping on the tunnel (every 30 s with `alpn-ping`), the
+    // same connection still carries the watch: a new request is mailed, nothing reconnected.
+    let ping = Duration::from_secs(35);
+    if let Some(rest) = ping.checked_sub(connected.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let id = setup
+        .cluster
+        .create_request(REQUESTER, &[REQUESTED_ROLE], "after a ping", &[]);
+    setup.mailbox.exactly(&id, 1);
+    assert!(
+        ours.json_events("Connection problem with the watch; reconnecting")
+            .is_empty(),
+        "{}",
+        ours.log_tail(30)
+    );
     ours.stop();
 }
 

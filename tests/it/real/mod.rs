@@ -78,7 +78,7 @@ pub fn print_skipped(test: &str, missing: &[&str]) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED real_cluster::{test}: TELEPORT_BIN/TCTL_BIN/TSH_BIN not set ({} missing; see README \"Real-cluster tests\")",
+        "SKIPPED real_cluster::{test}: {} not set (see README \"Real-cluster tests\")",
         missing.join(", ")
     );
 }
