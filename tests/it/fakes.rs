@@ -45,6 +45,7 @@ pub const REAL_TRANSCRIPT: &[&str] = &[
     r#"update expecting a wrong value: error CompareFailed: compare failed: expectations not met for field "user""#,
     r#"update deleting a key, expecting an absent one: ok"#,
     r#"get: Some({"roles": "editor"})"#,
+    r#"update by a reviewer: error AccessDenied: access denied: access denied to perform action "update" on "access_plugin_data" (check the plugin user's role: it needs access_request list/read and access_plugin_data update)"#,
     r#"review by reviewer1@example.com: returns Pending user=myuser-2of2 roles=["editor"] reason="wire facts" resolve_reason="" created set expires set suggested=["reviewer1@example.com"] reviews=["reviewer1@example.com:Approved:\"first look\":created set"]"#,
     r#"event PUT Pending user=myuser-2of2 roles=["editor"] reason="wire facts" resolve_reason="" created set expires set suggested=["reviewer1@example.com"] reviews=["reviewer1@example.com:Approved:\"first look\":created set"]"#,
     r#"review by reviewer2@example.com: returns Approved user=myuser-2of2 roles=["editor"] reason="wire facts" resolve_reason="second look" created set expires set suggested=["reviewer1@example.com"] reviews=["reviewer1@example.com:Approved:\"first look\":created set", "reviewer2@example.com:Approved:\"second look\":created set"]"#,
@@ -217,6 +218,16 @@ pub async fn transcript(
         update(&id, &[("user", "")], &[("user", "u"), ("absent", "")]).await
     ));
     out.push(format!("get: {}", get(&id).await));
+    out.push(format!(
+        "update by a reviewer: {}",
+        match reviewer1
+            .update_plugin_data(&id, "email", &data(&[("user", "r")]), &data(&[]))
+            .await
+        {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => error_line(&e, &names),
+        }
+    ));
 
     let review = async |c: &TeleportClient, author: &str, reason: &str| match c
         .submit_review(&id, author, true, reason)
