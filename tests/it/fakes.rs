@@ -34,6 +34,7 @@ pub trait Driver: Sync {
 
 /// The transcript the real Teleport v18.0.0 gives (observed with `real::wire`).
 pub const REAL_TRANSCRIPT: &[&str] = &[
+    r#"ping: version 18.0.0 advanced workflows false proxy public addr set"#,
     r#"first event: Some(Ok(Init))"#,
     r#"event PUT Pending user=myuser-2of2 roles=["editor"] reason="wire facts" resolve_reason="" created set expires set suggested=["reviewer1@example.com"] reviews=[]"#,
     r#"get new request: None"#,
@@ -137,6 +138,17 @@ pub async fn transcript(
     reviewer2: &TeleportClient,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    let ping = plugin.ping().await.expect("ping");
+    out.push(format!(
+        "ping: version {} advanced workflows {} proxy public addr {}",
+        ping.server_version,
+        ping.advanced_workflows,
+        if ping.proxy_public_addr.is_empty() {
+            "empty"
+        } else {
+            "set"
+        }
+    ));
     let mut watch = plugin.watch_access_requests().await.expect("watch");
     let first = tokio::time::timeout(Duration::from_secs(15), watch.next())
         .await
