@@ -202,6 +202,11 @@ impl Dialer {
                     let tcp = self.tcp().await?;
                     auth_handshake(Box::new(tcp), identity, false).await
                 }
+                DialPath::TlsRouting if self.options.upgrade == UpgradeMode::Always => {
+                    Err(format!(
+                        "not tried ({CONN_UPGRADE_ENV} is true: TLS routing only through the connection upgrade)"
+                    ))
+                }
                 DialPath::TlsRouting => {
                     let tcp = self.tcp().await?;
                     auth_handshake(Box::new(tcp), identity, true).await
