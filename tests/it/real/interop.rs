@@ -271,6 +271,39 @@ fn ours_through_an_l7_balancer_with_the_connection_upgrade() {
     ours.stop();
 }
 
+/// The connection upgrade straight to the proxy (no balancer), forced as Teleport's clients
+/// allow with `TELEPORT_TLS_ROUTING_CONN_UPGRADE`: Teleport's own WebSocket endpoint.
+#[test]
+fn ours_with_a_forced_connection_upgrade_to_the_proxy() {
+    let bins = real_binaries_or_skip!();
+    let _one = one_at_a_time();
+    let setup = Setup::new(bins);
+    let web = setup.cluster.web_addr();
+    let ca = setup.cluster.web_ca_file().display().to_string();
+    let ours = setup.start(
+        &Which::Ours,
+        format!("localhost:{}", web.port()),
+        &[
+            ("SSL_CERT_FILE", &ca),
+            ("TELEPORT_TLS_ROUTING_CONN_UPGRADE", "true"),
+        ],
+    );
+    assert_eq!(
+        connected_path(&ours),
+        "through the Proxy (ALPN connection upgrade)"
+    );
+    let id =
+        setup
+            .cluster
+            .create_request(REQUESTER, &[REQUESTED_ROLE], "forced upgrade", &[REVIEWER1]);
+    let first = setup.mailbox.wait_for(&id, 2);
+    check_new_threads(&first, &id, REQUESTER, "forced upgrade", &[ALL, REVIEWER1]);
+    setup.cluster.approve_as_admin(&id, "okay");
+    let all = setup.mailbox.exactly(&id, 4);
+    assert_threaded(&first, &all[2..]);
+    ours.stop();
+}
+
 /// The plugin data of `id` (the `email` entry), as stored in the backend.
 #[track_caller]
 fn email_plugin_data(cluster: &RealCluster, id: &str) -> serde_json::Map<String, Value> {
