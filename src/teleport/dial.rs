@@ -166,13 +166,21 @@ impl Dialer {
             })
             .collect();
         let mut attempts = Vec::new();
+        // The Auth Service's own port also accepts the routing ALPN (it picks the `h2` after
+        // it), so on an Auth address both Direct and TlsRouting succeed and the faster one would
+        // win at random. A routed connection is therefore held until Direct has finished: if
+        // Direct works, the address is the Auth Service, and that is the path reported.
+        let mut held = None;
+        let mut direct_done = false;
         while let Some((path, result)) = racing.next().await {
+            direct_done |= path == DialPath::Direct;
             match result {
-                Ok(conn) => {
-                    *self.last_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
-                    return Ok((conn, path));
-                }
+                Ok(conn) if path == DialPath::TlsRouting && !direct_done => held = Some(conn),
+                Ok(conn) => return Ok(self.chose(conn, path)),
                 Err(e) => attempts.push((path, e)),
+            }
+            if direct_done && let Some(conn) = held.take() {
+                return Ok(self.chose(conn, DialPath::TlsRouting));
             }
         }
         attempts.sort_by_key(|(p, _)| *p as u8);
@@ -182,12 +190,22 @@ impl Dialer {
         })
     }
 
+    fn chose(&self, conn: AuthConn, path: DialPath) -> (AuthConn, DialPath) {
+        *self.last_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+        (conn, path)
+    }
+
     async fn attempt(&self, path: DialPath, identity: &Identity) -> Result<AuthConn, String> {
         let work = async {
             match path {
                 DialPath::Direct => {
                     let tcp = self.tcp().await?;
                     auth_handshake(Box::new(tcp), identity, false).await
+                }
+                DialPath::TlsRouting if self.options.upgrade == UpgradeMode::Always => {
+                    Err(format!(
+                        "not tried ({CONN_UPGRADE_ENV} is true: TLS routing only through the connection upgrade)"
+                    ))
                 }
                 DialPath::TlsRouting => {
                     let tcp = self.tcp().await?;
@@ -356,6 +374,9 @@ fn tls_failure(e: &std::io::Error, cluster_ca: bool) -> String {
             if cluster_ca =>
         {
             "TLS handshake failed: the server does not speak HTTP/2 (no common application protocol): not a Teleport Auth Service gRPC endpoint".into()
+        }
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+            "TLS handshake failed: no common application protocol (ALPN)".into()
         }
         Some(rustls::Error::AlertReceived(alert)) => {
             format!("TLS handshake failed: the server sent the alert {alert:?}")

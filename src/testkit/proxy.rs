@@ -1,8 +1,9 @@
 //! A fake Teleport Proxy on one port: TLS routing by ALPN (a ClientHello whose first ALPN is
 //! `teleport-auth@…` is passed through, bytes untouched, to the Auth Service), and HTTPS with
 //! `/webapi/find` and the WebSocket connection upgrade. In `BehindL7` mode it acts like a Proxy
-//! behind a TLS-terminating load balancer: every connection is terminated with the web
-//! certificate, so only the connection upgrade reaches Auth.
+//! behind a TLS-terminating load balancer (nginx): every connection is terminated with the web
+//! certificate, Teleport's ALPN protocols are refused with a `no_application_protocol` alert,
+//! so only the connection upgrade reaches Auth.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ impl Drop for FakeProxy {
 }
 
 struct Ctx {
+    /// Our own (web) address.
+    addr: SocketAddr,
     auth: SocketAddr,
     cluster: String,
     mode: ProxyMode,
@@ -60,8 +63,9 @@ impl FakeProxy {
         let (mut web_config, web_ca_pem) = web_server_tls(&["localhost", "127.0.0.1"]);
         let alpn: &[&str] = match mode {
             ProxyMode::Routing => &["h2", "http/1.1", "teleport-reversetunnel"],
-            // Like nginx: ALPN offered by clients is ignored, none is negotiated.
-            ProxyMode::BehindL7 => &[],
+            // Like nginx (HTTP/1.1 only): `http/1.1` when offered, nothing without ALPN; any
+            // other offer gets the alert in `handle`.
+            ProxyMode::BehindL7 => &["http/1.1"],
         };
         Arc::get_mut(&mut web_config)
             .expect("fresh config")
@@ -69,6 +73,7 @@ impl FakeProxy {
         let upgrades = Arc::new(AtomicU64::new(0));
         let passthroughs = Arc::new(AtomicU64::new(0));
         let ctx = Arc::new(Ctx {
+            addr,
             auth,
             cluster: cluster.to_owned(),
             mode,
@@ -124,6 +129,10 @@ impl FakeProxy {
     }
 }
 
+/// A TLS alert record: content type 21, TLS 1.2 record version, length 2, fatal (2),
+/// `no_application_protocol` (120).
+const NO_APPLICATION_PROTOCOL_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 120];
+
 async fn handle(ctx: Arc<Ctx>, mut tcp: TcpStream) {
     let Ok((hello, alpn)) = peek_client_hello(&mut tcp).await else {
         return;
@@ -135,6 +144,14 @@ async fn handle(ctx: Arc<Ctx>, mut tcp: TcpStream) {
     {
         ctx.passthroughs.fetch_add(1, Ordering::Relaxed);
         let _ = pass_through(tcp, &hello, ctx.auth).await;
+        return;
+    }
+    if ctx.mode == ProxyMode::BehindL7 && !alpn.is_empty() && !alpn.iter().any(|p| p == "http/1.1")
+    {
+        // nginx (OpenSSL) answers an offer it cannot serve with a fatal alert before any
+        // ServerHello, in a plaintext record: the signal Teleport clients read as "upgrade".
+        let _ = tcp.write_all(&NO_APPLICATION_PROTOCOL_ALERT).await;
+        let _ = tcp.shutdown().await;
         return;
     }
     let rewound = Rewind::new(hello, tcp);
@@ -185,10 +202,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     match path.split('?').next().unwrap_or("") {
         "/webapi/find" => {
-            let body = format!(
-                r#"{{"proxy":{{"tls_routing_enabled":true,"ssh":{{"listen_addr":"0.0.0.0:3023","tunnel_listen_addr":"0.0.0.0:3024","web_listen_addr":"0.0.0.0:3080"}}}},"server_version":"18.0.0","min_client_version":"17.0.0-aa","cluster_name":"{}"}}"#,
-                ctx.cluster
-            );
+            let body = find_response(&ctx.cluster, ctx.addr).to_string();
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -229,6 +243,38 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         _ => respond(&mut io, "404 Not Found").await,
     }
+}
+
+/// `/webapi/find` as a v18 Proxy in multiplex mode answers it (FINDINGS.md): every listen
+/// address in `proxy.ssh` is the one web port, which is also the public address.
+fn find_response(cluster: &str, web: SocketAddr) -> serde_json::Value {
+    let web = web.to_string();
+    serde_json::json!({
+        "auth": {
+            "signature_algorithm_suite": "balanced-v1", "type": "", "private_key_policy": "",
+            "default_session_ttl": "0s", "device_trust": {}, "has_motd": false,
+            "piv_pin_cache_ttl": 0, "piv_slot": "",
+        },
+        "auto_update": {
+            "agent_auto_update": false, "agent_update_jitter_seconds": 60,
+            "agent_version": "18.0.0", "tools_auto_update": false, "tools_version": "18.0.0",
+        },
+        "automatic_upgrades": false,
+        "cluster_name": cluster,
+        "edition": "oss",
+        "fips": false,
+        "min_client_version": "17.0.0-aa",
+        "proxy": {
+            "db": {"mysql_listen_addr": web, "postgres_listen_addr": web},
+            "kube": {"enabled": true, "listen_addr": web},
+            "ssh": {
+                "dial_timeout": 30_000_000_000_u64, "listen_addr": web, "public_addr": web,
+                "tunnel_listen_addr": web, "web_listen_addr": web,
+            },
+            "tls_routing_enabled": true,
+        },
+        "server_version": "18.0.0",
+    })
 }
 
 async fn respond<S: AsyncWrite + Unpin>(io: &mut S, status: &str) -> std::io::Result<()> {

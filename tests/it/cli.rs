@@ -121,3 +121,39 @@ fn start_with_broken_config_lists_every_problem() {
         assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
     }
 }
+
+/// `start` with a valid config applies its `[log]` settings and logs through them (text and
+/// JSON) until the fatal error, rather than panicking in the logging layer.
+#[test]
+fn start_logs_with_the_configured_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["text", "json"] {
+        let path = dir.path().join(format!("{format}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[teleport]\naddr = \"127.0.0.1:1\"\nidentity = \"/nonexistent/identity\"\n\
+                 [smtp]\nhost = \"127.0.0.1\"\nport = 2\nstarttls_policy = \"disabled\"\n\
+                 [delivery]\nsender = \"a@example.com\"\n[role_to_recipients]\n\"*\" = \"b@example.com\"\n\
+                 [log]\nseverity = \"debug\"\nformat = \"{format}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = run(&["start", &format!("--config={}", path.display())]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{format}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        let fatal = stderr
+            .lines()
+            .find(|l| l.contains("Terminating with fatal error"))
+            .unwrap_or_else(|| panic!("{format}: {stderr}"));
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(fatal).expect("a JSON line");
+            assert_eq!(v["level"], "ERROR", "{fatal}");
+        }
+        assert!(
+            stderr.contains("DEBUG"),
+            "{format}: the debug level applies: {stderr}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 mod aiosmtpd;
 mod cli;
 mod delivery;
+mod fakes;
 mod fuzz;
 mod hostile;
 mod mailgun;

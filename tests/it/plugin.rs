@@ -80,7 +80,7 @@ fn bracketed(s: &str) -> String {
     )
 }
 
-fn from_smtp(raw: &[u8]) -> Mail {
+pub fn from_smtp(raw: &[u8]) -> Mail {
     let msg = mail_parser::MessageParser::default()
         .parse(raw)
         .expect("a parseable message");
@@ -288,7 +288,7 @@ fn enterprise() -> FakeAuthOptions {
 }
 
 /// Asserts each follow-up threads under the first mail its recipient got.
-fn assert_threaded(first: &[Mail], follow_ups: &[Mail]) {
+pub fn assert_threaded(first: &[Mail], follow_ups: &[Mail]) {
     for f in follow_ups {
         let root = first
             .iter()

@@ -62,10 +62,8 @@ async fn direct_with_identity_files_rsa_and_ecdsa() {
         let client = connect(options(&auth.addr().to_string()), identity_store(&path))
             .await
             .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
-        assert_eq!(
-            client.dial_path(),
-            Some(DialPath::Direct).or(client.dial_path())
-        );
+        // The Auth port also accepts the routing ALPN; the path is still Direct.
+        assert_eq!(client.dial_path(), Some(DialPath::Direct));
         let info = client.ping().await.expect("ping");
         assert_eq!(info.name, auth.cluster());
         assert_eq!(info.server_version, "18.0.0");
@@ -163,6 +161,16 @@ async fn forced_connection_upgrade_and_disabled_upgrade() {
     opts.upgrade = UpgradeMode::Always;
     let client = connect(opts, identity_store(&path)).await.unwrap();
     assert_eq!(client.dial_path(), Some(DialPath::ConnUpgrade));
+
+    // Forced, the upgrade is used even where plain TLS routing would work (as Go's client).
+    let routing = FakeProxy::start(auth.addr(), auth.cluster(), ProxyMode::Routing).await;
+    let mut opts = options(&routing.addr().to_string());
+    opts.web_roots = Some(roots_from_pem(routing.web_ca_pem()));
+    opts.upgrade = UpgradeMode::Always;
+    let client = connect(opts, identity_store(&path)).await.unwrap();
+    assert_eq!(client.dial_path(), Some(DialPath::ConnUpgrade));
+    assert_eq!(routing.passthroughs(), 0);
+    assert_eq!(routing.upgrades(), 1);
 }
 
 #[tokio::test]

@@ -37,6 +37,7 @@ pub struct FakeAuthOptions {
     pub server_version: String,
     /// `Features.AdvancedAccessWorkflows` (Enterprise): turns on web links in mails.
     pub advanced_workflows: bool,
+    /// The first proxy's public address (empty for a cluster without a proxy).
     pub proxy_public_addr: String,
     /// ALPN the server offers; Teleport offers exactly `h2`.
     pub alpn: Vec<String>,
@@ -50,7 +51,9 @@ impl Default for FakeAuthOptions {
             cluster: "teleport.example.com".into(),
             server_version: "18.0.0".into(),
             advanced_workflows: false,
-            proxy_public_addr: String::new(),
+            // A cluster with a proxy reports its public address even without Advanced Access
+            // Workflows (seen on a v18 Community Edition cluster).
+            proxy_public_addr: "teleport.example.com:443".into(),
             alpn: vec!["h2".into()],
             list_unimplemented: false,
         }
@@ -297,7 +300,7 @@ impl FakeAuth {
         self.shared
             .lock()
             .set_state(id, state, reason)
-            .expect("the request is pending");
+            .expect("the state change is allowed");
     }
 
     /// Promotes a request to an Access List (Identity Governance).
@@ -305,7 +308,7 @@ impl FakeAuth {
         self.shared
             .lock()
             .set_state(id, RequestState::Promoted, reason)
-            .expect("the request is pending");
+            .expect("the state change is allowed");
     }
 
     /// Deletes a request (which is how expiry reaches plugins).

@@ -146,9 +146,11 @@ impl Service {
         if check(&caller.perms) || caller.perms.admin {
             Ok(caller)
         } else {
+            // Teleport's wording: access denied to perform action "update" on "access_plugin_data".
+            let (verb, kind) = what.split_once(' ').unwrap_or((what, ""));
             Err(status(
                 Code::PermissionDenied,
-                format!("access denied to perform action {what:?}"),
+                format!("access denied to perform action {verb:?} on {kind:?}"),
             ))
         }
     }

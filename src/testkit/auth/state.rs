@@ -130,12 +130,7 @@ impl State {
     }
 
     fn get_mut(&mut self, id: &str) -> Result<&mut AccessRequestV3, Status> {
-        self.requests.get_mut(id).ok_or_else(|| {
-            status(
-                Code::NotFound,
-                format!("access_request \"{id}\" doesn't exist"),
-            )
-        })
+        self.requests.get_mut(id).ok_or_else(|| not_found(id))
     }
 
     /// Adds a review and resolves the request when a threshold is reached; the resolve reason is
@@ -148,23 +143,34 @@ impl State {
     ) -> Result<AccessRequestV3, Status> {
         let req = self.get_mut(id)?;
         let spec = req.spec.get_or_insert_with(Default::default);
-        if spec.state != RequestState::Pending as i32 {
-            return Err(status(
-                Code::InvalidArgument,
-                "the access request has already been resolved",
-            ));
-        }
+        // Teleport checks in this order (`ApplyAccessReview`): the proposal, a second review by
+        // the same author (AlreadyExists, even on a resolved request), then the state.
         let proposed = RequestState::try_from(review.proposed_state).unwrap_or(RequestState::None);
         if !matches!(proposed, RequestState::Approved | RequestState::Denied) {
             return Err(status(
                 Code::InvalidArgument,
-                "reviews must propose APPROVED or DENIED",
+                format!(
+                    "invalid state proposal: {} (expected approval/denial)",
+                    proposed.as_str_name()
+                ),
             ));
         }
         if spec.reviews.iter().any(|r| r.author == review.author) {
             return Err(status(
-                Code::InvalidArgument,
+                Code::AlreadyExists,
                 format!("user {:?} has already reviewed this request", review.author),
+            ));
+        }
+        let done = match RequestState::try_from(spec.state) {
+            Ok(RequestState::Approved) => Some("approved"),
+            Ok(RequestState::Denied) => Some("denied"),
+            Ok(RequestState::Promoted) => Some("promoted"),
+            _ => None,
+        };
+        if let Some(done) = done {
+            return Err(status(
+                Code::PermissionDenied,
+                format!("the access request has been already {done}"),
             ));
         }
         let zero = review
@@ -202,7 +208,7 @@ impl State {
         Ok(req)
     }
 
-    /// Sets the state directly (an administrator's approve/deny).
+    /// Sets the state directly (an administrator's approve/deny), as `SetAccessRequestState`.
     pub fn set_state(&mut self, id: &str, state: RequestState, reason: &str) -> Result<(), Status> {
         if !matches!(
             state,
@@ -213,12 +219,22 @@ impl State {
                 "state must be APPROVED, DENIED or PROMOTED",
             ));
         }
-        let req = self.get_mut(id)?;
+        let req = self.requests.get_mut(id).ok_or_else(|| {
+            status(
+                Code::NotFound,
+                format!("cannot set state of access request {id:?} (not found)"),
+            )
+        })?;
         let spec = req.spec.get_or_insert_with(Default::default);
-        if spec.state != RequestState::Pending as i32 {
+        // Only a denial is final (`AccessRequestV3.SetState`): an approved request may still be
+        // denied by an administrator, and that is announced like any change.
+        if spec.state == RequestState::Denied as i32 && state != RequestState::Denied {
             return Err(status(
                 Code::InvalidArgument,
-                "the access request has already been resolved",
+                format!(
+                    "cannot set request-state {:?} (already denied)",
+                    state.as_str_name()
+                ),
             ));
         }
         spec.state = state as i32;
@@ -233,7 +249,7 @@ impl State {
         self.requests.remove(id).ok_or_else(|| {
             status(
                 Code::NotFound,
-                format!("access_request \"{id}\" doesn't exist"),
+                format!("cannot delete access request {id:?} (not found)"),
             )
         })?;
         let header = ResourceHeader {
@@ -287,10 +303,7 @@ impl State {
         check_kind(kind)?;
         let key = (kind.to_owned(), resource.to_owned());
         if !self.plugin_data.contains_key(&key) && !self.requests.contains_key(resource) {
-            return Err(status(
-                Code::NotFound,
-                format!("access_request \"{resource}\" doesn't exist"),
-            ));
+            return Err(not_found(resource));
         }
         if self.forced_compare_failures > 0 {
             self.forced_compare_failures -= 1;
@@ -353,6 +366,11 @@ impl State {
             })
             .collect())
     }
+}
+
+/// Teleport's NotFound for a request id (`services.GetAccessRequest`), as observed on v18.
+fn not_found(id: &str) -> Status {
+    status(Code::NotFound, format!("no access request matching {id:?}"))
 }
 
 fn check_kind(kind: &str) -> Result<(), Status> {

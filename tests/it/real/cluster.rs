@@ -90,7 +90,8 @@ pub enum SignedIdentity {
 /// A running cluster; dropping it stops `teleport` and deletes its directory.
 pub struct RealCluster {
     // Declared first so that it is dropped first: teleport stops before its directory goes.
-    teleport: Supervised,
+    // `None` only for a moment during `restart`.
+    teleport: Option<Supervised>,
     bins: Binaries,
     config: PathBuf,
     data_dir: PathBuf,
@@ -150,22 +151,10 @@ impl RealCluster {
         .expect("write teleport.yaml");
 
         let started = Instant::now();
-        let teleport = Supervised::spawn(
-            "teleport",
-            &bins.teleport,
-            &["start".to_owned(), format!("--config={}", config.display())],
-            &[
-                // Teleport refuses a web certificate whose chain it cannot verify itself.
-                ("SSL_CERT_FILE", &web_ca.display().to_string()),
-                // Spares the EC2 metadata probe Teleport makes at start-up (no cloud here).
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-            ],
-            &dir.path().join("teleport.out"),
-            Some(dir.path()),
-        );
+        let teleport = spawn_teleport(&bins, &config, &web_ca, dir.path());
         let backend = Backend::new(&data_dir, &scratch);
         let cluster = RealCluster {
-            teleport,
+            teleport: Some(teleport),
             bins,
             config,
             data_dir,
@@ -194,7 +183,7 @@ impl RealCluster {
         let mut last = String::new();
         let mut web_up = false;
         while Instant::now() < deadline {
-            if !self.teleport.is_running() {
+            if !self.is_running() {
                 self.fail(&format!(
                     "teleport exited during start-up (last check: {last})"
                 ));
@@ -221,7 +210,11 @@ impl RealCluster {
 
     #[track_caller]
     fn fail(&self, what: &str) -> ! {
-        let output = self.teleport.log_tail(15);
+        let output = self
+            .teleport
+            .as_ref()
+            .map(|t| t.log_tail(15))
+            .unwrap_or_default();
         let hint = if output.contains("without web assets") {
             "\nhint: this teleport was built from source without the web UI, and the proxy will not start \
              without it. Rebuild with `-tags webassets_embed` and a stub `webassets/teleport/index.html` \
@@ -282,7 +275,32 @@ impl RealCluster {
 
     /// Whether the teleport process is still running.
     pub fn is_running(&self) -> bool {
-        self.teleport.is_running()
+        self.teleport.as_ref().is_some_and(Supervised::is_running)
+    }
+
+    /// Stops teleport and starts it again on the same ports and data (every client connection
+    /// is cut), then waits until it serves.
+    pub fn restart(&mut self) {
+        if let Some(old) = self.teleport.take() {
+            old.stop_keeping_files();
+        }
+        let started = Instant::now();
+        self.teleport = Some(spawn_teleport(
+            &self.bins,
+            &self.config,
+            &self.web_ca_file,
+            self.dir.path(),
+        ));
+        self.wait_ready(started);
+        eprintln!(
+            "real cluster {CLUSTER_NAME} restarted in {:.1?}",
+            started.elapsed()
+        );
+    }
+
+    /// The file holding [`web_ca_pem`](Self::web_ca_pem), e.g. for a client's `SSL_CERT_FILE`.
+    pub fn web_ca_file(&self) -> &Path {
+        &self.web_ca_file
     }
 
     /// Runs `tctl --config <teleport.yaml> args…` as the cluster admin.
@@ -376,6 +394,23 @@ impl Drop for RealCluster {
             );
         }
     }
+}
+
+/// `teleport start` under a watchdog that deletes `dir` when the test process ends.
+fn spawn_teleport(bins: &Binaries, config: &Path, web_ca: &Path, dir: &Path) -> Supervised {
+    Supervised::spawn(
+        "teleport",
+        &bins.teleport,
+        &["start".to_owned(), format!("--config={}", config.display())],
+        &[
+            // Teleport refuses a web certificate whose chain it cannot verify itself.
+            ("SSL_CERT_FILE", &web_ca.display().to_string()),
+            // Spares the EC2 metadata probe Teleport makes at start-up (no cloud here).
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        &dir.join("teleport.out"),
+        Some(dir),
+    )
 }
 
 /// Two distinct free loopback ports (web, auth).

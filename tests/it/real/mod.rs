@@ -55,13 +55,16 @@ mod backend;
 mod certs;
 mod cluster;
 mod nginx;
-mod probe;
+mod plugins;
+pub mod probe;
 mod process;
 mod rbac;
 mod requests;
 
 mod facts;
+mod interop;
 mod smoke;
+mod wire;
 
 use std::sync::OnceLock;
 
@@ -75,7 +78,7 @@ pub fn print_skipped(test: &str, missing: &[&str]) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED real_cluster::{test}: TELEPORT_BIN/TCTL_BIN/TSH_BIN not set ({} missing; see README \"Real-cluster tests\")",
+        "SKIPPED real_cluster::{test}: {} not set (see README \"Real-cluster tests\")",
         missing.join(", ")
     );
 }

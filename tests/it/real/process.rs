@@ -15,19 +15,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The watchdog: `$1` = log file, `$2` = a directory to delete afterwards (or empty), the rest =
-/// the peer's command line. It prints the peer's pid, then waits for its stdin to close.
+/// the peer's command line. It prints the peer's pid, then waits for its stdin to close; if the
+/// last thing it read was `keep`, the directory is kept (a restart of the same peer).
 const WATCHDOG: &str = r#"
 log="$1"; cleanup="$2"; shift 2
 "$@" </dev/null >>"$log" 2>&1 &
 pid=$!
 echo "$pid"
-cat >/dev/null
+said=$(cat)
 kill -TERM "$pid" 2>/dev/null
 i=0
 while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
-if [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
+if [ -n "$cleanup" ] && [ "$said" != keep ]; then rm -rf "$cleanup"; fi
 exit 0
 "#;
 
@@ -109,6 +110,21 @@ impl Supervised {
     /// The last `lines` lines of the peer's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
+    }
+}
+
+impl Supervised {
+    /// Stops the peer (as dropping does) but keeps its directory, e.g. to start it again.
+    pub fn stop_keeping_files(mut self) {
+        if let Some(mut lifeline) = self.lifeline.take() {
+            use std::io::Write;
+            let _ = lifeline.write_all(b"keep");
+        }
+    }
+
+    /// Stops the peer with SIGTERM (SIGKILL after 5 s) and waits for it.
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
