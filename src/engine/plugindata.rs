@@ -62,6 +62,10 @@ pub struct Thread {
 /// an absent key means "as the original's keys say".
 pub const KEY_RECIPIENTS: &str = "te_recipients";
 pub const KEY_REVIEWS_SENT: &str = "te_reviews_sent";
+/// The `reviews_count` that `te_reviews_sent` was written with: when the original plugin has
+/// since raised `reviews_count` (it announced more reviews itself), our per-recipient counts are
+/// stale and the original's meaning applies.
+pub const KEY_REVIEWS_FOR: &str = "te_reviews_for";
 pub const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
 pub const KEY_FAILED: &str = "te_failed";
 pub const KEY_CLAIM: &str = "te_claim";
@@ -145,6 +149,10 @@ impl PluginData {
         if let Some(sent) = &self.reviews_sent {
             let pairs: Vec<String> = sent.iter().map(|(e, n)| format!("{e}/{n}")).collect();
             m.insert(KEY_REVIEWS_SENT.into(), format!("{V1}{}", pairs.join(",")));
+            m.insert(
+                KEY_REVIEWS_FOR.into(),
+                format!("{V1}{}", self.reviews_count),
+            );
         }
         if let Some(list) = &self.resolution_sent {
             m.insert(
@@ -206,15 +214,20 @@ impl PluginData {
             resolve_reason: get("resolve_reason"),
             threads,
             intended: ours(m, KEY_RECIPIENTS).map(|v| split_list(&v)),
-            reviews_sent: ours(m, KEY_REVIEWS_SENT).map(|v| {
-                split_list(&v)
-                    .iter()
-                    .filter_map(|p| {
-                        let (e, n) = p.rsplit_once('/')?;
-                        Some((e.to_owned(), n.parse().ok()?))
-                    })
-                    .collect()
-            }),
+            reviews_sent: ours(m, KEY_REVIEWS_SENT)
+                .filter(|_| {
+                    let now: usize = get("reviews_count").parse().unwrap_or(0);
+                    ours(m, KEY_REVIEWS_FOR).and_then(|v| v.parse().ok()) == Some(now)
+                })
+                .map(|v| {
+                    split_list(&v)
+                        .iter()
+                        .filter_map(|p| {
+                            let (e, n) = p.rsplit_once('/')?;
+                            Some((e.to_owned(), n.parse().ok()?))
+                        })
+                        .collect()
+                }),
             resolution_sent: ours(m, KEY_RESOLUTION_SENT).map(|v| split_list(&v)),
             failed: ours(m, KEY_FAILED)
                 .map(|v| split_list(&v))
@@ -347,6 +360,19 @@ mod tests {
         assert_eq!(d.reviews_sent_to("E2"), 1);
         assert!(!d.resolution_sent_to("E1"));
         assert!(d.failed_at("E3", "new"));
+    }
+
+    #[test]
+    fn our_review_counts_go_stale_when_the_original_announces_more() {
+        let mut d = sample();
+        d.reviews_sent = Some([("E1".to_owned(), 2), ("E2".to_owned(), 3)].into());
+        let mut m = d.encode();
+        assert_eq!(PluginData::decode(&m).reviews_sent_to("E1"), 2);
+        // The original plugin announced a fourth review itself: it writes only its own keys.
+        m.insert("reviews_count".into(), "4".into());
+        let d = PluginData::decode(&m);
+        assert_eq!(d.reviews_sent, None);
+        assert_eq!(d.reviews_sent_to("E1"), 4);
     }
 
     #[test]

@@ -342,7 +342,19 @@ fn check_plugin_data(
         "resolve_reason",
         "email_threads",
     ];
-    let stored: Vec<&str> = data.keys().map(String::as_str).collect();
+    // Ours also keeps its own progress keys (`te_*`, values starting `v1:`) beside the seven;
+    // the original ignores them.
+    for (k, v) in data.iter().filter(|(k, _)| k.starts_with("te_")) {
+        assert!(
+            v.as_str().is_some_and(|v| v.starts_with("v1:")),
+            "{k}: {data:#?}"
+        );
+    }
+    let stored: Vec<&str> = data
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("te_"))
+        .collect();
     let mut want: Vec<&str> = known
         .into_iter()
         .filter(|k| match *k {
