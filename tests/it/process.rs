@@ -97,6 +97,26 @@ impl Daemon {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// What `systemctl reload teleport-email` does: the unit's `ExecReload=`, `$MAINPID` filled in.
+    fn reload_as_systemd_does(&self) {
+        let unit =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/teleport-email.service");
+        let unit = std::fs::read_to_string(unit).unwrap();
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecReload="))
+            .expect("the unit has ExecReload=")
+            .replace("$MAINPID", &self.child.id().to_string());
+        let mut words = line.split_whitespace();
+        let program = words.next().expect("a command");
+        let ok = Command::new(program)
+            .args(words)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{line} failed");
+    }
+
     fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -254,7 +274,7 @@ async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
         "config.toml",
         &format!("\"*\" = \"{ALL}\"\n\"editor\" = \"editors@example.com\"\n"),
     );
-    d.signal("-HUP");
+    d.reload_as_systemd_does();
     d.wait_log("Configuration reloaded", 1).await;
     let b = p
         .auth

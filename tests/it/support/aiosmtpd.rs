@@ -231,7 +231,7 @@ fn provision() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
@@ -250,7 +250,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 /// The cargo target directory: the test binary lives in `<target>/debug/deps/`.
-fn target_dir() -> Result<PathBuf, String> {
+pub fn target_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     exe.parent()
         .and_then(Path::parent)
@@ -261,10 +261,10 @@ fn target_dir() -> Result<PathBuf, String> {
 
 /// A lock between processes: a directory only one can create. A lock older than ten minutes is
 /// taken to be left over from a killed run.
-struct DirLock(PathBuf);
+pub struct DirLock(PathBuf);
 
 impl DirLock {
-    fn acquire(path: &Path) -> Result<Self, String> {
+    pub fn acquire(path: &Path) -> Result<Self, String> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             match std::fs::create_dir(path) {
