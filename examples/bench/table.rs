@@ -69,9 +69,18 @@ fn ms(d: Option<Duration>) -> Figure {
         .ok_or_else(|| "—".to_owned())
 }
 
+/// The cell of a column that has no figures: its reason's first line, or "failed (below)".
+fn absent_cell(why: &str) -> String {
+    if why.starts_with("failed") {
+        "failed (see below)".into()
+    } else {
+        why.lines().next().unwrap_or_default().to_owned()
+    }
+}
+
 fn get(c: &Column, f: impl Fn(&Column) -> Option<f64>) -> Figure {
     match &c.absent {
-        Some(why) => Err(why.clone()),
+        Some(why) => Err(absent_cell(why)),
         None => f(c).ok_or_else(|| "—".to_owned()),
     }
 }
@@ -158,7 +167,7 @@ impl Run {
             for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")] {
                 let lat = move |c: &Column| -> Figure {
                     match &c.absent {
-                        Some(why) => Err(why.clone()),
+                        Some(why) => Err(absent_cell(why)),
                         None => ms(c.steady.as_ref().and_then(|t| t.quantile(q))),
                     }
                 };
@@ -271,10 +280,12 @@ impl Run {
             }
             if let (Ok(ours), Ok(orig)) = (u, o) {
                 let better = match r.better {
-                    Better::Lower => ours <= orig,
-                    Better::Higher => ours >= orig,
+                    Better::Lower => ours < orig,
+                    Better::Higher => ours > orig,
                 };
-                met.push(if better {
+                met.push(if ours == orig {
+                    "same as original"
+                } else if better {
                     "beats original"
                 } else {
                     "WORSE than original"
