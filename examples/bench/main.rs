@@ -44,6 +44,9 @@ struct Args {
     /// Our daemon's binary; default: `teleport-email` next to this example's directory.
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Keep the configs and daemon logs (the directory is printed).
+    #[arg(long)]
+    keep: bool,
     /// Connections (and sends in flight) of the limit's lettre pool.
     #[arg(long, default_value_t = 8)]
     limit_connections: u32,
@@ -111,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
         seconds: args.seconds,
     };
     println!("{}", run.render());
+    if args.keep {
+        eprintln!("bench: configs and logs kept in {}", dir.keep().display());
+    }
     if args.smoke {
         let ok = run.ours_correct();
         println!(
@@ -202,7 +208,7 @@ async fn try_daemon_column(
         (Some(a), Some(b)) if mails > 0 => Some((b - a).as_secs_f64() * 1000.0 / mails as f64),
         _ => None,
     };
-    let errors = daemon.log_count("ERROR") + daemon.log_count(" ERRO ");
+    let errors = daemon.error_lines();
     let ready = daemon.ready_after;
     let note = (!burst.tally.correct() || !steady.correct())
         .then(|| format!("log: {}", daemon.log.display()));

@@ -100,11 +100,12 @@ impl Daemon {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// Lines of the log containing `needle`.
-    pub fn log_count(&self, needle: &str) -> usize {
+    /// Log lines at ERROR level: ` ERROR ` in ours (text format), a leading `ERRO` in Go's.
+    pub fn error_lines(&self) -> usize {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
-            .matches(needle)
+            .lines()
+            .filter(|l| l.starts_with("ERRO ") || l.contains(" ERROR "))
             .count()
     }
 

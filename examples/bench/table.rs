@@ -54,6 +54,15 @@ enum Better {
 /// A figure of a column: a number, or text such as "n/a".
 type Figure = Result<f64, String>;
 
+/// Label, target, unit, the target's check, and the figure of a column.
+type ResourceRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<fn(f64, Option<f64>) -> bool>,
+    fn(&Column) -> Option<f64>,
+);
+
 struct Row {
     label: String,
     target: &'static str,
@@ -205,13 +214,7 @@ impl Run {
                     na(c, &|c| get(c, f))
                 }
             };
-            let resource_rows: [(
-                &str,
-                &'static str,
-                &'static str,
-                Option<fn(f64, Option<f64>) -> bool>,
-                fn(&Column) -> Option<f64>,
-            ); 5] = [
+            let resource_rows: [ResourceRow; 5] = [
                 (
                     "RSS idle after start, MB",
                     "≤ 15 MB",
