@@ -61,6 +61,8 @@ pub struct MailgunRequest {
     pub fields: Vec<(String, String)>,
     /// The status we answered.
     pub status: u16,
+    /// When the call arrived (its answer follows at once).
+    pub received_at: std::time::Instant,
 }
 
 impl MailgunRequest {
@@ -270,6 +272,7 @@ async fn handle(
         content_type,
         fields: fields.clone().unwrap_or_default(),
         status: 200,
+        received_at: std::time::Instant::now(),
     };
     let (status, retry_after, answer) = decide(&shared, &record, fields.is_some());
     record.status = status;

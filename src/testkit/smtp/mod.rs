@@ -55,6 +55,8 @@ pub struct ReceivedMail {
     pub tls: bool,
     /// The user that authenticated, if any.
     pub auth_user: Option<String>,
+    /// When the receiver accepted it (just before answering `250` to the data).
+    pub received_at: std::time::Instant,
 }
 
 impl ReceivedMail {

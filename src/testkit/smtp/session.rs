@@ -338,6 +338,7 @@ impl Session {
             data,
             tls: self.tls,
             auth_user: self.auth_user.clone(),
+            received_at: std::time::Instant::now(),
         });
         self.reply("250 2.0.0 Ok: queued").await
     }

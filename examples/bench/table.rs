@@ -1,0 +1,369 @@
+//! The one table: a row per figure, the limit, the original and ours side by side, the ratios,
+//! and each target with whether this run met it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::load::Burst;
+use crate::sink::Tally;
+
+/// What one column measured; `absent` says why there is nothing.
+#[derive(Default)]
+pub struct Column {
+    pub burst: Option<Burst>,
+    pub steady: Option<Tally>,
+    pub ready: Option<Duration>,
+    pub idle_rss: Option<u64>,
+    pub peak_rss: Option<u64>,
+    pub cpu_per_1000: Option<f64>,
+    pub errors: Option<usize>,
+    pub note: Option<String>,
+    pub absent: Option<String>,
+}
+
+impl Column {
+    pub fn absent(why: &str) -> Self {
+        Self {
+            absent: Some(why.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    fn correct(&self) -> bool {
+        self.burst.as_ref().is_some_and(|b| b.tally.correct())
+            && self.steady.as_ref().is_some_and(Tally::correct)
+    }
+}
+
+pub struct Run {
+    pub limit: Column,
+    pub original: Column,
+    pub ours: Column,
+    pub ours_mailgun: Column,
+    pub requests: usize,
+    pub rate: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// A figure of a column: a number, or text such as "n/a".
+type Figure = Result<f64, String>;
+
+/// Label, target, unit, the target's check, and the figure of a column.
+type ResourceRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<fn(f64, Option<f64>) -> bool>,
+    fn(&Column) -> Option<f64>,
+);
+
+struct Row {
+    label: String,
+    target: &'static str,
+    better: Better,
+    unit: &'static str,
+    /// Whether ours meets the row's own target, given ours and the limit.
+    meets: Option<fn(f64, Option<f64>) -> bool>,
+    cells: [Figure; 3],
+}
+
+fn ms(d: Option<Duration>) -> Figure {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+        .ok_or_else(|| "—".to_owned())
+}
+
+/// The cell of a column that has no figures: its reason's first line, or "failed (below)".
+fn absent_cell(why: &str) -> String {
+    if why.starts_with("failed") {
+        "failed (see below)".into()
+    } else {
+        why.lines().next().unwrap_or_default().to_owned()
+    }
+}
+
+fn get(c: &Column, f: impl Fn(&Column) -> Option<f64>) -> Figure {
+    match &c.absent {
+        Some(why) => Err(absent_cell(why)),
+        None => f(c).ok_or_else(|| "—".to_owned()),
+    }
+}
+
+fn mb(b: Option<u64>) -> Option<f64> {
+    b.map(|b| b as f64 / (1024.0 * 1024.0))
+}
+
+impl Run {
+    pub fn ours_correct(&self) -> bool {
+        self.ours.correct() && self.ours_mailgun.correct()
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let cols = |mg: bool| -> [&Column; 3] {
+            if mg {
+                [&self.limit, &self.original, &self.ours_mailgun]
+            } else {
+                [&self.limit, &self.original, &self.ours]
+            }
+        };
+        for mg in [false, true] {
+            let path = if mg { "Mailgun" } else { "SMTP" };
+            let [l, o, u] = cols(mg);
+            let na = |c: &Column, f: &dyn Fn(&Column) -> Figure| -> Figure {
+                if mg && !std::ptr::eq(c, u) {
+                    Err(if std::ptr::eq(c, l) {
+                        "n/a (SMTP only)".into()
+                    } else {
+                        "n/a (no api_base)".into()
+                    })
+                } else {
+                    f(c)
+                }
+            };
+            let burst_time =
+                |c: &Column| get(c, |c| c.burst.as_ref()?.elapsed.map(|d| d.as_secs_f64()));
+            let rate = |c: &Column| get(c, |c| c.burst.as_ref()?.mails_per_second());
+            let lost = |c: &Column| {
+                get(c, |c| {
+                    let b = c.burst.as_ref()?;
+                    Some((b.tally.lost + b.tally.unexpected) as f64)
+                })
+            };
+            let dups = |c: &Column| get(c, |c| Some(c.burst.as_ref()?.tally.duplicates as f64));
+            let n = self.requests;
+            rows.push(Row {
+                label: format!("{path} burst: {n} requests × 3, s to last mail"),
+                target: "",
+                better: Better::Lower,
+                unit: "s",
+                meets: None,
+                cells: [na(l, &burst_time), na(o, &burst_time), burst_time(u)],
+            });
+            rows.push(Row {
+                label: format!("{path} burst: mails/s"),
+                target: if mg { "" } else { "≥ 0.8 × limit" },
+                better: Better::Higher,
+                unit: "",
+                meets: if mg {
+                    None
+                } else {
+                    Some(|ours, limit| limit.is_some_and(|l| ours >= 0.8 * l))
+                },
+                cells: [na(l, &rate), na(o, &rate), rate(u)],
+            });
+            rows.push(Row {
+                label: format!("{path} burst: lost"),
+                target: "0",
+                better: Better::Lower,
+                unit: "",
+                meets: Some(|ours, _| ours == 0.0),
+                cells: [na(l, &lost), na(o, &lost), lost(u)],
+            });
+            rows.push(Row {
+                label: format!("{path} burst: duplicates"),
+                target: "0",
+                better: Better::Lower,
+                unit: "",
+                meets: Some(|ours, _| ours == 0.0),
+                cells: [na(l, &dups), na(o, &dups), dups(u)],
+            });
+            for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")] {
+                let lat = move |c: &Column| -> Figure {
+                    match &c.absent {
+                        Some(why) => Err(absent_cell(why)),
+                        None => ms(c.steady.as_ref().and_then(|t| t.quantile(q))),
+                    }
+                };
+                rows.push(Row {
+                    label: format!(
+                        "{path} steady {}/s × {} s: latency {name}",
+                        self.rate, self.seconds
+                    ),
+                    target: if name == "p99" { "≤ 50 ms" } else { "" },
+                    better: Better::Lower,
+                    unit: "ms",
+                    meets: (name == "p99")
+                        .then_some((|ours, _| ours <= 50.0) as fn(f64, Option<f64>) -> bool),
+                    cells: [na(l, &lat), na(o, &lat), lat(u)],
+                });
+            }
+            let slost = |c: &Column| {
+                get(c, |c| {
+                    let t = c.steady.as_ref()?;
+                    Some((t.lost + t.unexpected + t.duplicates) as f64)
+                })
+            };
+            rows.push(Row {
+                label: format!("{path} steady: lost + duplicates"),
+                target: "0",
+                better: Better::Lower,
+                unit: "",
+                meets: Some(|ours, _| ours == 0.0),
+                cells: [na(l, &slost), na(o, &slost), slost(u)],
+            });
+            let process = |c: &Column, f: fn(&Column) -> Option<f64>| -> Figure {
+                if std::ptr::eq(c, l) {
+                    Err("— (no daemon)".into())
+                } else {
+                    na(c, &|c| get(c, f))
+                }
+            };
+            let resource_rows: [ResourceRow; 5] = [
+                (
+                    "RSS idle after start, MB",
+                    "≤ 15 MB",
+                    "MB",
+                    Some(|o, _| o <= 15.0),
+                    |c| mb(c.idle_rss),
+                ),
+                (
+                    "RSS peak (VmHWM) after the burst, MB",
+                    "≤ 60 MB",
+                    "MB",
+                    Some(|o, _| o <= 60.0),
+                    |c| mb(c.peak_rss),
+                ),
+                (
+                    "start → `Plugin is ready`, ms",
+                    "≤ 200 ms",
+                    "ms",
+                    Some(|o, _| o <= 200.0),
+                    |c| ms(c.ready).ok(),
+                ),
+                ("CPU s per 1,000 mails", "", "s", None, |c| c.cpu_per_1000),
+                ("ERROR lines in the log", "", "", None, |c| {
+                    c.errors.map(|e| e as f64)
+                }),
+            ];
+            for (label, target, unit, meets, f) in resource_rows {
+                rows.push(Row {
+                    label: format!("{path}: {label}"),
+                    target: if mg { "" } else { target },
+                    better: Better::Lower,
+                    unit,
+                    meets: if mg { None } else { meets },
+                    cells: [process(l, f), process(o, f), process(u, f)],
+                });
+            }
+        }
+        rows
+    }
+
+    pub fn render(&self) -> String {
+        let header = [
+            "",
+            "limit",
+            "original",
+            "ours",
+            "ours/limit",
+            "ours/original",
+            "target",
+            "met",
+        ];
+        let mut lines: Vec<[String; 8]> = Vec::new();
+        for r in self.rows() {
+            let [l, o, u] = &r.cells;
+            let ratio = |other: &Figure| match (u, other) {
+                (Ok(a), Ok(b)) if *b != 0.0 => format!("{:.2}", a / b),
+                _ => "—".into(),
+            };
+            let mut met = Vec::new();
+            if let (Some(meets), Ok(ours)) = (r.meets, u) {
+                met.push(if meets(*ours, l.as_ref().ok().copied()) {
+                    "yes"
+                } else {
+                    "NO"
+                });
+            }
+            if let (Ok(ours), Ok(orig)) = (u, o) {
+                let better = match r.better {
+                    Better::Lower => ours < orig,
+                    Better::Higher => ours > orig,
+                };
+                met.push(if ours == orig {
+                    "same as original"
+                } else if better {
+                    "beats original"
+                } else {
+                    "WORSE than original"
+                });
+            }
+            lines.push([
+                r.label.clone(),
+                fmt(l, r.unit),
+                fmt(o, r.unit),
+                fmt(u, r.unit),
+                ratio(l),
+                ratio(o),
+                r.target.to_owned(),
+                met.join(", "),
+            ]);
+        }
+        let mut widths = header.map(str::len);
+        for l in &lines {
+            for (i, c) in l.iter().enumerate() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let row = |out: &mut String, cells: &[String]| {
+            out.push('|');
+            for (i, c) in cells.iter().enumerate() {
+                let pad = widths[i] - c.chars().count();
+                if i == 0 || i >= 6 {
+                    let _ = write!(out, " {c}{} |", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, " {}{c} |", " ".repeat(pad));
+                }
+            }
+            out.push('\n');
+        };
+        row(&mut out, &header.map(str::to_owned));
+        out.push('|');
+        for (i, w) in widths.iter().enumerate() {
+            let dashes = "-".repeat(*w);
+            let _ = if i == 0 || i >= 6 {
+                write!(out, " {dashes} |")
+            } else {
+                write!(out, " {dashes}:|").map(|_| ())
+            };
+        }
+        out.push('\n');
+        for l in &lines {
+            row(&mut out, l);
+        }
+        let notes = [
+            ("limit", &self.limit),
+            ("original", &self.original),
+            ("ours (SMTP)", &self.ours),
+            ("ours (Mailgun)", &self.ours_mailgun),
+        ];
+        for (name, c) in notes {
+            if let Some(n) = c.absent.as_ref().or(c.note.as_ref()) {
+                let _ = writeln!(out, "\n{name}: {n}");
+            }
+        }
+        out
+    }
+}
+
+fn fmt(f: &Figure, unit: &str) -> String {
+    match f {
+        Err(text) => text.clone(),
+        Ok(v) => match unit {
+            "ms" if *v < 10.0 => format!("{v:.1} ms"),
+            "ms" => format!("{v:.0} ms"),
+            "s" if *v < 1.0 => format!("{v:.3} s"),
+            "s" => format!("{v:.2} s"),
+            "MB" => format!("{v:.1} MB"),
+            _ if v.fract() == 0.0 => format!("{v:.0}"),
+            _ => format!("{v:.0}"),
+        },
+    }
+}
