@@ -9,7 +9,8 @@ mod plugindata;
 mod recipients;
 mod stage;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
@@ -108,7 +109,15 @@ pub struct Engine {
     /// next start (or another replica), which the plugin data tells where to resume.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Request id → the plugin data as we last wrote it: saves a read before the next write.
+    written: Mutex<HashMap<String, RawPluginData>>,
 }
+
+/// Plugin data as stored: key → value.
+type RawPluginData = std::collections::BTreeMap<String, String>;
+
+/// Requests whose last write is remembered; the cache is simply emptied when full.
+const WRITTEN_CACHE_MAX: usize = 4096;
 
 enum Claimed {
     /// Nothing owed in this stage.
@@ -133,6 +142,7 @@ impl Engine {
             policy,
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -401,6 +411,28 @@ impl Engine {
         }
     }
 
+    /// Reads (`store` = `None`) or replaces our last written copy of a request's plugin data.
+    fn written_cache(&self, id: &str, store: Option<RawPluginData>) -> Option<RawPluginData> {
+        let mut cache = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match store {
+            None => cache.get(id).cloned(),
+            Some(raw) => {
+                if cache.len() >= WRITTEN_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(id.to_owned(), raw);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     /// Compare-and-swap on the request's plugin data. `update` sees the current data (`None` when
     /// there is none) and returns the new data, or `None` to leave it alone. Returns the old and
     /// new data when a write happened.
@@ -409,10 +441,21 @@ impl Engine {
         id: &str,
         mut update: impl FnMut(Option<&PluginData>) -> Option<PluginData>,
     ) -> Result<Option<(Option<PluginData>, PluginData)>, EngineError> {
+        // Our own last write is the first guess of the stored data (the compare-and-swap proves
+        // it); a decision not to write is only ever taken on data freshly read.
+        let mut guess = self.written_cache(id, None);
         for attempt in 0..MAX_CAS_TRIES {
-            let raw = self.client.get_plugin_data(id, PLUGIN_NAME).await?;
+            let from_guess = guess.is_some();
+            let raw = match guess.take() {
+                Some(raw) => Some(raw),
+                None => self.client.get_plugin_data(id, PLUGIN_NAME).await?,
+            };
             let old = raw.as_ref().map(PluginData::decode);
             let Some(new) = update(old.as_ref()) else {
+                if from_guess {
+                    continue;
+                }
+                self.forget(id);
                 return Ok(None);
             };
             let expect = match &raw {
@@ -435,7 +478,12 @@ impl Engine {
                 .update_plugin_data(id, PLUGIN_NAME, &set, &expect)
                 .await
             {
-                Ok(()) => return Ok(Some((old, new))),
+                Ok(()) => {
+                    let stored = set.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+                    self.written_cache(id, Some(stored));
+                    return Ok(Some((old, new)));
+                }
+                Err(TeleportError::CompareFailed(_)) if from_guess => self.forget(id),
                 Err(TeleportError::CompareFailed(_)) => {
                     let jitter = rand::random_range(0..10u64 << attempt.min(5));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
