@@ -266,7 +266,7 @@ impl Engine {
             let mut transient = Vec::new();
             let mut permanent = Vec::new();
             let mut retry_after = None;
-            for (job, (delivered, first_id, error)) in jobs.iter().zip(&outcomes) {
+            for (job, (delivered, _, error)) in jobs.iter().zip(&outcomes) {
                 for _ in 0..*delivered {
                     self.metrics.mail(mailer.backend(), stage.name(), true);
                 }
@@ -276,7 +276,6 @@ impl Engine {
                 for mail in &job.mails[..*delivered] {
                     tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
                 }
-                let _ = first_id;
                 match error {
                     Some(e) if e.is_transient() => {
                         retry_after = retry_after.max(e.retry_after());
@@ -367,32 +366,30 @@ impl Engine {
     /// Takes the request for `stage`, unless nothing is owed or another live instance holds it.
     async fn claim(&self, id: &str, stage: &Stage) -> Result<Claimed, EngineError> {
         let mut outcome = Claimed::Done;
-        let written = self
-            .modify(id, |old| {
-                outcome = Claimed::Done;
-                let data = old?;
-                if let Some(c) = &data.claim
-                    && c.owner != self.policy.instance
-                    && c.until_ms > now_ms()
-                {
-                    outcome = Claimed::Busy(c.until_ms);
-                    return None;
-                }
-                let mut d = stage.begin(data)?;
-                if stage
-                    .work(&d, &self.summary(id, &d), &self.policy.id_host)
-                    .is_empty()
-                {
-                    // Nothing owed: still write the stage's start marks (and drop a stale claim).
-                    d.claim = None;
-                    return (d != *data).then_some(d);
-                }
-                d.claim = Some(self.lease());
-                outcome = Claimed::Ours(Box::new(d.clone()));
-                Some(d)
-            })
-            .await?;
-        let _ = written;
+        self.modify(id, |old| {
+            outcome = Claimed::Done;
+            let data = old?;
+            if let Some(c) = &data.claim
+                && c.owner != self.policy.instance
+                && c.until_ms > now_ms()
+            {
+                outcome = Claimed::Busy(c.until_ms);
+                return None;
+            }
+            let mut d = stage.begin(data)?;
+            if stage
+                .work(&d, &self.summary(id, &d), &self.policy.id_host)
+                .is_empty()
+            {
+                // Nothing owed: still write the stage's start marks (and drop a stale claim).
+                d.claim = None;
+                return (d != *data).then_some(d);
+            }
+            d.claim = Some(self.lease());
+            outcome = Claimed::Ours(Box::new(d.clone()));
+            Some(d)
+        })
+        .await?;
         Ok(outcome)
     }
 
