@@ -203,16 +203,24 @@ fn python() -> PathBuf {
 }
 
 fn provision() -> Result<PathBuf, String> {
+    let venv = pip_venv("aiosmtpd", VERSION, &["-c", "import aiosmtpd.controller"])?;
+    Ok(venv.join("bin").join("python"))
+}
+
+/// A venv under the target directory holding `package==version` from PyPI, made once (under a
+/// lock, so parallel tests share it); `check` is run with the venv's python to prove it works.
+/// Returns the venv directory.
+pub fn pip_venv(package: &str, version: &str, check: &[&str]) -> Result<PathBuf, String> {
     let target = target_dir()?;
-    let venv = target.join("aiosmtpd-venv");
+    let venv = target.join(format!("{package}-venv"));
     let python = venv.join("bin").join("python");
-    let ready = venv.join(format!(".aiosmtpd-{VERSION}-ready"));
+    let ready = venv.join(format!(".{package}-{version}-ready"));
     if ready.exists() {
-        return Ok(python);
+        return Ok(venv);
     }
-    let _lock = DirLock::acquire(&target.join("aiosmtpd-venv.lock"))?;
+    let _lock = DirLock::acquire(&target.join(format!("{package}-venv.lock")))?;
     if ready.exists() {
-        return Ok(python);
+        return Ok(venv);
     }
     let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     if !python.exists() {
@@ -224,11 +232,11 @@ fn provision() -> Result<PathBuf, String> {
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        &format!("aiosmtpd=={VERSION}"),
+        &format!("{package}=={version}"),
     ]))?;
-    run(Command::new(&python).args(["-c", "import aiosmtpd.controller"]))?;
-    std::fs::write(&ready, VERSION).map_err(|e| format!("{}: {e}", ready.display()))?;
-    Ok(python)
+    run(Command::new(&python).args(check))?;
+    std::fs::write(&ready, version).map_err(|e| format!("{}: {e}", ready.display()))?;
+    Ok(venv)
 }
 
 pub fn run(cmd: &mut Command) -> Result<(), String> {

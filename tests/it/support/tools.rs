@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::aiosmtpd::{DirLock, run, target_dir};
+use super::aiosmtpd::{DirLock, pip_venv, run, target_dir};
 
 /// The yamllint release the chart is linted with.
 pub const YAMLLINT_VERSION: &str = "1.38.0";
@@ -43,33 +43,12 @@ pub fn helm() -> PathBuf {
 }
 
 fn provision_yamllint() -> Result<PathBuf, String> {
-    let target = target_dir()?;
-    let venv = target.join("yamllint-venv");
-    let yamllint = venv.join("bin").join("yamllint");
-    let ready = venv.join(format!(".yamllint-{YAMLLINT_VERSION}-ready"));
-    if ready.exists() {
-        return Ok(yamllint);
-    }
-    let _lock = DirLock::acquire(&target.join("yamllint-venv.lock"))?;
-    if ready.exists() {
-        return Ok(yamllint);
-    }
-    let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let python = venv.join("bin").join("python");
-    if !python.exists() {
-        run(Command::new(&system_python).args(["-m", "venv"]).arg(&venv))?;
-    }
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        &format!("yamllint=={YAMLLINT_VERSION}"),
-    ]))?;
-    run(Command::new(&yamllint).arg("--version"))?;
-    std::fs::write(&ready, YAMLLINT_VERSION).map_err(|e| format!("{}: {e}", ready.display()))?;
-    Ok(yamllint)
+    let venv = pip_venv(
+        "yamllint",
+        YAMLLINT_VERSION,
+        &["-m", "yamllint", "--version"],
+    )?;
+    Ok(venv.join("bin").join("yamllint"))
 }
 
 fn provision_helm() -> Result<PathBuf, String> {
