@@ -7,6 +7,7 @@
 pub mod address;
 pub mod app;
 pub mod backoff;
+pub mod calendar;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::calendar::civil_from_days;
+
 use super::text::{body_field, header_field, html_escape};
 
 /// What a mail says about one Access Request.
@@ -250,27 +252,13 @@ pub fn rfc822_utc(t: SystemTime) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let of_day = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0) % 12];
+    let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
     format!(
         "{day:02} {month_name} {:02} {:02}:{:02} UTC",
         year.rem_euclid(100),
         of_day / 3600,
         of_day % 3600 / 60
     )
-}
-
-/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
