@@ -66,14 +66,7 @@ fn check_response(head: &str, key: &str) -> Result<(), String> {
         }
         _ => return Err(format!("the proxy refused the upgrade: {status:?}")),
     }
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
+    let header = |name: &str| header(head, name);
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err("the upgrade response is not a WebSocket upgrade".into());
     }
@@ -86,6 +79,16 @@ fn check_response(head: &str, key: &str) -> Result<(), String> {
         return Err("the upgrade response has a wrong Sec-WebSocket-Accept".into());
     }
     Ok(())
+}
+
+/// The value of header `name` (any case) in an HTTP head (start line, then header lines).
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455).

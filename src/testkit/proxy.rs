@@ -192,14 +192,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let leftover = buf[head_end + 4..].to_vec();
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
+    let header = |name: &str| websocket::header(&head, name);
     match path.split('?').next().unwrap_or("") {
         "/webapi/find" => {
             let body = find_response(&ctx.cluster, ctx.addr).to_string();
