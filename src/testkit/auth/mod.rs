@@ -350,6 +350,11 @@ impl FakeAuth {
         self.shared.lock().plugin_data_writes
     }
 
+    /// How many GetPluginData calls were made.
+    pub fn plugin_data_reads(&self) -> u64 {
+        self.shared.lock().plugin_data_reads
+    }
+
     /// The users (certificate CNs) that have called so far.
     pub fn callers(&self) -> Vec<String> {
         self.shared

@@ -53,6 +53,8 @@ pub struct State {
     pub watchers: Vec<Watcher>,
     /// Number of UpdatePluginData calls, for tests that count round trips.
     pub plugin_data_writes: u64,
+    /// Number of GetPluginData calls.
+    pub plugin_data_reads: u64,
     /// How many of the next UpdatePluginData calls fail with a compare error regardless.
     pub forced_compare_failures: u32,
 }
@@ -345,15 +347,21 @@ impl State {
 
     /// GetPluginData: an empty list (not NotFound) when there is none.
     pub fn get_plugin_data(
-        &self,
+        &mut self,
         kind: &str,
         resource: &str,
         plugin: &str,
     ) -> Result<Vec<(String, PluginEntries)>, Status> {
         check_kind(kind)?;
-        Ok(self
-            .plugin_data
-            .iter()
+        self.plugin_data_reads += 1;
+        let key = (kind.to_owned(), resource.to_owned());
+        // One resource: a lookup, not a scan (the benchmark holds thousands).
+        let range = if resource.is_empty() {
+            self.plugin_data.range(..)
+        } else {
+            self.plugin_data.range(key.clone()..=key)
+        };
+        Ok(range
             .filter(|((k, r), _)| k == kind && (resource.is_empty() || r == resource))
             .filter(|(_, entries)| plugin.is_empty() || entries.contains_key(plugin))
             .map(|((_, r), entries)| {
