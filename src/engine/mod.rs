@@ -208,20 +208,18 @@ impl Engine {
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
         let recipients = recipients_for(&self.routing().recipients, req);
+        // The plugin data is created by the first claim (one write, not two); a request created
+        // moments ago almost certainly has none yet, so that write is tried without a read.
         let fresh = PluginData {
             user: req.user.clone(),
             roles: req.roles.clone(),
             request_reason: req.reason.clone(),
-            intended: Some(recipients.clone()),
+            intended: Some(recipients),
             ..Default::default()
         };
-        let created = self
-            .modify(&req.id, |old| old.is_none().then(|| fresh.clone()))
+        let guess_absent = req.reviews.is_empty() && just_created(req.created);
+        self.run_stage_from(&req.id, Stage::NewThreads, Some((fresh, guess_absent)))
             .await?;
-        if created.is_some() && recipients.is_empty() {
-            tracing::warn!(request_id = %req.id, "No recipients to send");
-        }
-        self.run_stage(&req.id, Stage::NewThreads).await?;
         if !req.reviews.is_empty() {
             self.run_stage(&req.id, Stage::Reviews(req.reviews.clone()))
                 .await?;
@@ -244,10 +242,24 @@ impl Engine {
     /// Delivers everything `stage` still owes: claim the request, send, record each recipient's
     /// progress, release; transient failures are retried with backoff for `retry_for`.
     async fn run_stage(&self, id: &str, stage: Stage) -> Result<(), EngineError> {
+        self.run_stage_from(id, stage, None).await
+    }
+
+    /// [`Self::run_stage`], creating the plugin data as `fresh` when there is none (with `true`:
+    /// first try writing without reading, expecting none).
+    async fn run_stage_from(
+        &self,
+        id: &str,
+        stage: Stage,
+        mut fresh: Option<(PluginData, bool)>,
+    ) -> Result<(), EngineError> {
         let deadline = Instant::now() + self.policy.retry_for;
         let mut backoff = self.policy.min_backoff;
         loop {
-            let data = match self.claim(id, &stage).await? {
+            let claimed = self.claim(id, &stage, fresh.as_ref()).await?;
+            // Created (or found) by now: later rounds read what is stored.
+            fresh = None;
+            let data = match claimed {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(_) if self.stopping.is_cancelled() => return Ok(()),
                 Claimed::Busy(until) => {
@@ -364,32 +376,45 @@ impl Engine {
     }
 
     /// Takes the request for `stage`, unless nothing is owed or another live instance holds it.
-    async fn claim(&self, id: &str, stage: &Stage) -> Result<Claimed, EngineError> {
+    async fn claim(
+        &self,
+        id: &str,
+        stage: &Stage,
+        fresh: Option<&(PluginData, bool)>,
+    ) -> Result<Claimed, EngineError> {
         let mut outcome = Claimed::Done;
-        self.modify(id, |old| {
-            outcome = Claimed::Done;
-            let data = old?;
-            if let Some(c) = &data.claim
-                && c.owner != self.policy.instance
-                && c.until_ms > now_ms()
-            {
-                outcome = Claimed::Busy(c.until_ms);
-                return None;
-            }
-            let mut d = stage.begin(data)?;
-            if stage
-                .work(&d, &self.summary(id, &d), &self.policy.id_host)
-                .is_empty()
-            {
-                // Nothing owed: still write the stage's start marks (and drop a stale claim).
-                d.claim = None;
-                return (d != *data).then_some(d);
-            }
-            d.claim = Some(self.lease());
-            outcome = Claimed::Ours(Box::new(d.clone()));
-            Some(d)
-        })
-        .await?;
+        let guess_absent = fresh.is_some_and(|(_, absent)| *absent);
+        let written = self
+            .modify_guessing(id, guess_absent, |old| {
+                outcome = Claimed::Done;
+                let creating = old.is_none();
+                let data = old.or(fresh.map(|(d, _)| d))?;
+                if let Some(c) = &data.claim
+                    && c.owner != self.policy.instance
+                    && c.until_ms > now_ms()
+                {
+                    outcome = Claimed::Busy(c.until_ms);
+                    return None;
+                }
+                let mut d = stage.begin(data)?;
+                if stage
+                    .work(&d, &self.summary(id, &d), &self.policy.id_host)
+                    .is_empty()
+                {
+                    // Nothing owed: still write the stage's start marks (and drop a stale claim).
+                    d.claim = None;
+                    return (creating || d != *data).then_some(d);
+                }
+                d.claim = Some(self.lease());
+                outcome = Claimed::Ours(Box::new(d.clone()));
+                Some(d)
+            })
+            .await?;
+        if let Some((None, created)) = &written
+            && created.intended.as_ref().is_some_and(|r| r.is_empty())
+        {
+            tracing::warn!(request_id = %id, "No recipients to send");
+        }
         Ok(outcome)
     }
 
@@ -436,15 +461,30 @@ impl Engine {
     async fn modify(
         &self,
         id: &str,
+        update: impl FnMut(Option<&PluginData>) -> Option<PluginData>,
+    ) -> Result<Option<(Option<PluginData>, PluginData)>, EngineError> {
+        self.modify_guessing(id, false, update).await
+    }
+
+    /// [`Self::modify`]; with `guess_absent`, when we have written nothing for the request, the
+    /// first attempt assumes it has no plugin data instead of reading it.
+    async fn modify_guessing(
+        &self,
+        id: &str,
+        guess_absent: bool,
         mut update: impl FnMut(Option<&PluginData>) -> Option<PluginData>,
     ) -> Result<Option<(Option<PluginData>, PluginData)>, EngineError> {
         // Our own last write is the first guess of the stored data (the compare-and-swap proves
         // it); a decision not to write is only ever taken on data freshly read.
-        let mut guess = self.written_cache(id, None);
+        let mut guess = match self.written_cache(id, None) {
+            Some(raw) => Some(Some(raw)),
+            None if guess_absent => Some(None),
+            None => None,
+        };
         for attempt in 0..MAX_CAS_TRIES {
             let from_guess = guess.is_some();
             let raw = match guess.take() {
-                Some(raw) => Some(raw),
+                Some(raw) => raw,
                 None => self.client.get_plugin_data(id, PLUGIN_NAME).await?,
             };
             let old = raw.as_ref().map(PluginData::decode);
@@ -505,6 +545,19 @@ async fn send_job(mailer: &dyn Mailer, job: &Job) -> (usize, Option<MessageId>, 
         }
     }
     (job.mails.len(), first, None)
+}
+
+/// Whether a request was created in the last minute (by our clock; a skewed one only costs a
+/// read).
+fn just_created(created: Option<SystemTime>) -> bool {
+    created
+        .and_then(|c| {
+            SystemTime::now()
+                .duration_since(c)
+                .ok()
+                .or(Some(Duration::ZERO))
+        })
+        .is_some_and(|age| age < Duration::from_secs(60))
 }
 
 fn now_ms() -> u64 {

@@ -681,3 +681,22 @@ impl Harness {
         self.wait_ready().await;
     }
 }
+
+/// A new request costs the Auth Service two plugin-data writes (claim with the new data, then the
+/// threads with the claim released) and no read: the daemon neither reads before creating nor
+/// re-reads what it wrote itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_request_costs_two_plugin_data_writes_and_no_read() {
+    let mut h = Harness::start(Backend::Smtp, FakeAuthOptions::default()).await;
+    let (writes, reads) = (h.auth.plugin_data_writes(), h.auth.plugin_data_reads());
+    let id = h
+        .auth
+        .create_request(REQUESTER, &["editor"], "because of", &[R1, R2]);
+    assert_eq!(sorted_to(&h.next_mails(3).await), [ALL, R1, R2]);
+    let data = h.wait_threads(&id, 3).await;
+    assert!(!data.contains_key("te_claim"), "{data:?}");
+    h.assert_quiet().await;
+    assert_eq!(h.auth.plugin_data_writes() - writes, 2);
+    assert_eq!(h.auth.plugin_data_reads() - reads, 0);
+    h.shutdown().await;
+}
