@@ -408,8 +408,63 @@ async fn many_mails_in_parallel_share_a_small_pool() {
         got.iter().map(|m| parse_mail(&m.data).message_id).collect();
     assert_eq!(ids.len(), 100);
     assert!(
-        receiver.stats().connections <= 4 + 4,
+        receiver.stats().connections <= SmtpOptions::default().pool_max_size as usize,
         "{:?}",
         receiver.stats()
     );
+}
+
+#[tokio::test]
+async fn a_pipelining_server_gets_each_mail_in_two_round_trips_on_one_connection() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    for _ in 0..5 {
+        mailer.send(&new_thread_mail()).await.unwrap();
+    }
+    let got = receiver.wait_for(5, WAIT).await.unwrap();
+    assert!(got.iter().all(|m| m.rcpt_to == [RECIPIENT]), "{got:?}");
+    let stats = receiver.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    // MAIL and RCPT arrived with the rest of their group behind them, and a connection used a
+    // moment ago was not checked with NOOP first.
+    assert!(stats.pipelined >= 5, "{stats:?}");
+    assert_eq!(stats.noops, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
+    let receiver = SmtpReceiver::builder()
+        .pipelining(false)
+        .start()
+        .await
+        .unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    for _ in 0..5 {
+        mailer.send(&new_thread_mail()).await.unwrap();
+    }
+    assert_eq!(receiver.wait_for(5, WAIT).await.unwrap().len(), 5);
+    let stats = receiver.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(stats.pipelined, 0, "{stats:?}");
+    assert_eq!(stats.noops, 4, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    mailer.send(&new_thread_mail()).await.unwrap();
+    // The server drops every session and listens again: the pooled connection is dead, and too
+    // fresh to be checked with NOOP.
+    receiver.go_down().await;
+    receiver.come_back().unwrap();
+    let second = new_thread_mail();
+    mailer.send(&second).await.unwrap();
+    let got = receiver.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_new_thread(&got[1].data, &second);
+    assert_eq!(receiver.stats().connections, 2);
 }

@@ -1,5 +1,5 @@
-//! Opening one ready-to-send SMTP connection: TCP, implicit TLS or STARTTLS per policy, EHLO,
-//! AUTH — with a deadline on every network operation.
+//! Opening one ready-to-send SMTP connection: TCP, implicit TLS or STARTTLS per policy, EHLO
+//! (noting PIPELINING), AUTH — with a deadline on every network operation.
 //!
 //! lettre's async client bounds only the TCP connect, so a server that accepts and then stays
 //! silent would hang a send for ever. Every connection here runs over [`Deadline`], which fails a
@@ -18,7 +18,9 @@ use std::time::Duration;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -70,7 +72,7 @@ impl From<io::Error> for Failure {
 
 impl Dialer {
     /// A fresh connection, greeted, encrypted and authenticated as configured.
-    pub async fn dial(&self) -> Result<AsyncSmtpConnection, Failure> {
+    pub async fn dial(&self) -> Result<Connection, Failure> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         let tcp = tokio::time::timeout(self.timeout, connect)
             .await
@@ -101,14 +103,34 @@ impl Dialer {
         if let Some(params) = starttls {
             conn.starttls(params.clone(), &self.hello).await?;
         }
+        // lettre keeps only the EHLO keywords it uses itself; ask again to learn PIPELINING.
+        let pipelining = offers_pipelining(&conn.command(Ehlo::new(self.hello.clone())).await?);
         if let Some(credentials) = &self.credentials
             && let Err(e) = conn.auth(&MECHANISMS, credentials).await
         {
             conn.abort().await;
             return Err(e.into());
         }
-        Ok(conn)
+        Ok(Connection {
+            smtp: conn,
+            pipelining,
+        })
     }
+}
+
+/// An open, ready connection and what its server offers beyond lettre's view.
+pub(super) struct Connection {
+    pub smtp: AsyncSmtpConnection,
+    /// The server takes MAIL, RCPT and DATA in one go (RFC 2920).
+    pub pipelining: bool,
+}
+
+fn offers_pipelining(ehlo: &Response) -> bool {
+    ehlo.message().any(|line| {
+        line.split_ascii_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+    })
 }
 
 fn timed_out(what: &str) -> io::Error {

@@ -3,7 +3,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
+use super::dial::Connection;
 
 /// A stack of idle connections: the most recently used is reused first, so the rest age out.
 pub(super) struct Pool {
@@ -13,7 +13,7 @@ pub(super) struct Pool {
 }
 
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Connection,
     since: Instant,
 }
 
@@ -30,17 +30,18 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The freshest idle connection not older than the idle timeout; older ones are dropped.
-    pub fn take(&self) -> Option<AsyncSmtpConnection> {
+    /// The freshest idle connection not older than the idle timeout, and how long it was idle;
+    /// older ones are dropped.
+    pub fn take(&self) -> Option<(Connection, Duration)> {
         let mut idle = self.lock();
         let timeout = self.idle_timeout;
         idle.retain(|i| i.since.elapsed() < timeout);
-        idle.pop().map(|i| i.conn)
+        idle.pop().map(|i| (i.conn, i.since.elapsed()))
     }
 
     /// Keeps `conn` for reuse unless it is broken or the pool is full.
-    pub fn put(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    pub fn put(&self, conn: Connection) {
+        if conn.smtp.has_broken() {
             return;
         }
         let mut idle = self.lock();
@@ -53,7 +54,7 @@ impl Pool {
     }
 
     /// Every idle connection, leaving the pool empty.
-    pub fn drain(&self) -> Vec<AsyncSmtpConnection> {
+    pub fn drain(&self) -> Vec<Connection> {
         self.lock().drain(..).map(|i| i.conn).collect()
     }
 }

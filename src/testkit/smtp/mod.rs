@@ -87,6 +87,10 @@ pub struct Stats {
     /// `RCPT TO` commands accepted.
     pub recipients: usize,
     pub messages: usize,
+    /// Commands that arrived with more input already behind them (a pipelined group).
+    pub pipelined: usize,
+    /// `NOOP` commands.
+    pub noops: usize,
 }
 
 /// `wait_for` gave up.
@@ -104,6 +108,8 @@ pub struct SmtpReceiverBuilder {
     starttls: Option<Arc<rustls::ServerConfig>>,
     implicit_tls: Option<Arc<rustls::ServerConfig>>,
     auth: Option<Auth>,
+    /// Leave PIPELINING out of the EHLO reply (it is offered by default, as by most servers).
+    no_pipelining: bool,
 }
 
 #[derive(Clone)]
@@ -115,6 +121,12 @@ struct Auth {
 }
 
 impl SmtpReceiverBuilder {
+    /// Whether EHLO offers PIPELINING (RFC 2920); it does unless told otherwise.
+    pub fn pipelining(mut self, offered: bool) -> Self {
+        self.no_pipelining = !offered;
+        self
+    }
+
     /// Offers STARTTLS with this server config.
     pub fn starttls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.starttls = Some(config);

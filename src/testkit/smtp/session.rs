@@ -102,6 +102,9 @@ impl Session {
             let Some(line) = self.read_line().await? else {
                 return Ok(End::Io);
             };
+            if !self.stream.buffer().is_empty() {
+                self.shared.state().stats.pipelined += 1;
+            }
             let (verb, arg) = match line.split_once(' ') {
                 Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_owned()),
                 None => (line.to_ascii_uppercase(), String::new()),
@@ -122,7 +125,10 @@ impl Session {
                     self.reset();
                     self.reply("250 2.0.0 Ok").await?;
                 }
-                "NOOP" => self.reply("250 2.0.0 Ok").await?,
+                "NOOP" => {
+                    self.shared.state().stats.noops += 1;
+                    self.reply("250 2.0.0 Ok").await?;
+                }
                 "VRFY" => self.reply("252 2.1.5 Cannot verify").await?,
                 "QUIT" => {
                     self.reply("221 2.0.0 Bye").await?;
@@ -151,6 +157,9 @@ impl Session {
         self.greeted = true;
         self.reset();
         let mut lines = vec![HOST.to_owned(), "8BITMIME".into(), "SMTPUTF8".into()];
+        if !self.shared.settings.no_pipelining {
+            lines.push("PIPELINING".into());
+        }
         if self.offers_starttls() {
             lines.push("STARTTLS".into());
         }
