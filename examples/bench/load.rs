@@ -32,6 +32,7 @@ fn create(auth: &FakeAuth, i: usize, reason: &str) -> String {
 }
 
 /// A burst outcome: the tally and the time from the first request to the last mail.
+#[derive(Clone)]
 pub struct Burst {
     pub tally: Tally,
     pub elapsed: Option<Duration>,

@@ -47,6 +47,9 @@ struct Args {
     /// Keep the configs and daemon logs (the directory is printed).
     #[arg(long)]
     keep: bool,
+    /// Rounds of every column, interleaved; the table shows each column's best round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Connections (and sends in flight) of the limit's lettre pool.
     #[arg(long, default_value_t = 8)]
     limit_connections: u32,
@@ -60,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
         args.requests = 20;
         args.seconds = 2.0;
         args.rate = 10.0;
+        args.rounds = 1;
     }
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     let ours_bin = match &args.bin {
         Some(b) => b.clone(),
         None => default_bin()?,
@@ -86,24 +91,34 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
 
-    eprintln!("bench: ours (SMTP) …");
-    let (ours, captured) =
-        daemon_column(&args, &ours_bin, Which::Ours, Mailer::Smtp, dir.path()).await;
-    eprintln!("bench: limit (lettre pool) …");
-    let limit = limit_column(&args, &captured).await;
-    eprintln!("bench: ours (Mailgun) …");
-    let (ours_mailgun, _) =
-        daemon_column(&args, &ours_bin, Which::Ours, Mailer::Mailgun, dir.path()).await;
-    let original_col = match (&original, args.smoke) {
-        (None, _) => Column::absent("not given"),
-        (Some(_), true) => Column::absent("not run in --smoke"),
-        (Some(bin), false) => {
-            eprintln!("bench: original (SMTP) …");
-            daemon_column(&args, bin, Which::Original, Mailer::Smtp, dir.path())
-                .await
-                .0
+    let mut rounds: [Vec<Column>; 4] = Default::default();
+    for round in 1..=args.rounds {
+        eprintln!("bench: round {round} of {}: ours (SMTP) …", args.rounds);
+        let (ours, captured) =
+            daemon_column(&args, &ours_bin, Which::Ours, Mailer::Smtp, dir.path()).await;
+        eprintln!("bench: round {round}: limit (lettre pool) …");
+        let limit = limit_column(&args, &captured).await;
+        eprintln!("bench: round {round}: ours (Mailgun) …");
+        let (ours_mailgun, _) =
+            daemon_column(&args, &ours_bin, Which::Ours, Mailer::Mailgun, dir.path()).await;
+        let original_col = match (&original, args.smoke) {
+            (None, _) => Column::absent("not given"),
+            (Some(_), true) => Column::absent("not run in --smoke"),
+            (Some(bin), false) => {
+                eprintln!("bench: round {round}: original (SMTP) …");
+                daemon_column(&args, bin, Which::Original, Mailer::Smtp, dir.path())
+                    .await
+                    .0
+            }
+        };
+        for (all, col) in rounds
+            .iter_mut()
+            .zip([limit, original_col, ours, ours_mailgun])
+        {
+            all.push(col);
         }
-    };
+    }
+    let [limit, original_col, ours, ours_mailgun] = rounds.map(Column::best_of);
     let run = Run {
         limit,
         original: original_col,
@@ -112,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         requests: args.requests,
         rate: args.rate,
         seconds: args.seconds,
+        rounds: args.rounds,
     };
     println!("{}", run.render());
     if args.keep {
