@@ -103,7 +103,7 @@ pub fn instance_id() -> String {
 pub struct Engine {
     client: TeleportClient,
     cluster: ClusterInfo,
-    routing: RwLock<Routing>,
+    routing: RwLock<Arc<Routing>>,
     policy: DeliveryPolicy,
     /// Cancelled at shutdown: retries stop waiting, claims are released, the rest is left to the
     /// next start (or another replica), which the plugin data tells where to resume.
@@ -124,8 +124,8 @@ enum Claimed {
     Done,
     /// Another instance holds the request until then (Unix ms).
     Busy(u64),
-    /// Ours; the data as claimed.
-    Ours(Box<PluginData>),
+    /// Ours; the mails owed.
+    Ours(Vec<Job>),
 }
 
 impl Engine {
@@ -138,7 +138,7 @@ impl Engine {
         Self {
             client,
             cluster,
-            routing: RwLock::new(routing),
+            routing: RwLock::new(Arc::new(routing)),
             policy,
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
@@ -160,14 +160,11 @@ impl Engine {
 
     /// Replaces recipients and mailer (config reload); events handled later use the new ones.
     pub fn set_routing(&self, routing: Routing) {
-        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = routing;
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
     }
 
-    fn routing(&self) -> Routing {
-        self.routing
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Handles one event; errors are logged here, at ERROR when mail was lost.
@@ -259,7 +256,7 @@ impl Engine {
             let claimed = self.claim(id, &stage, fresh.as_ref()).await?;
             // Created (or found) by now: later rounds read what is stored.
             fresh = None;
-            let data = match claimed {
+            let jobs = match claimed {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(_) if self.stopping.is_cancelled() => return Ok(()),
                 Claimed::Busy(until) => {
@@ -268,11 +265,9 @@ impl Engine {
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                     continue;
                 }
-                Claimed::Ours(data) => *data,
+                Claimed::Ours(jobs) => jobs,
             };
-            let summary = self.summary(id, &data);
-            let jobs = stage.work(&data, &summary, &self.policy.id_host);
-            let mailer = self.routing().mailer;
+            let mailer = Arc::clone(&self.routing().mailer);
             let outcomes = join_all(jobs.iter().map(|job| send_job(mailer.as_ref(), job))).await;
 
             let mut transient = Vec::new();
@@ -397,16 +392,14 @@ impl Engine {
                     return None;
                 }
                 let mut d = stage.begin(data)?;
-                if stage
-                    .work(&d, &self.summary(id, &d), &self.policy.id_host)
-                    .is_empty()
-                {
+                let jobs = stage.work(&d, &self.summary(id, &d), &self.policy.id_host);
+                if jobs.is_empty() {
                     // Nothing owed: still write the stage's start marks (and drop a stale claim).
                     d.claim = None;
                     return (creating || d != *data).then_some(d);
                 }
                 d.claim = Some(self.lease());
-                outcome = Claimed::Ours(Box::new(d.clone()));
+                outcome = Claimed::Ours(jobs);
                 Some(d)
             })
             .await?;

@@ -468,3 +468,16 @@ async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out()
     assert_new_thread(&got[1].data, &second);
     assert_eq!(receiver.stats().connections, 2);
 }
+
+#[tokio::test]
+async fn lines_that_start_with_a_dot_arrive_intact() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = smtp_mailer(&config, None);
+    let mut mail = new_thread_mail();
+    mail.text = "first\n.\n.hidden\n..two\nlast".into();
+    mailer.send(&mail).await.unwrap();
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
+    assert!(receiver.stats().pipelined > 0);
+    assert_eq!(parse_mail(&got[0].data).text, mail.text);
+}

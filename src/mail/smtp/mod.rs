@@ -75,6 +75,7 @@ pub struct SmtpMailer {
     /// `host:port`, for messages.
     server: String,
     from: Mailbox,
+    bodies: BodyCache,
 }
 
 impl SmtpMailer {
@@ -107,6 +108,7 @@ impl SmtpMailer {
             in_flight: Semaphore::new(pool_size),
             server: format!("{}:{}", config.host, config.port),
             from,
+            bodies: BodyCache::default(),
         })
     }
 
@@ -124,7 +126,11 @@ impl SmtpMailer {
             .to
             .parse()
             .map_err(|e| bad(format!("not an address: {e}")))?;
+        // The envelope is given, so lettre need not parse it back out of the headers.
+        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.clone()])
+            .map_err(|e| bad(e.to_string()))?;
         let mut builder = Message::builder()
+            .envelope(envelope)
             .from(self.from.clone())
             .to(Mailbox::new(None, to))
             .subject(super::text::header_safe(&mail.subject))
@@ -140,10 +146,7 @@ impl SmtpMailer {
                 .references(first.header_form());
         }
         builder
-            .multipart(MultiPart::alternative_plain_html(
-                mail.text.clone(),
-                mail.html.clone(),
-            ))
+            .multipart(self.bodies.get(&mail.text, &mail.html))
             .map_err(|e| bad(e.to_string()))
     }
 
@@ -172,20 +175,20 @@ impl SmtpMailer {
         envelope: &Envelope,
         bytes: &[u8],
     ) -> Result<(), Attempt> {
-        let ascii = envelope
+        let ascii_addresses = envelope
             .from()
             .into_iter()
             .chain(envelope.to())
-            .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii())
-            && bytes.is_ascii();
-        if !conn.pipelining || !ascii {
+            .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii());
+        let text = std::str::from_utf8(bytes).ok().filter(|t| t.is_ascii());
+        let (true, true, Some(text)) = (conn.pipelining, ascii_addresses, text) else {
             // lettre's own exchange: one command at a time, SMTPUTF8/8BITMIME as needed. It has
             // already sent QUIT and closed a connection it marked broken.
             let sent = conn.smtp.send(envelope, bytes).await;
             self.pool.put(conn);
             return sent.map(drop).map_err(Attempt::Failed);
-        }
-        let outcome = pipelined(&mut conn.smtp, envelope, bytes).await;
+        };
+        let outcome = pipelined(&mut conn.smtp, envelope, text).await;
         if outcome.is_ok() {
             self.pool.put(conn);
         } else {
@@ -255,6 +258,30 @@ impl Mailer for SmtpMailer {
     }
 }
 
+/// The last few encoded bodies: a request's recipients get the same text and HTML, which
+/// need encoding (quoted-printable) only once.
+#[derive(Default)]
+struct BodyCache {
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, String, MultiPart)>>,
+}
+
+impl BodyCache {
+    const SIZE: usize = 16;
+
+    fn get(&self, text: &str, html: &str) -> MultiPart {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, body)) = recent.iter().find(|(t, h, _)| t == text && h == html) {
+            return body.clone();
+        }
+        let body = MultiPart::alternative_plain_html(text.to_owned(), html.to_owned());
+        if recent.len() == Self::SIZE {
+            recent.pop_back();
+        }
+        recent.push_front((text.to_owned(), html.to_owned(), body.clone()));
+        body
+    }
+}
+
 /// How one attempt at a mail went wrong.
 enum Attempt {
     /// Before the message itself was sent: the server cannot have accepted it.
@@ -268,7 +295,7 @@ enum Attempt {
 async fn pipelined(
     conn: &mut AsyncSmtpConnection,
     envelope: &Envelope,
-    bytes: &[u8],
+    message: &str,
 ) -> Result<(), Attempt> {
     use std::fmt::Write as _;
     let mut group = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
@@ -292,7 +319,27 @@ async fn pipelined(
     if let Some(e) = first_error {
         return Err(Attempt::NotSent(e));
     }
-    conn.message(bytes).await.map(drop).map_err(Attempt::Failed)
+    // The message and its final dot in one write (lettre's `message` makes two).
+    conn.command(Verbatim(&dot_stuffed(message)))
+        .await
+        .map(drop)
+        .map_err(Attempt::Failed)
+}
+
+/// The DATA form of `message` (RFC 5321 §4.5.2), as lettre writes it: a dot at the start of a
+/// line doubled, then CRLF, dot, CRLF.
+fn dot_stuffed(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut line_start = true;
+    for line in message.split_inclusive('\n') {
+        if line_start && line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+        line_start = line.ends_with("\r\n");
+    }
+    out.push_str("\r\n.\r\n");
+    out
 }
 
 /// Text sent to the server as it is (a pipelined group of commands, each ending in CRLF).
@@ -513,6 +560,19 @@ mod tests {
         let err = mailer.send(&m).await.unwrap_err();
         assert!(matches!(err, MailError::BadMessage { .. }), "{err}");
         assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn dots_at_line_starts_are_doubled_as_lettre_does() {
+        assert_eq!(dot_stuffed("a"), "a\r\n.\r\n");
+        assert_eq!(dot_stuffed(".a\r\nb\r\n"), "..a\r\nb\r\n\r\n.\r\n");
+        assert_eq!(
+            dot_stuffed("x\r\n.\r\n..y\r\nz.\r\n"),
+            "x\r\n..\r\n...y\r\nz.\r\n\r\n.\r\n"
+        );
+        // A bare LF does not start a line for lettre either.
+        assert_eq!(dot_stuffed("x\n.y"), "x\n.y\r\n.\r\n");
+        assert_eq!(dot_stuffed(""), "\r\n.\r\n");
     }
 
     #[test]
