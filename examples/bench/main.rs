@@ -111,10 +111,12 @@ async fn main() -> anyhow::Result<()> {
                     .0
             }
         };
-        for (all, col) in rounds
-            .iter_mut()
-            .zip([limit, original_col, ours, ours_mailgun])
-        {
+        let names = ["limit", "original", "ours (SMTP)", "ours (Mailgun)"];
+        let columns = [limit, original_col, ours, ours_mailgun];
+        for ((all, col), name) in rounds.iter_mut().zip(columns).zip(names) {
+            if let Some(summary) = col.summary() {
+                eprintln!("bench: round {round}: {name}: {summary}");
+            }
             all.push(col);
         }
     }

@@ -83,6 +83,22 @@ impl Column {
         }
     }
 
+    /// One line on this round of the column, for the progress output.
+    pub fn summary(&self) -> Option<String> {
+        let burst = self.burst.as_ref()?;
+        let steady = self.steady.as_ref()?;
+        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+        Some(format!(
+            "burst {:.3} s ({:.0} mails/s), steady p50 {:.1} ms p99 {:.1} ms, CPU {}",
+            burst.elapsed.map_or(f64::NAN, |d| d.as_secs_f64()),
+            burst.mails_per_second().unwrap_or(f64::NAN),
+            ms(steady.quantile(0.5)),
+            ms(steady.quantile(0.99)),
+            self.cpu_per_1000
+                .map_or("—".into(), |c| format!("{c:.3} s per 1,000 mails")),
+        ))
+    }
+
     fn correct(&self) -> bool {
         self.burst.as_ref().is_some_and(|b| b.tally.correct())
             && self.steady.as_ref().is_some_and(Tally::correct)
