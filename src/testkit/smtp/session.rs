@@ -46,6 +46,8 @@ struct Session {
     auth_user: Option<String>,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    /// Replies held back while pipelined commands are still being read.
+    unsent: Vec<u8>,
 }
 
 /// Serves one connection until QUIT, EOF, an I/O error or idleness.
@@ -78,6 +80,7 @@ pub(super) async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         auth_user: None,
         mail_from: None,
         rcpt_to: Vec::new(),
+        unsent: Vec::new(),
     };
     if refuse {
         let _ = session
@@ -182,6 +185,7 @@ impl Session {
             return self.reply("502 5.5.1 STARTTLS not available").await;
         };
         self.reply("220 2.0.0 Ready to start TLS").await?;
+        self.flush_replies().await?;
         // Anything the client pipelined before the handshake is dropped (RFC 3207 §4.2).
         let placeholder: Box<dyn Io> = Box::new(tokio::io::duplex(1).0);
         let plain = std::mem::replace(&mut self.stream, BufReader::new(placeholder)).into_inner();
@@ -356,11 +360,25 @@ impl Session {
         self.write_raw(format!("{line}\r\n").as_bytes()).await
     }
 
-    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let stream = self.stream.get_mut();
-        stream.write_all(bytes).await?;
-        stream.flush().await?;
+    /// Sends every reply held back.
+    async fn flush_replies(&mut self) -> Result<(), End> {
+        let unsent = std::mem::take(&mut self.unsent);
+        if !unsent.is_empty() {
+            let stream = self.stream.get_mut();
+            stream.write_all(&unsent).await?;
+            stream.flush().await?;
+        }
         Ok(())
+    }
+
+    /// Sends `bytes`, held back while more pipelined commands are already waiting: their
+    /// replies then go out together, as Postfix sends them.
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), End> {
+        self.unsent.extend_from_slice(bytes);
+        if !self.stream.buffer().is_empty() {
+            return Ok(());
+        }
+        self.flush_replies().await
     }
 
     /// One command line without its line end; `None` at EOF.
