@@ -23,10 +23,9 @@ impl Daemon {
         // The daemon writes its log straight to the file (appending), as under systemd or
         // Docker; copying it through a pipe would cost this process CPU per line, in the
         // middle of the measurement.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        // Emptied first: each round starts the log afresh (and its ready line with it).
+        std::fs::File::create(&log)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&log)?;
         let started = Instant::now();
         let child = Command::new(bin)
             .arg("start")
