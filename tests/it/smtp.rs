@@ -21,11 +21,18 @@ async fn starttls_receiver(pki: &TestPki, auth: bool) -> SmtpReceiver {
     builder.start().await.unwrap()
 }
 
+/// A mailer for `receiver` without TLS or AUTH.
+fn plain_mailer(receiver: &SmtpReceiver) -> SmtpMailer {
+    smtp_mailer(
+        &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
+        None,
+    )
+}
+
 #[tokio::test]
 async fn plain_relay_without_auth_gets_the_whole_thread() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     assert_eq!(mailer.backend(), "smtp");
 
     let first = new_thread_mail();
@@ -121,8 +128,7 @@ async fn disabled_never_starts_tls() {
     crypto();
     let pki = pki();
     let receiver = starttls_receiver(&pki, false).await;
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     assert!(!receiver.wait_for(1, WAIT).await.unwrap()[0].tls);
@@ -252,8 +258,7 @@ async fn untrusted_certificate_is_a_permanent_tls_error() {
 #[tokio::test]
 async fn header_injection_adds_no_header_and_no_recipient() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     let mut mail = injection_mail();
     // Even a subject handed over raw cannot split the header.
     mail.subject = format!("raw subject{INJECTION}");
@@ -294,8 +299,7 @@ async fn non_ascii_subject_is_encoded() {
 #[tokio::test]
 async fn smtp_4xx_is_transient_and_5xx_permanent() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
 
     receiver.inject(Stage::MailFrom, "451 4.3.0 Try again later", 1);
     let err = mailer.send(&new_thread_mail()).await.unwrap_err();
@@ -326,8 +330,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
 #[tokio::test]
 async fn server_down_is_transient_and_the_pool_recovers() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     mailer.send(&new_thread_mail()).await.unwrap();
 
     receiver.go_down().await;
@@ -417,8 +420,7 @@ async fn many_mails_in_parallel_share_a_small_pool() {
 #[tokio::test]
 async fn a_pipelining_server_gets_each_mail_in_two_round_trips_on_one_connection() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -439,8 +441,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
         .start()
         .await
         .unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -454,8 +455,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
 #[tokio::test]
 async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     mailer.send(&new_thread_mail()).await.unwrap();
     // The server drops every session and listens again: the pooled connection is dead, and too
     // fresh to be checked with NOOP.
@@ -472,8 +472,7 @@ async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out()
 #[tokio::test]
 async fn lines_that_start_with_a_dot_arrive_intact() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = smtp_mailer(&config, None);
+    let mailer = plain_mailer(&receiver);
     let mut mail = new_thread_mail();
     mail.text = "first\n.\n.hidden\n..two\nlast".into();
     mailer.send(&mail).await.unwrap();
