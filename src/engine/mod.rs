@@ -543,13 +543,9 @@ async fn send_job(mailer: &dyn Mailer, job: &Job) -> (usize, Option<MessageId>, 
 /// Whether a request was created in the last minute (by our clock; a skewed one only costs a
 /// read).
 fn just_created(created: Option<SystemTime>) -> bool {
+    // A creation time ahead of our clock counts as just now.
     created
-        .and_then(|c| {
-            SystemTime::now()
-                .duration_since(c)
-                .ok()
-                .or(Some(Duration::ZERO))
-        })
+        .map(|c| SystemTime::now().duration_since(c).unwrap_or_default())
         .is_some_and(|age| age < Duration::from_secs(60))
 }
 
