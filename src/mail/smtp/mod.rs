@@ -16,15 +16,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lettre::Address;
 use lettre::address::Envelope;
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
+use lettre::message::{Mailbox, Mailboxes, MultiPart};
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{Address, Message};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::Semaphore;
@@ -117,7 +117,8 @@ impl SmtpMailer {
         &self.server
     }
 
-    fn message(&self, mail: &OutgoingMail) -> Result<Message, MailError> {
+    /// `mail` as SMTP carries it: the envelope, the header section and the shared body.
+    fn wire(&self, mail: &OutgoingMail) -> Result<Wire, MailError> {
         let bad = |reason: String| MailError::BadMessage {
             to: mail.to.clone(),
             reason,
@@ -126,28 +127,33 @@ impl SmtpMailer {
             .to
             .parse()
             .map_err(|e| bad(format!("not an address: {e}")))?;
-        // The envelope is given, so lettre need not parse it back out of the headers.
         let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.clone()])
             .map_err(|e| bad(e.to_string()))?;
-        let mut builder = Message::builder()
-            .envelope(envelope)
-            .from(self.from.clone())
-            .to(Mailbox::new(None, to))
-            .subject(super::text::header_safe(&mail.subject))
-            .message_id(Some(mail.message_id.header_form()))
-            .raw_header(raw_header("Auto-Submitted", AUTO_SUBMITTED))
-            .raw_header(raw_header(
-                "X-Auto-Response-Suppress",
-                AUTO_RESPONSE_SUPPRESS,
-            ));
+        // lettre's typed headers, in the order its message builder writes them; each value is
+        // encoded (RFC 2047) and folded by lettre, and the subject has lost any CR or LF.
+        let mut headers = Headers::with_capacity(12);
+        headers.set(header::From::from(Mailboxes::from(self.from.clone())));
+        headers.set(header::To::from(Mailboxes::from(Mailbox::new(None, to))));
+        headers.set(header::Subject::from(super::text::header_safe(
+            &mail.subject,
+        )));
+        headers.set(header::MessageId::from(mail.message_id.header_form()));
+        headers.insert_raw(raw_header("Auto-Submitted", AUTO_SUBMITTED));
+        headers.insert_raw(raw_header(
+            "X-Auto-Response-Suppress",
+            AUTO_RESPONSE_SUPPRESS,
+        ));
         if let Some(first) = &mail.in_reply_to {
-            builder = builder
-                .in_reply_to(first.header_form())
-                .references(first.header_form());
+            headers.set(header::InReplyTo::from(first.header_form()));
+            headers.set(header::References::from(first.header_form()));
         }
-        builder
-            .multipart(self.bodies.get(&mail.text, &mail.html))
-            .map_err(|e| bad(e.to_string()))
+        headers.set(header::MIME_VERSION_1_0);
+        headers.set(header::Date::now());
+        Ok(Wire {
+            envelope,
+            head: headers.to_string(),
+            body: self.bodies.get(&mail.text, &mail.html),
+        })
     }
 
     /// A pooled connection, or a new one; `true` when it is reused without a NOOP first.
@@ -169,26 +175,22 @@ impl SmtpMailer {
     }
 
     /// One mail on `conn`; the connection is back in the pool, or closed, afterwards.
-    async fn transmit(
-        &self,
-        mut conn: Connection,
-        envelope: &Envelope,
-        bytes: &[u8],
-    ) -> Result<(), Attempt> {
+    async fn transmit(&self, mut conn: Connection, wire: &Wire) -> Result<(), Attempt> {
+        let envelope = &wire.envelope;
         let ascii_addresses = envelope
             .from()
             .into_iter()
             .chain(envelope.to())
             .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii());
-        let text = std::str::from_utf8(bytes).ok().filter(|t| t.is_ascii());
-        let (true, true, Some(text)) = (conn.pipelining, ascii_addresses, text) else {
+        let data = wire.data().filter(|_| conn.pipelining && ascii_addresses);
+        let Some(data) = data else {
             // lettre's own exchange: one command at a time, SMTPUTF8/8BITMIME as needed. It has
             // already sent QUIT and closed a connection it marked broken.
-            let sent = conn.smtp.send(envelope, bytes).await;
+            let sent = conn.smtp.send(envelope, &wire.formatted()).await;
             self.pool.put(conn);
             return sent.map(drop).map_err(Attempt::Failed);
         };
-        let outcome = pipelined(&mut conn.smtp, envelope, text).await;
+        let outcome = pipelined(&mut conn.smtp, envelope, &data).await;
         if outcome.is_ok() {
             self.pool.put(conn);
         } else {
@@ -211,9 +213,7 @@ impl SmtpMailer {
 #[async_trait::async_trait]
 impl Mailer for SmtpMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let message = self.message(mail)?;
-        let envelope = message.envelope().clone();
-        let bytes = message.formatted();
+        let wire = self.wire(mail)?;
         let _permit = self
             .in_flight
             .acquire()
@@ -223,10 +223,10 @@ impl Mailer for SmtpMailer {
                 reason: "the mailer was closed".into(),
             })?;
         let (conn, trusted) = self.connection().await.map_err(|f| self.classify(f))?;
-        let outcome = match self.transmit(conn, &envelope, &bytes).await {
+        let outcome = match self.transmit(conn, &wire).await {
             Err(Attempt::NotSent(e)) if trusted && is_network_failure(&e) => {
                 let conn = self.dialer.dial().await.map_err(|f| self.classify(f))?;
-                self.transmit(conn, &envelope, &bytes).await
+                self.transmit(conn, &wire).await
             }
             other => other,
         };
@@ -258,26 +258,76 @@ impl Mailer for SmtpMailer {
     }
 }
 
+/// One mail as SMTP carries it.
+struct Wire {
+    envelope: Envelope,
+    /// The message's header section, each line ending in CRLF.
+    head: String,
+    /// The MIME body, with its own headers: shared by a request's recipients.
+    body: Arc<EncodedBody>,
+}
+
+impl Wire {
+    /// The message as lettre takes it.
+    fn formatted(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + self.body.formatted.len());
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(&self.body.formatted);
+        out
+    }
+
+    /// The message in its DATA form, final dot included (see [`dot_stuffed`]); `None` when
+    /// it is not all ASCII (lettre's exchange then negotiates 8BITMIME or SMTPUTF8).
+    fn data(&self) -> Option<String> {
+        let body = self.body.stuffed.as_deref()?;
+        if !self.head.is_ascii() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.head.len() + body.len() + 5);
+        stuff_into(&mut out, &self.head);
+        out.push_str(body);
+        out.push_str(DATA_END);
+        Some(out)
+    }
+}
+
+/// A MIME body encoded once.
+struct EncodedBody {
+    formatted: Vec<u8>,
+    /// Dot-stuffed, without the final dot; `None` when not all ASCII.
+    stuffed: Option<String>,
+}
+
 /// The last few encoded bodies: a request's recipients get the same text and HTML, which
 /// need encoding (quoted-printable) only once.
 #[derive(Default)]
 struct BodyCache {
-    recent: std::sync::Mutex<std::collections::VecDeque<(String, String, MultiPart)>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, String, Arc<EncodedBody>)>>,
 }
 
 impl BodyCache {
     const SIZE: usize = 16;
 
-    fn get(&self, text: &str, html: &str) -> MultiPart {
+    fn get(&self, text: &str, html: &str) -> Arc<EncodedBody> {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, body)) = recent.iter().find(|(t, h, _)| t == text && h == html) {
-            return body.clone();
+            return Arc::clone(body);
         }
-        let body = MultiPart::alternative_plain_html(text.to_owned(), html.to_owned());
+        let formatted =
+            MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()).formatted();
+        let stuffed = std::str::from_utf8(&formatted)
+            .ok()
+            .filter(|t| t.is_ascii())
+            .map(|t| {
+                let mut out = String::with_capacity(t.len() + t.len() / 64);
+                stuff_into(&mut out, t);
+                out
+            });
+        let body = Arc::new(EncodedBody { formatted, stuffed });
         if recent.len() == Self::SIZE {
             recent.pop_back();
         }
-        recent.push_front((text.to_owned(), html.to_owned(), body.clone()));
+        recent.push_front((text.to_owned(), html.to_owned(), Arc::clone(&body)));
         body
     }
 }
@@ -295,7 +345,7 @@ enum Attempt {
 async fn pipelined(
     conn: &mut AsyncSmtpConnection,
     envelope: &Envelope,
-    message: &str,
+    data: &str,
 ) -> Result<(), Attempt> {
     use std::fmt::Write as _;
     let mut group = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
@@ -317,26 +367,36 @@ async fn pipelined(
         return Err(Attempt::NotSent(e));
     }
     // The message and its final dot in one write (lettre's `message` makes two).
-    conn.command(Verbatim(&dot_stuffed(message)))
+    conn.command(Verbatim(data))
         .await
         .map(drop)
         .map_err(Attempt::Failed)
 }
 
+/// What ends a message in DATA, as lettre writes it (after the message's own last CRLF).
+const DATA_END: &str = "\r\n.\r\n";
+
 /// The DATA form of `message` (RFC 5321 §4.5.2), as lettre writes it: a dot at the start of a
 /// line doubled, then CRLF, dot, CRLF.
+#[cfg(test)]
 fn dot_stuffed(message: &str) -> String {
-    let mut out = String::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut out = String::new();
+    stuff_into(&mut out, message);
+    out.push_str(DATA_END);
+    out
+}
+
+/// Appends `text`, which starts at the start of a line, with a dot at the start of each line
+/// doubled (a line starts after CRLF, as lettre counts them).
+fn stuff_into(out: &mut String, text: &str) {
     let mut line_start = true;
-    for line in message.split_inclusive('\n') {
+    for line in text.split_inclusive('\n') {
         if line_start && line.starts_with('.') {
             out.push('.');
         }
         out.push_str(line);
         line_start = line.ends_with("\r\n");
     }
-    out.push_str("\r\n.\r\n");
-    out
 }
 
 /// Text sent to the server as it is (a pipelined group of commands, each ending in CRLF).
@@ -521,8 +581,7 @@ mod tests {
         )
         .unwrap();
         let first = MessageId::parse("FIRST.1@host").unwrap();
-        let raw =
-            String::from_utf8(mailer.message(&mail(Some(first))).unwrap().formatted()).unwrap();
+        let raw = String::from_utf8(mailer.wire(&mail(Some(first))).unwrap().formatted()).unwrap();
         let head = raw.split("\r\n\r\n").next().unwrap();
         assert!(head.contains("Message-ID: <A.B@host>\r\n"), "{head}");
         assert!(head.contains("In-Reply-To: <FIRST.1@host>\r\n"), "{head}");
