@@ -6,6 +6,12 @@ use clap::Parser;
 use teleport_email::cli::{Cli, Command};
 use teleport_email::{app, check, config, version};
 
+/// mimalloc rather than the C library's allocator: under a burst, glibc's malloc and free took a
+/// fifth of the daemon's instructions (musl's is slower still). Built without transparent huge
+/// pages, so the idle RSS stays where glibc's is (~10 MB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
