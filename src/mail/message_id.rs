@@ -142,13 +142,19 @@ fn clean_host(host: &str) -> String {
 /// Upper-case base 36, as Go's `strconv.FormatUint(n, 36)` followed by `ToUpper`.
 fn base36(mut n: u128) -> String {
     const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    if n == 0 {
-        return "0".to_owned();
-    }
-    let mut out = Vec::new();
-    while n > 0 {
+    let mut out = Vec::with_capacity(25);
+    // 128-bit division is a slow library call: only the digits above 64 bits need it.
+    while u64::try_from(n).is_err() {
         out.push(DIGITS[(n % 36) as usize]);
         n /= 36;
+    }
+    let mut n = n as u64;
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
     }
     out.reverse();
     String::from_utf8_lossy(&out).into_owned()
@@ -173,6 +179,8 @@ mod tests {
         assert_eq!(base36(35), "Z");
         assert_eq!(base36(36), "10");
         assert_eq!(base36(u128::from(u64::MAX)), "3W5E11264SGSF");
+        assert_eq!(base36(u128::from(u64::MAX) + 1), "3W5E11264SGSG");
+        assert_eq!(base36(u128::MAX), "F5LXX1ZZ5PNORYNQGLHZMSP33");
     }
 
     #[test]
