@@ -9,6 +9,7 @@
 //! network operation has a deadline (see [`dial`]).
 
 mod dial;
+mod mime;
 mod pool;
 
 use std::error::Error as _;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use lettre::Address;
 use lettre::address::Envelope;
 use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
-use lettre::message::{Mailbox, Mailboxes, MultiPart};
+use lettre::message::{Mailbox, Mailboxes};
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
@@ -313,8 +314,7 @@ impl BodyCache {
         if let Some((_, _, body)) = recent.iter().find(|(t, h, _)| t == text && h == html) {
             return Arc::clone(body);
         }
-        let formatted =
-            MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()).formatted();
+        let formatted = mime::alternative(text, html).formatted();
         let stuffed = std::str::from_utf8(&formatted)
             .ok()
             .filter(|t| t.is_ascii())
