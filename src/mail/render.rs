@@ -4,6 +4,7 @@
 //! User-supplied fields are cleaned and bounded first (see [`super::text`]): header text loses its
 //! control characters, body fields longer than 4 KiB are cut with a note.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::calendar::civil_from_days;
@@ -133,24 +134,29 @@ fn request_mail(heading: &str, request: &RequestSummary, status: &Resolution) ->
     let fields = request_fields(request, status);
     let status_line = status_line(status);
 
-    let mut text = format!("{heading}:\n\n");
+    // Writing to a String cannot fail.
+    let mut text = String::with_capacity(512);
+    let _ = write!(text, "{heading}:\n\n");
     for f in &fields {
-        text.push_str(&format!("{}: {}\n", f.name, f.value));
+        let _ = writeln!(text, "{}: {}", f.name, f.value);
     }
-    text.push_str(&format!("\nStatus: {status_line}"));
+    let _ = write!(text, "\nStatus: {status_line}");
 
-    let mut html = format!("<p>{heading}:</p>\n<table>\n");
+    let mut html = String::with_capacity(1024);
+    let _ = write!(html, "<p>{heading}:</p>\n<table>\n");
     for f in &fields {
-        html.push_str(&format!(
-            "<tr><td style=\"vertical-align: top; padding-right: 1em\">{}:</td><td style=\"white-space: pre-wrap\">{}</td></tr>\n",
+        let _ = writeln!(
+            html,
+            "<tr><td style=\"vertical-align: top; padding-right: 1em\">{}:</td><td style=\"white-space: pre-wrap\">{}</td></tr>",
             f.name,
             html_value(f)
-        ));
+        );
     }
-    html.push_str(&format!(
-        "</table>\n<p>Status: {}</p>\n",
+    let _ = writeln!(
+        html,
+        "</table>\n<p>Status: {}</p>",
         html_escape(&status_line)
-    ));
+    );
 
     RenderedMail {
         subject: subject(request),

@@ -26,6 +26,9 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// Text for a header: every control character (CR and LF included) becomes a space.
 pub fn header_safe(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
@@ -33,6 +36,9 @@ pub fn header_safe(s: &str) -> String {
 
 /// Text for a body line: line breaks kept as `\n`, other control characters shown as U+FFFD.
 pub fn body_safe(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return s.to_owned();
+    }
     let unified = s.replace("\r\n", "\n").replace('\r', "\n");
     unified
         .chars()
@@ -58,17 +64,20 @@ pub fn header_field(s: &str) -> String {
 
 /// `s` with `&`, `<`, `>`, `"` and `'` replaced by entities, safe in HTML text and attributes.
 pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut rest = s;
+    while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            _ => "&#39;",
+        });
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out
 }
 
