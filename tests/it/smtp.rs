@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
-use teleport_email::mail::{MailError, Mailer};
+use teleport_email::mail::{MailError, Mailer, MessageId};
 use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, Stage};
 use teleport_email::testkit::tls::TestPki;
 
@@ -432,6 +432,51 @@ async fn a_pipelining_server_gets_each_mail_in_two_round_trips_on_one_connection
     // moment ago was not checked with NOOP first.
     assert!(stats.pipelined >= 5, "{stats:?}");
     assert_eq!(stats.noops, 0, "{stats:?}");
+}
+
+/// One connection (a pool of one), `n` mails sent at once: what each send returned.
+async fn send_at_once(receiver: &SmtpReceiver, n: usize) -> Vec<Result<MessageId, MailError>> {
+    let options = SmtpOptions {
+        pool_max_size: 1,
+        ..options(None)
+    };
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = SmtpMailer::new(&config, SENDER, options).unwrap();
+    let mails: Vec<_> = (0..n).map(|_| new_thread_mail()).collect();
+    futures_util::future::join_all(mails.iter().map(|m| mailer.send(m))).await
+}
+
+#[tokio::test]
+async fn mails_waiting_for_a_connection_ride_behind_the_message_before_them() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let outcomes = send_at_once(&receiver, 6).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let got = receiver.wait_for(6, WAIT).await.unwrap();
+    let ids: std::collections::HashSet<_> =
+        got.iter().map(|m| parse_mail(&m.data).message_id).collect();
+    assert_eq!(ids.len(), 6, "{got:?}");
+    let stats = receiver.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    // Each message but the last went out with the next mail's MAIL, RCPT and DATA behind its
+    // final dot (the first mail's own commands went alone).
+    assert!(stats.chained >= 4, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_message_refused_in_a_chain_leaves_the_others_delivered() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    receiver.inject(Stage::Data, "554 5.7.1 Message rejected", 1);
+    let outcomes = send_at_once(&receiver, 4).await;
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "{outcomes:?}");
+    assert!(
+        matches!(refused[0], MailError::Rejected { code: 554, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(receiver.wait_for(3, WAIT).await.unwrap().len(), 3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = receiver.stats();
+    assert_eq!((stats.messages, stats.connections), (3, 1), "{stats:?}");
 }
 
 #[tokio::test]

@@ -28,7 +28,9 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::Semaphore;
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
 
 use super::{AUTO_RESPONSE_SUPPRESS, AUTO_SUBMITTED, MailError, Mailer, MessageId, OutgoingMail};
 use crate::config::{SmtpConfig, StartTlsPolicy};
@@ -67,16 +69,44 @@ impl Default for SmtpOptions {
 }
 
 /// Sends mail through one SMTP server over a small pool of connections.
+///
+/// Mails wait in one queue; up to `pool_max_size` workers each take a connection and send
+/// what is queued. On a PIPELINING server a worker writes each message together with the next
+/// mail's MAIL, RCPT and DATA, so a burst costs one round trip per mail.
 pub struct SmtpMailer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     dialer: Dialer,
     pool: Pool,
-    /// Caps sends in flight at the pool size, so a burst reuses a few connections instead of
-    /// opening one per mail.
-    in_flight: Semaphore,
     /// `host:port`, for messages.
     server: String,
     from: Mailbox,
     bodies: BodyCache,
+    queue: std::sync::Mutex<Queue>,
+    /// Workers at most: a burst reuses a few connections instead of opening one per mail.
+    max_workers: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Queued>,
+    workers: usize,
+    closed: bool,
+}
+
+/// A mail waiting for a worker, and where its outcome goes.
+struct Queued {
+    wire: Wire,
+    done: oneshot::Sender<Result<(), MailError>>,
+}
+
+impl Queued {
+    fn finish(self, outcome: Result<(), MailError>) {
+        // The sender may have stopped waiting (shutdown); the outcome is then nobody's.
+        let _ = self.done.send(outcome);
+    }
 }
 
 impl SmtpMailer {
@@ -96,7 +126,7 @@ impl SmtpMailer {
             Credentials::new(user.clone(), password.to_owned())
         });
         let pool_size = options.pool_max_size.max(1) as usize;
-        Ok(Self {
+        let inner = Inner {
             dialer: Dialer {
                 host: config.host.clone(),
                 port: config.port,
@@ -106,18 +136,29 @@ impl SmtpMailer {
                 credentials,
             },
             pool: Pool::new(pool_size, options.pool_idle_timeout),
-            in_flight: Semaphore::new(pool_size),
             server: format!("{}:{}", config.host, config.port),
             from,
             bodies: BodyCache::default(),
+            queue: std::sync::Mutex::default(),
+            max_workers: pool_size,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
         })
     }
 
     /// `host:port` of the server.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.inner.server
     }
 
+    #[cfg(test)]
+    fn wire(&self, mail: &OutgoingMail) -> Result<Wire, MailError> {
+        self.inner.wire(mail)
+    }
+}
+
+impl Inner {
     /// `mail` as SMTP carries it: the envelope, the header section and the shared body.
     fn wire(&self, mail: &OutgoingMail) -> Result<Wire, MailError> {
         let bad = |reason: String| MailError::BadMessage {
@@ -150,11 +191,68 @@ impl SmtpMailer {
         }
         headers.set(header::MIME_VERSION_1_0);
         headers.set(header::Date::now());
-        Ok(Wire {
+        Ok(Wire::new(
             envelope,
-            head: headers.to_string(),
-            body: self.bodies.get(&mail.text, &mail.html),
-        })
+            headers.to_string(),
+            self.bodies.get(&mail.text, &mail.html),
+        ))
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `mail`, starting a worker when fewer than the most are at work.
+    fn enqueue(self: &Arc<Self>, mail: Queued) {
+        let mut queue = self.queue();
+        if queue.closed {
+            drop(queue);
+            return mail.finish(Err(closed()));
+        }
+        queue.waiting.push_back(mail);
+        if queue.workers < self.max_workers {
+            queue.workers += 1;
+            tokio::spawn(Arc::clone(self).work());
+        }
+    }
+
+    /// The next mail; with none, the worker retires (in the same step, so a mail queued
+    /// meanwhile always finds a worker).
+    fn next_or_retire(&self) -> Option<Queued> {
+        let mut queue = self.queue();
+        let next = queue.waiting.pop_front();
+        if next.is_none() {
+            queue.workers -= 1;
+        }
+        next
+    }
+
+    /// The next mail when it can be pipelined behind a message.
+    fn next_pipelinable(&self) -> Option<Queued> {
+        let mut queue = self.queue();
+        if queue.waiting.front()?.wire.data.is_some() {
+            queue.waiting.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Puts back a mail that was not sent, to go first on another connection.
+    fn retry_first(&self, mail: Queued) {
+        self.queue().waiting.push_front(mail);
+    }
+
+    async fn work(self: Arc<Self>) {
+        while let Some(mail) = self.next_or_retire() {
+            self.deliver(mail).await;
+        }
+    }
+
+    /// Keeps `conn` for the next mail, unless the mailer was closed.
+    fn keep(&self, conn: Connection) {
+        if !self.queue().closed {
+            self.pool.put(conn);
+        }
     }
 
     /// A pooled connection, or a new one; `true` when it is reused without a NOOP first.
@@ -175,30 +273,70 @@ impl SmtpMailer {
         Ok((self.dialer.dial().await?, false))
     }
 
-    /// One mail on `conn`; the connection is back in the pool, or closed, afterwards.
-    async fn transmit(&self, mut conn: Connection, wire: &Wire) -> Result<(), Attempt> {
-        let envelope = &wire.envelope;
-        let ascii_addresses = envelope
-            .from()
-            .into_iter()
-            .chain(envelope.to())
-            .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii());
-        let data = wire.data().filter(|_| conn.pipelining && ascii_addresses);
-        let Some(data) = data else {
+    /// Sends `first`, then — on a PIPELINING connection — whatever else is queued that can
+    /// follow it, each message written together with the next mail's commands.
+    async fn deliver(&self, first: Queued) {
+        let (mut conn, trusted) = match self.connection().await {
+            Ok(c) => c,
+            Err(f) => return first.finish(Err(self.classify(f))),
+        };
+        if !(conn.pipelining && first.wire.data.is_some()) {
             // lettre's own exchange: one command at a time, SMTPUTF8/8BITMIME as needed. It has
             // already sent QUIT and closed a connection it marked broken.
-            let sent = conn.smtp.send(envelope, &wire.formatted()).await;
-            self.pool.put(conn);
-            return sent.map(drop).map_err(Attempt::Failed);
-        };
-        let outcome = pipelined(&mut conn.smtp, envelope, &data).await;
-        if outcome.is_ok() {
-            self.pool.put(conn);
-        } else {
-            // Some replies may still be on their way: this connection's state is unknown.
-            conn.smtp.abort().await;
+            let sent = conn
+                .smtp
+                .send(&first.wire.envelope, &first.wire.formatted())
+                .await;
+            self.keep(conn);
+            return first.finish(sent.map(drop).map_err(|e| self.classify(Failure::Smtp(e))));
         }
-        outcome
+        let mut started = commands(&mut conn.smtp, &first.wire.envelope).await;
+        if trusted && started.as_ref().is_err_and(is_network_failure) {
+            // The pooled connection had died: nothing was sent on it.
+            conn.smtp.abort().await;
+            conn = match self.dialer.dial().await {
+                Ok(c) if c.pipelining => c,
+                Ok(c) => {
+                    self.keep(c);
+                    return self.retry_first(first);
+                }
+                Err(f) => return first.finish(Err(self.classify(f))),
+            };
+            started = commands(&mut conn.smtp, &first.wire.envelope).await;
+        }
+        let mut current = first;
+        loop {
+            if let Err(e) = started {
+                // Refused before the message: the connection's state is unknown, so it goes.
+                conn.smtp.abort().await;
+                return current.finish(Err(self.classify(Failure::Smtp(e))));
+            }
+            let next = self.next_pipelinable();
+            let data = current.wire.data.as_deref().unwrap_or_default();
+            let mut write = String::with_capacity(data.len() + 128);
+            write.push_str(data);
+            if let Some(next) = &next {
+                write.push_str(&group(&next.wire.envelope));
+            }
+            // The message's reply comes first; the next mail's follow.
+            let sent = conn.smtp.command(Verbatim(&write)).await;
+            let broken = sent.as_ref().is_err_and(is_network_failure);
+            current.finish(sent.map(drop).map_err(|e| self.classify(Failure::Smtp(e))));
+            match next {
+                None if broken => return conn.smtp.abort().await,
+                None => return self.keep(conn),
+                Some(next) if broken => {
+                    // Its commands may never have arrived; its message was not sent.
+                    conn.smtp.abort().await;
+                    return self.retry_first(next);
+                }
+                Some(next) => {
+                    let replies = next.wire.envelope.to().len() + 2;
+                    started = read_replies(&mut conn.smtp, replies, Ok(())).await;
+                    current = next;
+                }
+            }
+        }
     }
 
     fn classify(&self, failure: Failure) -> MailError {
@@ -211,39 +349,31 @@ impl SmtpMailer {
     }
 }
 
+fn closed() -> MailError {
+    MailError::Setup {
+        backend: "smtp",
+        reason: "the mailer was closed".into(),
+    }
+}
+
 #[async_trait::async_trait]
 impl Mailer for SmtpMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let wire = self.wire(mail)?;
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| MailError::Setup {
-                backend: "smtp",
-                reason: "the mailer was closed".into(),
-            })?;
-        let (conn, trusted) = self.connection().await.map_err(|f| self.classify(f))?;
-        let outcome = match self.transmit(conn, &wire).await {
-            Err(Attempt::NotSent(e)) if trusted && is_network_failure(&e) => {
-                let conn = self.dialer.dial().await.map_err(|f| self.classify(f))?;
-                self.transmit(conn, &wire).await
-            }
-            other => other,
-        };
-        match outcome {
-            Ok(()) => Ok(mail.message_id.clone()),
-            Err(Attempt::NotSent(e) | Attempt::Failed(e)) => Err(self.classify(Failure::Smtp(e))),
-        }
+        let wire = self.inner.wire(mail)?;
+        let (done, outcome) = oneshot::channel();
+        self.inner.enqueue(Queued { wire, done });
+        outcome.await.unwrap_or_else(|_| Err(closed()))?;
+        Ok(mail.message_id.clone())
     }
 
     /// A fresh connection (not a pooled one): connect, EHLO, TLS and AUTH as configured, QUIT.
     async fn health_check(&self) -> Result<(), MailError> {
-        let mut conn = self.dialer.dial().await.map_err(|f| self.classify(f))?;
+        let inner = &self.inner;
+        let mut conn = inner.dialer.dial().await.map_err(|f| inner.classify(f))?;
         conn.smtp
             .quit()
             .await
-            .map_err(|e| self.classify(Failure::Smtp(e)))?;
+            .map_err(|e| inner.classify(Failure::Smtp(e)))?;
         Ok(())
     }
 
@@ -252,8 +382,15 @@ impl Mailer for SmtpMailer {
     }
 
     async fn close(&self) {
-        self.in_flight.close();
-        for mut conn in self.pool.drain() {
+        let waiting = {
+            let mut queue = self.inner.queue();
+            queue.closed = true;
+            std::mem::take(&mut queue.waiting)
+        };
+        for mail in waiting {
+            mail.finish(Err(closed()));
+        }
+        for mut conn in self.inner.pool.drain() {
             let _ = conn.smtp.quit().await;
         }
     }
@@ -266,29 +403,43 @@ struct Wire {
     head: String,
     /// The MIME body, with its own headers: shared by a request's recipients.
     body: Arc<EncodedBody>,
+    /// The message in its DATA form, final dot included (see [`dot_stuffed`]), for the
+    /// pipelined exchange; `None` when anything is not ASCII (lettre's exchange then
+    /// negotiates 8BITMIME or SMTPUTF8).
+    data: Option<String>,
 }
 
 impl Wire {
+    fn new(envelope: Envelope, head: String, body: Arc<EncodedBody>) -> Self {
+        let ascii_addresses = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii());
+        let data = match &body.stuffed {
+            Some(stuffed) if ascii_addresses && head.is_ascii() => {
+                let mut out = String::with_capacity(head.len() + stuffed.len() + 5);
+                stuff_into(&mut out, &head);
+                out.push_str(stuffed);
+                out.push_str(DATA_END);
+                Some(out)
+            }
+            _ => None,
+        };
+        Self {
+            envelope,
+            head,
+            body,
+            data,
+        }
+    }
+
     /// The message as lettre takes it.
     fn formatted(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head.len() + self.body.formatted.len());
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(&self.body.formatted);
         out
-    }
-
-    /// The message in its DATA form, final dot included (see [`dot_stuffed`]); `None` when
-    /// it is not all ASCII (lettre's exchange then negotiates 8BITMIME or SMTPUTF8).
-    fn data(&self) -> Option<String> {
-        let body = self.body.stuffed.as_deref()?;
-        if !self.head.is_ascii() {
-            return None;
-        }
-        let mut out = String::with_capacity(self.head.len() + body.len() + 5);
-        stuff_into(&mut out, &self.head);
-        out.push_str(body);
-        out.push_str(DATA_END);
-        Some(out)
     }
 }
 
@@ -332,45 +483,42 @@ impl BodyCache {
     }
 }
 
-/// How one attempt at a mail went wrong.
-enum Attempt {
-    /// Before the message itself was sent: the server cannot have accepted it.
-    NotSent(SmtpError),
-    /// While or after the message was sent, or anywhere in lettre's exchange.
-    Failed(SmtpError),
-}
-
-/// Sends MAIL, RCPT and DATA in one write and reads their replies (RFC 2920), then the message.
-/// Two round trips per mail instead of four (five with a NOOP before reuse).
-async fn pipelined(
-    conn: &mut AsyncSmtpConnection,
-    envelope: &Envelope,
-    data: &str,
-) -> Result<(), Attempt> {
+/// MAIL, RCPT for each recipient and DATA: one pipelined group (RFC 2920).
+fn group(envelope: &Envelope) -> String {
     use std::fmt::Write as _;
     let mut group = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
     for to in envelope.to() {
         let _ = write!(group, "{}", Rcpt::new(to.clone(), Vec::new()));
     }
     let _ = write!(group, "{Data}");
+    group
+}
+
+/// Writes `envelope`'s group and reads its replies: the first refusal, or a broken connection.
+async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result<(), SmtpError> {
     // `command` writes the whole group and reads the first reply (MAIL's); the rest follow.
-    let mut first_error = conn.command(Verbatim(&group)).await.err();
-    for _ in 0..=envelope.to().len() {
-        if first_error.as_ref().is_some_and(is_network_failure) {
+    let first = conn.command(Verbatim(&group(envelope))).await.map(drop);
+    read_replies(conn, envelope.to().len() + 1, first).await
+}
+
+/// Reads `count` more replies after `first`, keeping the first error; stops when the
+/// connection broke.
+async fn read_replies(
+    conn: &mut AsyncSmtpConnection,
+    count: usize,
+    first: Result<(), SmtpError>,
+) -> Result<(), SmtpError> {
+    let mut outcome = first;
+    for _ in 0..count {
+        if outcome.as_ref().is_err_and(is_network_failure) {
             break;
         }
-        if let Err(e) = conn.read_response().await {
-            first_error.get_or_insert(e);
+        let reply = conn.read_response().await;
+        if let (Ok(()), Err(e)) = (&outcome, reply) {
+            outcome = Err(e);
         }
     }
-    if let Some(e) = first_error {
-        return Err(Attempt::NotSent(e));
-    }
-    // The message and its final dot in one write (lettre's `message` makes two).
-    conn.command(Verbatim(data))
-        .await
-        .map(drop)
-        .map_err(Attempt::Failed)
+    outcome
 }
 
 /// What ends a message in DATA, as lettre writes it (after the message's own last CRLF).

@@ -91,6 +91,9 @@ pub struct Stats {
     pub pipelined: usize,
     /// `NOOP` commands.
     pub noops: usize,
+    /// Messages whose final dot arrived with more input already behind it (the next mail's
+    /// commands pipelined in the same write).
+    pub chained: usize,
 }
 
 /// `wait_for` gave up.

@@ -332,6 +332,9 @@ impl Session {
                 .or_else(|| line.strip_suffix(b"\n"))
                 .unwrap_or(&line);
             if content == b"." {
+                if !self.stream.buffer().is_empty() {
+                    self.shared.state().stats.chained += 1;
+                }
                 break;
             }
             let unstuffed = content.strip_prefix(b".").unwrap_or(content);
