@@ -265,6 +265,7 @@ mod tests {
             "trailing space \nand tab\t\nend ",
             "Status: ⏳ PENDING\r\nReason: \"x\"\n",
             "lone\rCR",
+            "\t\t\r",
             &format!("{}=\n", "y".repeat(74)),
             &format!("{} {}\n", "y".repeat(74), "z".repeat(80)),
             &"é".repeat(100),
