@@ -12,6 +12,7 @@ mod dial;
 mod mime;
 mod pool;
 
+use std::collections::VecDeque;
 use std::error::Error as _;
 use std::io;
 use std::sync::Arc;
@@ -28,8 +29,6 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use std::collections::VecDeque;
-
 use tokio::sync::oneshot;
 
 use super::{AUTO_RESPONSE_SUPPRESS, AUTO_SUBMITTED, MailError, Mailer, MessageId, OutgoingMail};
@@ -230,7 +229,7 @@ impl Inner {
     /// The next mail when it can be pipelined behind a message.
     fn next_pipelinable(&self) -> Option<Queued> {
         let mut queue = self.queue();
-        if queue.waiting.front()?.wire.data.is_some() {
+        if queue.waiting.front()?.wire.pipelinable {
             queue.waiting.pop_front()
         } else {
             None
@@ -280,7 +279,7 @@ impl Inner {
             Ok(c) => c,
             Err(f) => return first.finish(Err(self.classify(f))),
         };
-        if !(conn.pipelining && first.wire.data.is_some()) {
+        if !(conn.pipelining && first.wire.pipelinable) {
             // lettre's own exchange: one command at a time, SMTPUTF8/8BITMIME as needed. It has
             // already sent QUIT and closed a connection it marked broken.
             let sent = conn
@@ -312,9 +311,10 @@ impl Inner {
                 return current.finish(Err(self.classify(Failure::Smtp(e))));
             }
             let next = self.next_pipelinable();
-            let data = current.wire.data.as_deref().unwrap_or_default();
-            let mut write = String::with_capacity(data.len() + 128);
-            write.push_str(data);
+            let mut write = String::with_capacity(
+                current.wire.head.len() + current.wire.body.formatted.len() + 160,
+            );
+            current.wire.push_data(&mut write);
             if let Some(next) = &next {
                 write.push_str(&group(&next.wire.envelope));
             }
@@ -403,10 +403,9 @@ struct Wire {
     head: String,
     /// The MIME body, with its own headers: shared by a request's recipients.
     body: Arc<EncodedBody>,
-    /// The message in its DATA form, final dot included (see [`dot_stuffed`]), for the
-    /// pipelined exchange; `None` when anything is not ASCII (lettre's exchange then
-    /// negotiates 8BITMIME or SMTPUTF8).
-    data: Option<String>,
+    /// All ASCII (addresses, headers, body), so it can go in the pipelined exchange; otherwise
+    /// lettre's exchange negotiates 8BITMIME or SMTPUTF8.
+    pipelinable: bool,
 }
 
 impl Wire {
@@ -416,22 +415,21 @@ impl Wire {
             .into_iter()
             .chain(envelope.to())
             .all(|a: &Address| AsRef::<str>::as_ref(a).is_ascii());
-        let data = match &body.stuffed {
-            Some(stuffed) if ascii_addresses && head.is_ascii() => {
-                let mut out = String::with_capacity(head.len() + stuffed.len() + 5);
-                stuff_into(&mut out, &head);
-                out.push_str(stuffed);
-                out.push_str(DATA_END);
-                Some(out)
-            }
-            _ => None,
-        };
+        let pipelinable = ascii_addresses && head.is_ascii() && body.stuffed.is_some();
         Self {
             envelope,
             head,
             body,
-            data,
+            pipelinable,
         }
+    }
+
+    /// Appends the message in its DATA form (RFC 5321 §4.5.2): dot-stuffed, final dot included.
+    /// Only for a pipelinable mail (the body's stuffed form exists).
+    fn push_data(&self, out: &mut String) {
+        stuff_into(out, &self.head);
+        out.push_str(self.body.stuffed.as_deref().unwrap_or_default());
+        out.push_str(DATA_END);
     }
 
     /// The message as lettre takes it.
@@ -454,7 +452,7 @@ struct EncodedBody {
 /// need encoding (quoted-printable) only once.
 #[derive(Default)]
 struct BodyCache {
-    recent: std::sync::Mutex<std::collections::VecDeque<(String, String, Arc<EncodedBody>)>>,
+    recent: std::sync::Mutex<VecDeque<(String, String, Arc<EncodedBody>)>>,
 }
 
 impl BodyCache {
