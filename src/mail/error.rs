@@ -32,11 +32,14 @@ pub enum MailError {
     #[error("{server}: authentication failed: {reason}")]
     Auth { server: String, reason: String },
     /// The SMTP server answered with a negative reply: 4xx is transient, 5xx permanent.
-    #[error("{server}: the server answered {code}: {reason}")]
+    /// `step` says which command it refused, and so whether the refusal is about this one
+    /// message (a recipient, the message's content) or about the mailer as a whole.
+    #[error("{server}: the server answered {code} to {step}: {reason}")]
     Rejected {
         server: String,
         code: u16,
         reason: String,
+        step: SmtpStep,
     },
     /// The SMTP conversation went wrong in some other way.
     #[error("{server}: SMTP error: {reason}")]
@@ -56,6 +59,28 @@ pub enum MailError {
     },
 }
 
+/// The SMTP command a negative reply answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpStep {
+    /// Greeting, EHLO, STARTTLS, AUTH, `MAIL FROM` or anything else about the session or the
+    /// sender: a refusal here is the mailer's, not the recipient's.
+    Session,
+    /// `RCPT TO`: this recipient is refused.
+    Recipient,
+    /// `DATA` or the message's final dot: this message is refused.
+    Message,
+}
+
+impl std::fmt::Display for SmtpStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Session => "the session",
+            Self::Recipient => "RCPT TO",
+            Self::Message => "the message",
+        })
+    }
+}
+
 impl MailError {
     /// Whether the same send may succeed later: timeouts, broken connections, SMTP 4xx,
     /// HTTP 429 and 5xx. Everything else needs a person (credentials, addresses, TLS, policy).
@@ -70,6 +95,26 @@ impl MailError {
             | Self::Tls { .. }
             | Self::StartTlsUnavailable { .. }
             | Self::Auth { .. } => false,
+        }
+    }
+
+    /// Whether a failure belongs to this one message or recipient (an address refused at
+    /// `RCPT TO` or not an address at all, a message refused at its end, an HTTP 400/413/422)
+    /// rather than to the mailer as a whole (credentials, TLS, STARTTLS, a refused sender, the
+    /// server unreachable). Only a message's own permanent failure may be recorded as that
+    /// recipient's for good; a mailer-wide one is the operator's to fix, and the mail waits.
+    pub fn is_message_specific(&self) -> bool {
+        match self {
+            Self::BadMessage { .. } => true,
+            Self::Rejected { step, .. } => *step != SmtpStep::Session,
+            Self::Http { status, .. } => matches!(status, 400 | 413 | 422),
+            Self::Setup { .. }
+            | Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::Tls { .. }
+            | Self::StartTlsUnavailable { .. }
+            | Self::Auth { .. }
+            | Self::Protocol { .. } => false,
         }
     }
 
@@ -100,6 +145,7 @@ mod tests {
             server: "mail:587".into(),
             code,
             reason: "x".into(),
+            step: SmtpStep::Recipient,
         }
     }
 
@@ -133,9 +179,39 @@ mod tests {
     }
 
     #[test]
+    fn only_a_messages_own_refusal_is_message_specific() {
+        assert!(smtp(550).is_message_specific());
+        let session = MailError::Rejected {
+            server: "mail:587".into(),
+            code: 553,
+            reason: "sender refused".into(),
+            step: SmtpStep::Session,
+        };
+        assert!(!session.is_message_specific());
+        assert!(http(400).is_message_specific());
+        for status in [401, 403, 404, 500] {
+            assert!(!http(status).is_message_specific(), "{status}");
+        }
+        let server = "mail:587".to_owned();
+        for e in [
+            MailError::Auth {
+                server: server.clone(),
+                reason: "535".into(),
+            },
+            MailError::Tls {
+                server: server.clone(),
+                reason: "bad certificate".into(),
+            },
+            MailError::StartTlsUnavailable { server },
+        ] {
+            assert!(!e.is_message_specific(), "{e}");
+        }
+    }
+
+    #[test]
     fn messages_name_the_server() {
         let e = smtp(451);
-        assert_eq!(e.to_string(), "mail:587: the server answered 451: x");
+        assert_eq!(e.to_string(), "mail:587: the server answered 451 to RCPT TO: x");
         assert_eq!(
             MailError::StartTlsUnavailable {
                 server: "mail:25".into()

@@ -13,7 +13,7 @@ pub mod text;
 
 use std::sync::Arc;
 
-pub use error::MailError;
+pub use error::{MailError, SmtpStep};
 pub use message_id::{MessageId, MessageIdError};
 pub use render::RenderedMail;
 

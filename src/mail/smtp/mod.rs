@@ -31,7 +31,9 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::oneshot;
 
-use super::{AUTO_RESPONSE_SUPPRESS, AUTO_SUBMITTED, MailError, Mailer, MessageId, OutgoingMail};
+use super::{
+    AUTO_RESPONSE_SUPPRESS, AUTO_SUBMITTED, MailError, Mailer, MessageId, OutgoingMail, SmtpStep,
+};
 use crate::config::{SmtpConfig, StartTlsPolicy};
 use dial::{Connection, Dialer, Failure, Security};
 use pool::Pool;
@@ -624,6 +626,8 @@ fn classify(server: String, e: &SmtpError) -> MailError {
                 server,
                 code,
                 reason: text,
+                // Which command was refused is not told apart here yet: as before, the message's.
+                step: SmtpStep::Message,
             }
         };
     }
