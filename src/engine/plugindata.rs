@@ -71,6 +71,27 @@ pub const KEY_FAILED: &str = "te_failed";
 pub const KEY_CLAIM: &str = "te_claim";
 const V1: &str = "v1:";
 
+/// Every key we read: pinned in each compare-and-swap we make, absent ones as `""`. Teleport
+/// compares only the keys it is given, so a key left out could be changed by another replica
+/// (or the original plugin) between our read and our write without the write failing.
+pub const PINNED_KEYS: [&str; 15] = [
+    "user",
+    "roles",
+    "request_reason",
+    "reviews_count",
+    "resolution",
+    "resolve_reason",
+    "email_threads",
+    "email",
+    "timestamp",
+    KEY_RECIPIENTS,
+    KEY_REVIEWS_SENT,
+    KEY_REVIEWS_FOR,
+    KEY_RESOLUTION_SENT,
+    KEY_FAILED,
+    KEY_CLAIM,
+];
+
 /// Who is working on a request's mails, and until when (a lease).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -262,6 +283,13 @@ impl PluginData {
     pub fn failed_at(&self, email: &str, stage: &str) -> bool {
         let key = format!("{email}/{stage}");
         self.failed.contains(&key)
+    }
+
+    /// Records that `email` failed for good at `stage` (once).
+    pub fn fail(&mut self, email: &str, stage: &str) {
+        if !self.failed_at(email, stage) {
+            self.failed.push(format!("{email}/{stage}"));
+        }
     }
 
     /// What the original sends as "expected" when there is no data yet: all seven keys empty.

@@ -10,8 +10,10 @@ use crate::teleport::{RequestState, Review};
 /// A stage of the thread.
 #[derive(Debug, Clone)]
 pub enum Stage {
-    /// The first mail of each recipient's thread.
-    NewThreads,
+    /// The first mail of each recipient's thread. Only addresses we would mail for the request
+    /// today (`allowed`) get one: the list stored in the plugin data is not trusted blindly, since
+    /// whoever may write plugin data could add an address to it.
+    NewThreads { allowed: Vec<String> },
     /// One reply per review, in order.
     Reviews(Vec<Review>),
     /// The final mail: approved, denied, promoted or expired.
@@ -26,7 +28,7 @@ impl Stage {
     /// The name used in logs and in the `te_failed` list.
     pub fn name(&self) -> &'static str {
         match self {
-            Stage::NewThreads => "new",
+            Stage::NewThreads { .. } => "new",
             Stage::Reviews(_) => "review",
             Stage::Resolution { .. } => "resolution",
         }
@@ -35,7 +37,7 @@ impl Stage {
     /// The log `kind`, as the original logs it.
     pub fn kind(&self) -> &'static str {
         match self {
-            Stage::NewThreads => "new threads",
+            Stage::NewThreads { .. } => "new threads",
             Stage::Reviews(_) => "new review",
             Stage::Resolution { .. } => "request resolved",
         }
@@ -46,7 +48,7 @@ impl Stage {
     pub fn begin(&self, data: &PluginData) -> Option<PluginData> {
         let mut d = data.clone();
         match self {
-            Stage::NewThreads => {}
+            Stage::NewThreads { .. } => {}
             Stage::Reviews(reviews) => {
                 if d.threads.is_empty() {
                     return None;
@@ -87,7 +89,7 @@ impl Stage {
         let stage = self.name();
         let open = |email: &str| !data.failed_at(email, stage);
         match self {
-            Stage::NewThreads => {
+            Stage::NewThreads { allowed } => {
                 let Some(intended) = &data.intended else {
                     return Vec::new();
                 };
@@ -95,6 +97,13 @@ impl Stage {
                 intended
                     .iter()
                     .filter(|e| open(e) && !data.threads.iter().any(|t| &t.email == *e))
+                    .filter(|e| {
+                        let ours = allowed.contains(e);
+                        if !ours {
+                            tracing::warn!(request_id = %summary.id, email = %e, "The plugin data names a recipient this request would not be mailed to today; skipped");
+                        }
+                        ours
+                    })
                     .map(|e| Job {
                         email: e.clone(),
                         mails: vec![OutgoingMail::new(
@@ -169,7 +178,7 @@ impl Stage {
             return;
         }
         match self {
-            Stage::NewThreads => {
+            Stage::NewThreads { .. } => {
                 if let Some(id) = first_id
                     && !data.threads.iter().any(|t| t.email == email)
                 {

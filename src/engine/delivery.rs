@@ -1,0 +1,445 @@
+//! One stage's delivery, in named steps: claim the request, send while renewing the claim,
+//! record each recipient's outcome, then finish, wait for another instance, or retry.
+//!
+//! Exactly once rests on three rules. (1) Nothing is sent without a claim taken by a
+//! compare-and-swap that pins every key we read. (2) The claim is a lease: renewed while we send,
+//! and sending stops when it cannot be renewed or is found to be someone else's. (3) What was
+//! delivered is always recorded (progress only grows), but the claim itself is released or kept
+//! only while it is ours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::plugindata::{Claim, PluginData};
+use super::stage::{Job, Stage};
+use super::store::{FirstGuess, Written};
+use super::{Engine, EngineError, now_ms};
+use crate::backoff::Retry;
+use crate::mail::{MailError, Mailer, MessageId};
+
+/// How far ahead of our clock another instance's claim may run out and still be believed: the
+/// clocks of replicas are assumed to agree this closely (NTP).
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// The plugin data to create with the stage's first claim when there is none.
+pub struct Fresh {
+    pub data: PluginData,
+    /// First try writing without reading, expecting no data (a request created moments ago).
+    pub guess_absent: bool,
+}
+
+/// What claiming a stage came to.
+enum Claimed {
+    /// Nothing owed in this stage.
+    Done,
+    /// Another instance holds the request until then (Unix ms).
+    Busy(u64),
+    /// Ours; the mails owed.
+    Ours(Vec<Job>),
+}
+
+/// Whose a stored claim is, as far as we are concerned now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Holder {
+    Nobody,
+    Us,
+    /// Another live instance, until then (Unix ms).
+    Other(u64),
+}
+
+/// Reads a stored claim. An expired claim is nobody's; so is one that runs out further ahead
+/// than any instance could have written (a skewed clock or a hostile write), lest it park the
+/// request for good.
+pub fn holder(claim: Option<&Claim>, me: &str, now_ms: u64, lease: Duration) -> Holder {
+    let horizon = now_ms.saturating_add((lease + CLOCK_TOLERANCE).as_millis() as u64);
+    match claim {
+        None => Holder::Nobody,
+        Some(c) if c.owner == me => Holder::Us,
+        Some(c) if c.until_ms <= now_ms || c.until_ms > horizon => Holder::Nobody,
+        Some(c) => Holder::Other(c.until_ms),
+    }
+}
+
+/// What sending one recipient's mails came to.
+struct Sent {
+    /// How many of the job's mails went out (they go in order; the first failure stops it).
+    delivered: usize,
+    /// The first one's Message-ID, which starts a thread in the new-thread stage.
+    first_id: Option<MessageId>,
+    error: Option<MailError>,
+}
+
+/// A round's sends, and whether the claim was still ours at the end.
+struct Round {
+    sent: Vec<Sent>,
+    claim_held: bool,
+}
+
+/// The failures of a round, sorted by what happens next.
+#[derive(Default)]
+struct Failures {
+    /// The recipient's own, for good (refused address, refused message): recorded, not retried.
+    permanent: Vec<(String, MailError)>,
+    /// Passing failures, or the mailer's as a whole (credentials, TLS): retried.
+    retry: Vec<(String, MailError)>,
+}
+
+impl Failures {
+    fn sort(jobs: &[Job], sent: &[Sent]) -> Self {
+        let mut f = Self::default();
+        for (job, s) in jobs.iter().zip(sent) {
+            let Some(e) = &s.error else { continue };
+            let entry = (job.email.clone(), e.clone());
+            if e.is_transient() || !e.is_message_specific() {
+                f.retry.push(entry);
+            } else {
+                f.permanent.push(entry);
+            }
+        }
+        f
+    }
+
+    fn mailer_wide(&self) -> Option<&MailError> {
+        self.retry
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| !e.is_transient())
+    }
+
+    fn into_result(self, stage: &'static str, gave_up: bool) -> Result<(), EngineError> {
+        let failed = self.permanent.len() + if gave_up { self.retry.len() } else { 0 };
+        match self.permanent.into_iter().chain(self.retry).next() {
+            Some((_, first)) if failed > 0 => Err(EngineError::Mail {
+                stage,
+                failed,
+                first,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Engine {
+    /// Delivers everything `stage` still owes: claim the request, send, record each recipient's
+    /// progress, release. Failures that may pass are retried with backoff for `retry_for`.
+    pub(super) async fn run_stage(
+        &self,
+        id: &str,
+        stage: Stage,
+        mut fresh: Option<Fresh>,
+    ) -> Result<(), EngineError> {
+        let p = &self.policy;
+        let mut retry = Retry::new(p.min_backoff, p.max_backoff, p.retry_for);
+        let mut told_operator = false;
+        loop {
+            let jobs = match self.claim(id, &stage, fresh.take()).await? {
+                Claimed::Done => return Ok(()),
+                Claimed::Busy(until) => {
+                    if !self.wait_for_holder(id, until, &retry).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Claimed::Ours(jobs) => jobs,
+            };
+            let mailer = Arc::clone(&self.routing().mailer);
+            let round = self.send_holding_claim(id, mailer.as_ref(), &jobs).await;
+            self.count_and_log(id, &stage, mailer.backend(), &jobs, &round.sent);
+            let failures = Failures::sort(&jobs, &round.sent);
+            let wait = match failures.retry.is_empty() {
+                true => None,
+                false => retry.next_wait(
+                    failures
+                        .retry
+                        .iter()
+                        .filter_map(|(_, e)| e.retry_after())
+                        .max(),
+                    p.lease / 2,
+                ),
+            };
+            let again = round.claim_held && wait.is_some();
+            self.record(id, &stage, &jobs, &round.sent, &failures, again)
+                .await?;
+            self.log_failures(id, &stage, &failures, wait, &mut told_operator);
+            if !round.claim_held {
+                tracing::warn!(request_id = %id, stage = stage.name(), "Lost the claim on the request while sending; what was delivered is recorded, the rest is left to the instance that holds it");
+                return Ok(());
+            }
+            let Some(wait) = wait else {
+                return failures.into_result(stage.name(), true);
+            };
+            self.metrics.retry();
+            if !self.pause(id, &stage, wait).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes the request for `stage`, unless nothing is owed or another live instance holds it.
+    async fn claim(
+        &self,
+        id: &str,
+        stage: &Stage,
+        fresh: Option<Fresh>,
+    ) -> Result<Claimed, EngineError> {
+        let mut outcome = Claimed::Done;
+        let first = match &fresh {
+            Some(f) if f.guess_absent => FirstGuess::LastWriteOrAbsent,
+            _ => FirstGuess::LastWrite,
+        };
+        let fresh = fresh.map(|f| f.data);
+        let written = self
+            .store
+            .modify(id, first, |old| {
+                outcome = Claimed::Done;
+                let creating = old.is_none();
+                let data = old.or(fresh.as_ref())?;
+                let me = &self.policy.instance;
+                if let Holder::Other(until) =
+                    holder(data.claim.as_ref(), me, now_ms(), self.policy.lease)
+                {
+                    outcome = Claimed::Busy(until);
+                    return None;
+                }
+                let mut d = stage.begin(data)?;
+                let jobs = stage.work(&d, &self.summary(id, &d), &self.policy.id_host);
+                if jobs.is_empty() {
+                    // Nothing owed: still write the stage's start marks (and drop a stale claim).
+                    d.claim = None;
+                    return (creating || d != *data).then_some(d);
+                }
+                d.claim = Some(self.lease());
+                outcome = Claimed::Ours(jobs);
+                Some(d)
+            })
+            .await?;
+        if let Some(Written { old: None, new }) = &written
+            && new.intended.as_ref().is_some_and(|r| r.is_empty())
+        {
+            tracing::warn!(request_id = %id, "No recipients to send");
+        }
+        Ok(outcome)
+    }
+
+    /// Waits a little for the instance holding the request. `false`: stop waiting (shutdown, or
+    /// the retry deadline passed: the holder owns the work).
+    async fn wait_for_holder(&self, id: &str, until_ms: u64, retry: &Retry) -> bool {
+        if self.stopping.is_cancelled() {
+            return false;
+        }
+        if retry.expired() {
+            tracing::warn!(request_id = %id, "Another instance has held the request's claim for the whole retry period; leaving the request to it");
+            return false;
+        }
+        // Poll: the holder usually finishes well before its lease runs out.
+        let wait = until_ms.saturating_sub(now_ms()).clamp(50, 500);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => true,
+            _ = self.stopping.cancelled() => false,
+        }
+    }
+
+    /// Sends every job, renewing the claim meanwhile; once the claim cannot be renewed or is found
+    /// to be someone else's, sends not yet made are abandoned.
+    async fn send_holding_claim(&self, id: &str, mailer: &dyn Mailer, jobs: &[Job]) -> Round {
+        let lost = CancellationToken::new();
+        let sends = join_all(jobs.iter().map(|job| send_job(mailer, job, &lost)));
+        tokio::pin!(sends);
+        let every = self.policy.lease / 3;
+        let mut held_until = Instant::now() + self.policy.lease;
+        loop {
+            tokio::select! {
+                sent = &mut sends => return Round { sent, claim_held: !lost.is_cancelled() },
+                _ = tokio::time::sleep(every), if !lost.is_cancelled() => {
+                    match self.renew(id).await {
+                        Ok(true) => held_until = Instant::now() + self.policy.lease,
+                        Ok(false) => lost.cancel(),
+                        Err(e) => {
+                            tracing::warn!(request_id = %id, error = %e, "Cannot renew the claim on the request");
+                            if Instant::now() + every >= held_until {
+                                lost.cancel();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extends our claim; `false` when it is no longer ours.
+    async fn renew(&self, id: &str) -> Result<bool, EngineError> {
+        let me = &self.policy.instance;
+        let written = self
+            .store
+            .modify(id, FirstGuess::LastWrite, |old| {
+                let d = old?;
+                if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
+                    let mut d = d.clone();
+                    d.claim = Some(self.lease());
+                    Some(d)
+                } else {
+                    None
+                }
+            })
+            .await?;
+        Ok(written.is_some())
+    }
+
+    /// Writes what the round delivered and the recipients' own permanent failures, and keeps
+    /// (`keep`) or releases the claim — the claim only if it is still ours.
+    async fn record(
+        &self,
+        id: &str,
+        stage: &Stage,
+        jobs: &[Job],
+        sent: &[Sent],
+        failures: &Failures,
+        keep: bool,
+    ) -> Result<(), EngineError> {
+        let me = &self.policy.instance;
+        self.store
+            .modify(id, FirstGuess::LastWrite, |old| {
+                let mut d = old?.clone();
+                for (job, s) in jobs.iter().zip(sent) {
+                    stage.record(&mut d, &job.email, s.delivered, s.first_id.as_ref());
+                }
+                for (email, _) in &failures.permanent {
+                    d.fail(email, stage.name());
+                }
+                if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
+                    d.claim = keep.then(|| self.lease());
+                }
+                (Some(&d) != old).then_some(d)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Waits `wait` before the next attempt; a new mailer (config reload) cuts the wait short.
+    /// `false`: stopping, the claim is released and the rest left to the next start.
+    async fn pause(&self, id: &str, stage: &Stage, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.routing_changed.notified() => true,
+            _ = self.stopping.cancelled() => {
+                if let Err(e) = self.release(id).await {
+                    tracing::warn!(request_id = %id, error = %e, "Cannot release the claim on the request");
+                }
+                tracing::warn!(request_id = %id, stage = stage.name(), "Stopping: undelivered mail is left for the next start");
+                false
+            }
+        }
+    }
+
+    /// Drops our claim on the request, if we hold it.
+    pub(super) async fn release(&self, id: &str) -> Result<(), EngineError> {
+        let me = &self.policy.instance;
+        self.store
+            .modify(id, FirstGuess::LastWrite, |old| {
+                let d = old?;
+                if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
+                    let mut d = d.clone();
+                    d.claim = None;
+                    Some(d)
+                } else {
+                    None
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn lease(&self) -> Claim {
+        Claim {
+            owner: self.policy.instance.clone(),
+            until_ms: now_ms() + self.policy.lease.as_millis() as u64,
+        }
+    }
+
+    fn count_and_log(
+        &self,
+        id: &str,
+        stage: &Stage,
+        backend: &'static str,
+        jobs: &[Job],
+        sent: &[Sent],
+    ) {
+        for (job, s) in jobs.iter().zip(sent) {
+            for mail in &job.mails[..s.delivered] {
+                self.metrics.mail(backend, stage.name(), true);
+                tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
+            }
+            if s.error.is_some() {
+                self.metrics.mail(backend, stage.name(), false);
+            }
+        }
+    }
+
+    fn log_failures(
+        &self,
+        id: &str,
+        stage: &Stage,
+        failures: &Failures,
+        wait: Option<Duration>,
+        told_operator: &mut bool,
+    ) {
+        let stage = stage.name();
+        for (email, e) in &failures.permanent {
+            tracing::error!(request_id = %id, email = %email, stage, error = %e, "Mail could not be delivered and will not be retried (permanent failure)");
+        }
+        let Some(wait) = wait else {
+            for (email, e) in &failures.retry {
+                tracing::error!(request_id = %id, email = %email, stage, error = %e, retried_for = ?self.policy.retry_for, "Mail could not be delivered; giving up until the next reload, restart or reconnect");
+            }
+            return;
+        };
+        if let Some(e) = failures.mailer_wide().filter(|_| !*told_operator) {
+            *told_operator = true;
+            tracing::error!(request_id = %id, stage, error = %e, retry_in = ?wait, "The mail server refuses the mailer itself (credentials, TLS or sender): fix the configuration and reload it (SIGHUP); the mail is retried meanwhile");
+        }
+        for (email, e) in &failures.retry {
+            tracing::warn!(request_id = %id, email = %email, stage, error = %e, retry_in = ?wait, "Mail delivery failed; will retry");
+        }
+    }
+}
+
+/// Sends one recipient's mails in order; stops at the first failure, or before the next mail
+/// once `lost` is cancelled.
+async fn send_job(mailer: &dyn Mailer, job: &Job, lost: &CancellationToken) -> Sent {
+    let mut first_id = None;
+    for (i, mail) in job.mails.iter().enumerate() {
+        let result = tokio::select! {
+            biased;
+            _ = lost.cancelled() => None,
+            r = mailer.send(mail) => Some(r),
+        };
+        match result {
+            Some(Ok(id)) => {
+                first_id.get_or_insert(id);
+            }
+            Some(Err(e)) => {
+                return Sent {
+                    delivered: i,
+                    first_id,
+                    error: Some(e),
+                };
+            }
+            None => {
+                return Sent {
+                    delivered: i,
+                    first_id,
+                    error: None,
+                };
+            }
+        }
+    }
+    Sent {
+        delivered: job.mails.len(),
+        first_id,
+        error: None,
+    }
+}

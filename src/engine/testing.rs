@@ -1,0 +1,174 @@
+//! Doubles for the engine's unit tests: a plugin-data store in memory with Teleport's
+//! compare-and-swap rules, and a mailer whose answers a test scripts.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::store::{PluginDataStore, RawPluginData};
+use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
+use crate::teleport::TeleportError;
+
+/// The wall clock as tokio's (possibly paused) clock moves it, in Unix ms; `None` outside a
+/// runtime.
+pub fn now_ms() -> Option<u64> {
+    use std::cell::OnceCell;
+    use std::time::{Instant, SystemTime};
+    // Per thread: each `#[tokio::test]` runs its (paused) clock on a thread of its own.
+    thread_local!(static START: OnceCell<(u64, Instant)> = const { OnceCell::new() });
+    tokio::runtime::Handle::try_current().ok()?;
+    let (wall, at) = START.with(|start| {
+        *start.get_or_init(|| {
+            let wall = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            (wall, tokio::time::Instant::now().into_std())
+        })
+    });
+    let elapsed = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(at);
+    Some(wall + elapsed.as_millis() as u64)
+}
+
+/// Plugin data in memory, compared and written as Teleport's Auth Service does
+/// (`api/types/plugin_data.go`): only the keys in `expect` are compared, absent counts as `""`,
+/// and `""` in `set` deletes the key.
+#[derive(Default)]
+pub struct MemoryStore {
+    data: Mutex<HashMap<String, RawPluginData>>,
+    reads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl MemoryStore {
+    pub fn put(&self, id: &str, raw: RawPluginData) {
+        self.data.lock().unwrap().insert(id.to_owned(), raw);
+    }
+
+    pub fn raw(&self, id: &str) -> Option<RawPluginData> {
+        self.data.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    /// Update calls, failed comparisons included.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl PluginDataStore for MemoryStore {
+    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        Ok(self.raw(id))
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        set: &RawPluginData,
+        expect: &RawPluginData,
+    ) -> Result<(), TeleportError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        let mut data = self.data.lock().unwrap();
+        let stored = data.entry(id.to_owned()).or_default();
+        for (k, want) in expect {
+            let have = stored.get(k).map(String::as_str).unwrap_or("");
+            if have != want {
+                return Err(TeleportError::CompareFailed(format!(
+                    "expectations not met for field {k:?}"
+                )));
+            }
+        }
+        for (k, v) in set {
+            if v.is_empty() {
+                stored.remove(k);
+            } else {
+                stored.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the scripted mailer does with one send.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Accept,
+    Fail(MailError),
+    /// Accept after this long (tokio time).
+    Slow(Duration),
+}
+
+/// A mailer that records what it delivered and answers as scripted (then accepts).
+#[derive(Default)]
+pub struct ScriptedMailer {
+    script: Mutex<VecDeque<Answer>>,
+    /// Answer every send with this until cleared (after the script).
+    always: Mutex<Option<Answer>>,
+    delivered: Mutex<Vec<OutgoingMail>>,
+    attempts: AtomicUsize,
+}
+
+impl ScriptedMailer {
+    pub fn then(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn always(&self, answer: Option<Answer>) {
+        *self.always.lock().unwrap() = answer;
+    }
+
+    pub fn delivered(&self) -> Vec<OutgoingMail> {
+        self.delivered.lock().unwrap().clone()
+    }
+
+    /// `(recipient, message id)` of every delivery.
+    pub fn deliveries(&self) -> Vec<(String, String)> {
+        self.delivered()
+            .iter()
+            .map(|m| (m.to.clone(), m.message_id.as_str().to_owned()))
+            .collect()
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Mailer for ScriptedMailer {
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let answer = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .or_else(|| self.always.lock().unwrap().clone())
+            .unwrap_or(Answer::Accept);
+        match answer {
+            Answer::Accept => {}
+            Answer::Fail(e) => return Err(e),
+            Answer::Slow(d) => tokio::time::sleep(d).await,
+        }
+        self.delivered.lock().unwrap().push(mail.clone());
+        Ok(mail.message_id.clone())
+    }
+
+    async fn health_check(&self) -> Result<(), MailError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+}
