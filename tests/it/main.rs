@@ -14,6 +14,7 @@ mod ops;
 mod plugin;
 mod process;
 mod real;
+mod replicas;
 mod smtp;
 mod support;
 mod teleport;
