@@ -103,6 +103,11 @@ impl Failures {
         f
     }
 
+    /// The longest wait a server asked for.
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry.iter().filter_map(|(_, e)| e.retry_after()).max()
+    }
+
     fn mailer_wide(&self) -> Option<&MailError> {
         self.retry
             .iter()
@@ -150,17 +155,10 @@ impl Engine {
             let round = self.send_holding_claim(id, mailer.as_ref(), &jobs).await;
             self.count_and_log(id, &stage, mailer.backend(), &jobs, &round.sent);
             let failures = Failures::sort(&jobs, &round.sent);
-            let wait = match failures.retry.is_empty() {
-                true => None,
-                false => retry.next_wait(
-                    failures
-                        .retry
-                        .iter()
-                        .filter_map(|(_, e)| e.retry_after())
-                        .max(),
-                    p.lease / 2,
-                ),
-            };
+            // A wait beyond half a lease would let the claim run out while we wait.
+            let wait = (!failures.retry.is_empty())
+                .then(|| retry.next_wait(failures.retry_after(), p.lease / 2))
+                .flatten();
             let again = round.claim_held && wait.is_some();
             self.record(id, &stage, &jobs, &round.sent, &failures, again)
                 .await?;

@@ -130,64 +130,48 @@ impl PluginData {
         self.resolution.is_some() || !self.resolution_other.is_empty()
     }
 
-    /// The seven keys, as the original writes them (empty strings where unset).
+    /// The seven keys, as the original writes them (empty strings where unset), and ours.
     pub fn encode(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("user".into(), self.user.clone());
         m.insert("roles".into(), self.roles.join(","));
         m.insert("request_reason".into(), self.request_reason.clone());
-        m.insert(
-            "reviews_count".into(),
-            if self.reviews_count == 0 {
-                String::new()
-            } else {
-                self.reviews_count.to_string()
-            },
-        );
+        let count = match self.reviews_count {
+            0 => String::new(),
+            n => n.to_string(),
+        };
+        m.insert("reviews_count".into(), count);
         let resolution = match self.resolution {
             Some(r) => r.as_str().to_owned(),
             None => self.resolution_other.clone(),
         };
         m.insert("resolution".into(), resolution);
         m.insert("resolve_reason".into(), self.resolve_reason.clone());
-        m.insert(
-            "email_threads".into(),
-            self.threads
-                .iter()
-                // A field holding a separator cannot be stored (the original would misread it).
-                .filter(|t| {
-                    ![&t.email, &t.timestamp, &t.message_id]
-                        .iter()
-                        .any(|f| f.contains(['/', ',']))
-                })
-                .map(|t| format!("{}/{}/{}", t.email, t.timestamp, t.message_id))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        m.insert("email_threads".into(), encode_threads(&self.threads));
+        self.encode_ours(&mut m);
+        m
+    }
+
+    /// Our `te_*` keys, each only when it says something.
+    fn encode_ours(&self, m: &mut BTreeMap<String, String>) {
+        let mut put = |key: &str, value: String| m.insert(key.into(), format!("{V1}{value}"));
         if let Some(list) = &self.intended {
-            m.insert(KEY_RECIPIENTS.into(), format!("{V1}{}", list.join(",")));
+            put(KEY_RECIPIENTS, list.join(","));
         }
         if let Some(sent) = &self.reviews_sent {
             let pairs: Vec<String> = sent.iter().map(|(e, n)| format!("{e}/{n}")).collect();
-            m.insert(KEY_REVIEWS_SENT.into(), format!("{V1}{}", pairs.join(",")));
-            m.insert(
-                KEY_REVIEWS_FOR.into(),
-                format!("{V1}{}", self.reviews_count),
-            );
+            put(KEY_REVIEWS_SENT, pairs.join(","));
+            put(KEY_REVIEWS_FOR, self.reviews_count.to_string());
         }
         if let Some(list) = &self.resolution_sent {
-            m.insert(
-                KEY_RESOLUTION_SENT.into(),
-                format!("{V1}{}", list.join(",")),
-            );
+            put(KEY_RESOLUTION_SENT, list.join(","));
         }
         if !self.failed.is_empty() {
-            m.insert(KEY_FAILED.into(), format!("{V1}{}", self.failed.join(",")));
+            put(KEY_FAILED, self.failed.join(","));
         }
         if let Some(c) = &self.claim {
-            m.insert(KEY_CLAIM.into(), format!("{V1}{}/{}", c.owner, c.until_ms));
+            put(KEY_CLAIM, format!("{}/{}", c.owner, c.until_ms));
         }
-        m
     }
 
     /// Reads stored data the way the original does: unknown `reviews_count` is 0, thread items
@@ -195,60 +179,23 @@ impl PluginData {
     /// `timestamp` keys become a first thread without a Message-ID.
     pub fn decode(m: &BTreeMap<String, String>) -> Self {
         let get = |k: &str| m.get(k).cloned().unwrap_or_default();
-        let roles = get("roles");
-        let mut threads = Vec::new();
-        let (legacy_email, legacy_ts) = (get("email"), get("timestamp"));
-        if !legacy_email.is_empty() && !legacy_ts.is_empty() {
-            threads.push(Thread {
-                email: legacy_email,
-                timestamp: legacy_ts,
-                message_id: String::new(),
-            });
-        }
-        for item in get("email_threads").split(',').filter(|s| !s.is_empty()) {
-            let parts: Vec<&str> = item.split('/').collect();
-            if let [email, timestamp, message_id] = parts[..] {
-                threads.push(Thread {
-                    email: email.into(),
-                    timestamp: timestamp.into(),
-                    message_id: message_id.into(),
-                });
-            }
-        }
         let resolution_raw = get("resolution");
         let resolution = Resolution::parse(&resolution_raw);
+        let reviews_count = get("reviews_count").parse().unwrap_or(0);
         Self {
             user: get("user"),
-            roles: if roles.is_empty() {
-                Vec::new()
-            } else {
-                roles.split(',').map(str::to_owned).collect()
-            },
+            roles: split_list(&get("roles")),
             request_reason: get("request_reason"),
-            reviews_count: get("reviews_count").parse().unwrap_or(0),
+            reviews_count,
             resolution,
-            resolution_other: if resolution.is_none() {
-                resolution_raw
-            } else {
-                String::new()
+            resolution_other: match resolution {
+                None => resolution_raw,
+                Some(_) => String::new(),
             },
             resolve_reason: get("resolve_reason"),
-            threads,
+            threads: decode_threads(m),
             intended: ours(m, KEY_RECIPIENTS).map(|v| split_list(&v)),
-            reviews_sent: ours(m, KEY_REVIEWS_SENT)
-                .filter(|_| {
-                    let now: usize = get("reviews_count").parse().unwrap_or(0);
-                    ours(m, KEY_REVIEWS_FOR).and_then(|v| v.parse().ok()) == Some(now)
-                })
-                .map(|v| {
-                    split_list(&v)
-                        .iter()
-                        .filter_map(|p| {
-                            let (e, n) = p.rsplit_once('/')?;
-                            Some((e.to_owned(), n.parse().ok()?))
-                        })
-                        .collect()
-                }),
+            reviews_sent: decode_reviews_sent(m, reviews_count),
             resolution_sent: ours(m, KEY_RESOLUTION_SENT).map(|v| split_list(&v)),
             failed: ours(m, KEY_FAILED)
                 .map(|v| split_list(&v))
@@ -298,6 +245,63 @@ impl PluginData {
             .map(|k| (k.to_string(), String::new()))
             .collect()
     }
+}
+
+/// `email_threads`: `email/timestamp/message-id` items, comma-joined.
+fn encode_threads(threads: &[Thread]) -> String {
+    threads
+        .iter()
+        // A field holding a separator cannot be stored (the original would misread it).
+        .filter(|t| {
+            ![&t.email, &t.timestamp, &t.message_id]
+                .iter()
+                .any(|f| f.contains(['/', ',']))
+        })
+        .map(|t| format!("{}/{}/{}", t.email, t.timestamp, t.message_id))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The threads, the legacy `email` + `timestamp` pair first.
+fn decode_threads(m: &BTreeMap<String, String>) -> Vec<Thread> {
+    let get = |k: &str| m.get(k).map(String::as_str).unwrap_or_default();
+    let mut threads = Vec::new();
+    let (legacy_email, legacy_ts) = (get("email"), get("timestamp"));
+    if !legacy_email.is_empty() && !legacy_ts.is_empty() {
+        threads.push(Thread {
+            email: legacy_email.to_owned(),
+            timestamp: legacy_ts.to_owned(),
+            message_id: String::new(),
+        });
+    }
+    for item in get("email_threads").split(',').filter(|s| !s.is_empty()) {
+        let parts: Vec<&str> = item.split('/').collect();
+        if let [email, timestamp, message_id] = parts[..] {
+            threads.push(Thread {
+                email: email.into(),
+                timestamp: timestamp.into(),
+                message_id: message_id.into(),
+            });
+        }
+    }
+    threads
+}
+
+/// `te_reviews_sent`, unless it was written for another `reviews_count` (then stale).
+fn decode_reviews_sent(
+    m: &BTreeMap<String, String>,
+    reviews_count: usize,
+) -> Option<BTreeMap<String, usize>> {
+    let written_for = ours(m, KEY_REVIEWS_FOR).and_then(|v| v.parse().ok());
+    if written_for != Some(reviews_count) {
+        return None;
+    }
+    let pairs = split_list(&ours(m, KEY_REVIEWS_SENT)?);
+    let parse = |p: &String| {
+        let (e, n) = p.rsplit_once('/')?;
+        Some((e.to_owned(), n.parse().ok()?))
+    };
+    Some(pairs.iter().filter_map(parse).collect())
 }
 
 /// One of our `v1:` values, `None` when absent or not ours.

@@ -83,85 +83,16 @@ impl Stage {
     /// The mails still owed, per recipient, in sending order. Message-IDs are derived from the
     /// request, recipient and stage, under `id_host`, so a resend reuses them.
     pub fn work(&self, data: &PluginData, summary: &RequestSummary, id_host: &str) -> Vec<Job> {
-        let id = |email: &str, part: &str| {
-            MessageId::derived(&format!("{}/{email}/{part}", summary.id), id_host)
+        let owed = Owed {
+            data,
+            summary,
+            id_host,
+            stage: self.name(),
         };
-        let stage = self.name();
-        let open = |email: &str| !data.failed_at(email, stage);
         match self {
-            Stage::NewThreads { allowed } => {
-                let Some(intended) = &data.intended else {
-                    return Vec::new();
-                };
-                let rendered = render::new_request(summary, &render::Resolution::Pending);
-                intended
-                    .iter()
-                    .filter(|e| open(e) && !data.threads.iter().any(|t| &t.email == *e))
-                    .filter(|e| {
-                        let ours = allowed.contains(e);
-                        if !ours {
-                            tracing::warn!(request_id = %summary.id, email = %e, "The plugin data names a recipient this request would not be mailed to today; skipped");
-                        }
-                        ours
-                    })
-                    .map(|e| Job {
-                        email: e.clone(),
-                        mails: vec![OutgoingMail::new(
-                            e.clone(),
-                            rendered.clone(),
-                            id(e, "new"),
-                            None,
-                        )],
-                    })
-                    .collect()
-            }
-            Stage::Reviews(reviews) => {
-                let upto = data.reviews_count.min(reviews.len());
-                data.threads
-                    .iter()
-                    .filter(|t| open(&t.email))
-                    .filter_map(|t| {
-                        let from = data.reviews_sent_to(&t.email);
-                        let mails: Vec<_> = reviews
-                            .get(from..upto)?
-                            .iter()
-                            .enumerate()
-                            .map(|(i, r)| {
-                                let rendered = render::review(summary, &review_summary(r));
-                                reply(t, rendered, id(&t.email, &format!("review{}", from + i)))
-                            })
-                            .collect();
-                        (!mails.is_empty()).then(|| Job {
-                            email: t.email.clone(),
-                            mails,
-                        })
-                    })
-                    .collect()
-            }
-            Stage::Resolution { access_list, .. } => {
-                let (Some(tag), false) = (data.resolution, data.threads.is_empty()) else {
-                    return Vec::new();
-                };
-                let reason = data.resolve_reason.clone();
-                let status = match tag {
-                    Resolution::Approved => render::Resolution::Approved(reason),
-                    Resolution::Denied => render::Resolution::Denied(reason),
-                    Resolution::Expired => render::Resolution::Expired,
-                    Resolution::Promoted => render::Resolution::Promoted {
-                        reason,
-                        access_list: access_list.clone().unwrap_or_default(),
-                    },
-                };
-                let rendered = render::resolved(summary, &status);
-                data.threads
-                    .iter()
-                    .filter(|t| open(&t.email) && !data.resolution_sent_to(&t.email))
-                    .map(|t| Job {
-                        email: t.email.clone(),
-                        mails: vec![reply(t, rendered.clone(), id(&t.email, "resolution"))],
-                    })
-                    .collect()
-            }
+            Stage::NewThreads { allowed } => owed.new_threads(allowed),
+            Stage::Reviews(reviews) => owed.reviews(reviews),
+            Stage::Resolution { access_list, .. } => owed.resolution(access_list.as_deref()),
         }
     }
 
@@ -202,6 +133,99 @@ impl Stage {
                 }
             }
         }
+    }
+}
+
+/// What one stage owes, worked out from the plugin data.
+struct Owed<'a> {
+    data: &'a PluginData,
+    summary: &'a RequestSummary,
+    id_host: &'a str,
+    stage: &'static str,
+}
+
+impl Owed<'_> {
+    fn id(&self, email: &str, part: &str) -> MessageId {
+        let key = format!("{}/{email}/{part}", self.summary.id);
+        MessageId::derived(&key, self.id_host)
+    }
+
+    /// Not failed for good at this stage.
+    fn open(&self, email: &str) -> bool {
+        !self.data.failed_at(email, self.stage)
+    }
+
+    fn new_threads(&self, allowed: &[String]) -> Vec<Job> {
+        let Some(intended) = &self.data.intended else {
+            return Vec::new();
+        };
+        let rendered = render::new_request(self.summary, &render::Resolution::Pending);
+        let has_thread = |e: &String| self.data.threads.iter().any(|t| &t.email == e);
+        intended
+            .iter()
+            .filter(|e| self.open(e) && !has_thread(e) && self.allowed(allowed, e))
+            .map(|e| Job {
+                email: e.clone(),
+                mails: vec![OutgoingMail::new(
+                    e.clone(),
+                    rendered.clone(),
+                    self.id(e, "new"),
+                    None,
+                )],
+            })
+            .collect()
+    }
+
+    fn allowed(&self, allowed: &[String], email: &String) -> bool {
+        let ours = allowed.contains(email);
+        if !ours {
+            tracing::warn!(request_id = %self.summary.id, email = %email, "The plugin data names a recipient this request would not be mailed to today; skipped");
+        }
+        ours
+    }
+
+    fn reviews(&self, reviews: &[Review]) -> Vec<Job> {
+        let upto = self.data.reviews_count.min(reviews.len());
+        let replies = |t: &Thread| -> Option<Job> {
+            let from = self.data.reviews_sent_to(&t.email);
+            let mails: Vec<_> = (reviews.get(from..upto)?.iter().enumerate())
+                .map(|(i, r)| {
+                    let rendered = render::review(self.summary, &review_summary(r));
+                    let id = self.id(&t.email, &format!("review{}", from + i));
+                    reply(t, rendered, id)
+                })
+                .collect();
+            (!mails.is_empty()).then(|| Job {
+                email: t.email.clone(),
+                mails,
+            })
+        };
+        let open = self.data.threads.iter().filter(|t| self.open(&t.email));
+        open.filter_map(replies).collect()
+    }
+
+    fn resolution(&self, access_list: Option<&str>) -> Vec<Job> {
+        let (Some(tag), false) = (self.data.resolution, self.data.threads.is_empty()) else {
+            return Vec::new();
+        };
+        let reason = self.data.resolve_reason.clone();
+        let status = match tag {
+            Resolution::Approved => render::Resolution::Approved(reason),
+            Resolution::Denied => render::Resolution::Denied(reason),
+            Resolution::Expired => render::Resolution::Expired,
+            Resolution::Promoted => render::Resolution::Promoted {
+                reason,
+                access_list: access_list.unwrap_or_default().to_owned(),
+            },
+        };
+        let rendered = render::resolved(self.summary, &status);
+        let owed = |t: &&Thread| self.open(&t.email) && !self.data.resolution_sent_to(&t.email);
+        (self.data.threads.iter().filter(owed))
+            .map(|t| Job {
+                email: t.email.clone(),
+                mails: vec![reply(t, rendered.clone(), self.id(&t.email, "resolution"))],
+            })
+            .collect()
     }
 }
 
