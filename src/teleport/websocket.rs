@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
 
 /// The path the proxy serves the upgrade on.
 pub const UPGRADE_PATH: &str = "/webapi/connectionupgrade";
@@ -181,69 +182,75 @@ where
 {
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let (inner_r, inner_w) = tokio::io::split(io);
-    let (mut plain_r, mut plain_w) = tokio::io::split(theirs);
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (plain_r, plain_w) = tokio::io::split(theirs);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(write_frames(out_rx, inner_w));
+    tokio::spawn(frame_plain_data(plain_r, out_tx.clone(), client));
+    let reader = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(leftover), inner_r);
+    tokio::spawn(unframe(reader, plain_w, out_tx, client));
+    ours
+}
 
-    // Frames to the proxy: data from our side, pongs, and a close at the end.
-    let mut inner_w = inner_w;
-    tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if inner_w.write_all(&frame).await.is_err() {
+/// Frames to the peer: data from our side, pongs, and a close at the end.
+async fn write_frames(mut frames: mpsc::Receiver<Vec<u8>>, mut to: impl AsyncWrite + Unpin) {
+    while let Some(frame) = frames.recv().await {
+        if to.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Our side's bytes as binary frames; a close frame when our side is done.
+async fn frame_plain_data(
+    mut plain: impl AsyncRead + Unpin,
+    frames: mpsc::Sender<Vec<u8>>,
+    client: bool,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let frame = match plain.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let close = encode_frame(Opcode::Close, &[0x03, 0xe8], mask(client));
+                let _ = frames.send(close).await;
+                return;
+            }
+            Ok(n) => encode_frame(Opcode::Binary, &buf[..n], mask(client)),
+        };
+        if frames.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The peer's data frames as plain bytes to our side; pings answered; anything else ends it.
+async fn unframe(
+    mut from: impl AsyncRead + Unpin,
+    mut plain: impl AsyncWrite + Unpin,
+    frames: mpsc::Sender<Vec<u8>>,
+    client: bool,
+) {
+    let data = [Opcode::Binary, Opcode::Continuation, Opcode::Text].map(|o| o as u8);
+    loop {
+        match read_frame(&mut from).await {
+            Ok(Some((op, payload))) if data.contains(&op) => {
+                if plain.write_all(&payload).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some((op, payload))) if op == Opcode::Ping as u8 => {
+                let pong = encode_frame(Opcode::Pong, &payload, mask(client));
+                if frames.send(pong).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some((op, _))) if op == Opcode::Pong as u8 => {}
+            _ => {
+                let _ = plain.shutdown().await;
                 return;
             }
         }
-        let _ = inner_w.shutdown().await;
-    });
-
-    let data_tx = out_tx.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match plain_r.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = data_tx
-                        .send(encode_frame(Opcode::Close, &[0x03, 0xe8], mask(client)))
-                        .await;
-                    return;
-                }
-                Ok(n) => {
-                    let frame = encode_frame(Opcode::Binary, &buf[..n], mask(client));
-                    if data_tx.send(frame).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-
-    tokio::spawn(async move {
-        let mut reader = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(leftover), inner_r);
-        loop {
-            match read_frame(&mut reader).await {
-                Ok(Some((op, payload)))
-                    if op == Opcode::Binary as u8
-                        || op == Opcode::Continuation as u8
-                        || op == Opcode::Text as u8 =>
-                {
-                    if plain_w.write_all(&payload).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Some((op, payload))) if op == Opcode::Ping as u8 => {
-                    let pong = encode_frame(Opcode::Pong, &payload, mask(client));
-                    if out_tx.send(pong).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Some((op, _))) if op == Opcode::Pong as u8 => {}
-                _ => {
-                    let _ = plain_w.shutdown().await;
-                    return;
-                }
-            }
-        }
-    });
-    ours
+    }
 }
 
 fn mask(client: bool) -> Option<[u8; 4]> {
