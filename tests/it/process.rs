@@ -295,6 +295,18 @@ async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
         .create_request("c@example.com", &["editor"], "still", &[]);
     wait_messages(&p.smtp, 3).await;
     assert!(tally(&p.smtp).contains_key(&(c, "editors@example.com".to_owned(), "new")));
+
+    // A syntax error on a secret's line: the log names the position, never the line (17.9).
+    std::fs::write(
+        p.config(),
+        "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = \"s3cret\\qPW\"\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_log("Configuration reload rejected", 2).await;
+    let log = d.log_text();
+    assert!(log.contains("line 4, column"), "{log}");
+    assert!(!log.contains("s3cret") && !log.contains("qPW"), "{log}");
     assert_eq!(d.stop().await, 0);
 }
 
