@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,13 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
             return Exit::Runtime;
         }
     };
+    let file_check = match file_check_from_env() {
+        Ok(period) => period,
+        Err(e) => {
+            tracing::error!(error = %e, "Terminating with fatal error: invalid configuration");
+            return Exit::Config;
+        }
+    };
     runtime.block_on(async {
         let root = CancellationToken::new();
         let reloads = match shutdown::install(root.clone()) {
@@ -65,6 +73,7 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
                 debug,
                 logging,
                 signals: reloads,
+                file_check,
             })) => exit,
             _ = shutdown::grace_expired(root, shutdown::GRACE_PERIOD) => {
                 tracing::error!("In-flight work did not finish within the grace period; exiting");
@@ -81,6 +90,9 @@ pub struct Reload {
     pub logging: Option<Logging>,
     /// One `()` per SIGHUP.
     pub signals: mpsc::Receiver<()>,
+    /// How often the config and its `*_file` secrets are re-read to notice a change without a
+    /// SIGHUP; never when `None`.
+    pub file_check: Option<Duration>,
 }
 
 /// Runs the daemon with a validated config until `root` is cancelled or a fatal error.
@@ -182,21 +194,42 @@ async fn run_inner(
         .map_err(|e| (Exit::Runtime, e.to_string()))
 }
 
-/// Applies a new config on each SIGHUP: log settings, recipients, mailer and its secrets. A config
-/// that does not load, or a mailer that fails its health check, is rejected and the old one stays.
+/// Applies a new config on each SIGHUP, and when a periodic re-read finds that the config or a
+/// `*_file` secret changed (a rotated Kubernetes Secret): log settings, recipients, mailer and its
+/// secrets. A config that does not load, or a mailer that fails its health check, is rejected and
+/// the old one stays; the periodic re-read does not retry (nor log again) what it already rejected.
 async fn reload_loop(
     mut reload: Reload,
     mut current: Config,
     engine: Arc<Engine>,
     root: CancellationToken,
 ) {
+    // What the periodic re-read last rejected: the config, or why it did not load.
+    let mut rejected: Option<Result<Config, String>> = None;
     loop {
-        tokio::select! {
+        let signalled = tokio::select! {
             _ = root.cancelled() => return,
-            signal = reload.signals.recv() => if signal.is_none() { return },
-        }
-        tracing::info!(config = %reload.path.display(), "SIGHUP: reloading the configuration");
-        let loaded = match config::load(&reload.path) {
+            signal = reload.signals.recv() => if signal.is_none() { return } else { true },
+            _ = after(reload.file_check) => false,
+        };
+        let loaded = if signalled {
+            tracing::info!(config = %reload.path.display(), "SIGHUP: reloading the configuration");
+            config::load(&reload.path)
+        } else {
+            let loaded = config::load(&reload.path);
+            let seen = match &loaded {
+                Ok(l) if l.config == current => continue,
+                Ok(l) => Ok(l.config.clone()),
+                Err(e) => Err(e.to_string()),
+            };
+            if rejected.as_ref() == Some(&seen) {
+                continue;
+            }
+            rejected = Some(seen);
+            tracing::info!(config = %reload.path.display(), "The configuration or a secret file changed: reloading");
+            loaded
+        };
+        let loaded = match loaded {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
@@ -231,6 +264,34 @@ async fn reload_loop(
         });
         tracing::info!("Configuration reloaded");
         current = new;
+        rejected = None;
+    }
+}
+
+/// Sleeps `period`, or forever when there is none.
+async fn after(period: Option<Duration>) {
+    match period {
+        Some(period) => tokio::time::sleep(period).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The default of [`FILE_CHECK_ENV`]: about the kubelet's own sync period for Secret volumes.
+pub const DEFAULT_FILE_CHECK: Duration = Duration::from_secs(60);
+
+/// The environment variable that sets how often the config and secret files are re-read to
+/// notice a change without a SIGHUP: a Go duration, `0` to turn it off.
+pub const FILE_CHECK_ENV: &str = "TELEPORT_EMAIL_FILE_CHECK_INTERVAL";
+
+/// [`FILE_CHECK_ENV`], or its default; an unreadable value is an error naming it.
+pub fn file_check_from_env() -> Result<Option<Duration>, String> {
+    match std::env::var(FILE_CHECK_ENV) {
+        Err(_) => Ok(Some(DEFAULT_FILE_CHECK)),
+        Ok(v) => match config::parse_go_duration(&v) {
+            Ok(d) if d.is_zero() => Ok(None),
+            Ok(d) => Ok(Some(d)),
+            Err(e) => Err(format!("{FILE_CHECK_ENV}={v:?}: {e}")),
+        },
     }
 }
 

@@ -30,6 +30,11 @@ impl Backoff {
         Self::new(Duration::from_millis(20), Duration::from_secs(5))
     }
 
+    /// After a failed `accept` (out of file descriptors): 5 ms growing to 1 s.
+    pub fn accept_errors() -> Self {
+        Self::new(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
     /// The next wait.
     pub fn next_delay(&mut self) -> Duration {
         let upper = (self.last * 3).max(self.base);

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+mod endpoint;
+
+pub use endpoint::{Listener, ServeLimits, bind, serve, serve_with};
 
 /// Everything counted, shared by the watcher, the engine and the endpoint.
 #[derive(Debug)]
@@ -185,54 +184,4 @@ impl Metrics {
 
 fn help(s: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(s, "# HELP {name} {text}\n# TYPE {name} {kind}");
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stop: CancellationToken) {
-    loop {
-        let (mut conn, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(n)) if n > 0 => len += n,
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body, ctype) = match path {
-                "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
-                "/healthz" => ("200 OK", "ok\n".to_owned(), "text/plain"),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned(), "text/plain"),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "not ready\n".to_owned(),
-                    "text/plain",
-                ),
-                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
-}
-
-/// Binds the endpoint's address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -196,8 +196,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    /// The text is not TOML. Only the position and the parser's message are kept, never the
+    /// offending line: it may hold a password.
+    #[error("config file {path} is not valid TOML: line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("config file {path} has {} problem(s):\n{}", .problems.len(), bullet_list(.problems))]
     Invalid {
         path: PathBuf,
@@ -231,10 +238,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     let root: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        .map_err(|e: toml::de::Error| syntax_error(text, path, &e))?;
     let (config, findings) = sections::read(&root);
     match config {
         Some(config) if findings.errors.is_empty() => Ok(Loaded {
@@ -245,6 +249,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             path: path.to_owned(),
             problems: findings.errors,
         }),
+    }
+}
+
+/// A syntax error by position. `toml::de::Error`'s `Display` quotes the offending line, which
+/// may be `password = "…"`, so only its bare message and span are used.
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let mut offset = e.span().map_or(0, |span| span.start.min(text.len()));
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
     }
 }
 

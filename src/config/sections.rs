@@ -190,11 +190,8 @@ fn read_mailgun(f: &mut Findings, t: &Table) -> Option<MailgunConfig> {
         .unwrap_or_else(|| MAILGUN_DEFAULT_API_BASE.to_owned());
     s.finish(f);
 
-    if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-        f.error(
-            "mailgun.api_base",
-            format!("{api_base:?} is not an http(s) URL"),
-        );
+    if let Err(problem) = check_api_base(&api_base) {
+        f.error("mailgun.api_base", problem);
     }
     let domain = match domain {
         None => {
@@ -223,6 +220,32 @@ fn read_mailgun(f: &mut Findings, t: &Table) -> Option<MailgunConfig> {
         private_key: private_key?,
         api_base: api_base.trim_end_matches('/').to_owned(),
     })
+}
+
+/// `https://` anywhere; `http://` only to a loopback host, since the API key travels in every
+/// request. The URL is parsed as reqwest will parse it, so both agree on the host.
+fn check_api_base(api_base: &str) -> Result<(), String> {
+    let not_a_url = || "is not an http(s) URL such as \"https://api.eu.mailgun.net/v3\"".to_owned();
+    let url = url::Url::parse(api_base).map_err(|_| not_a_url())?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if url.host().is_some_and(|h| is_loopback(&h)) => Ok(()),
+        "http" => Err(format!(
+            "http:// would send the API key unencrypted to {}; use https:// (http:// is accepted only for a loopback host: 127.0.0.0/8, ::1 or localhost)",
+            url.host_str().unwrap_or("an unnamed host")
+        )),
+        _ => Err(not_a_url()),
+    }
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {

@@ -470,3 +470,108 @@ fn metrics_listen() {
     ));
     assert!(p[0].starts_with("metrics.listen: "), "{p:?}");
 }
+
+/// Broken lines that hold a secret: the error names the position, never the text (issue 17.9).
+#[test]
+fn syntax_errors_never_quote_the_line() {
+    let cases = [
+        ("[smtp]\nhost = \"h\"\npassword = \"s3cret\\qPW\"\n", 3),
+        ("[smtp]\npassword = \"s3cretPW\n", 2),
+        ("[smtp]\npassword = s3cretPW\n", 2),
+        ("[mailgun]\nprivate_key = 's3cretPW\n", 2),
+        ("[mailgun]\nprivate_key = \"s3cretPW\" junk\n", 2),
+        (
+            "[mailgun]\nprivate_key = \"s3cretPW\"\nprivate_key = \"s3cretPW\"\n",
+            3,
+        ),
+        ("[smtp]\npassword = \"\"\"s3cretPW\n", 3),
+        ("[smtp]\n\"pass\u{e9}\" = \"\u{e9}s3cretPW\\q\"\n", 2),
+    ];
+    for (text, line) in cases {
+        let e = parse(text, Path::new("/etc/x.toml")).unwrap_err();
+        let ConfigError::Syntax {
+            line: got, column, ..
+        } = &e
+        else {
+            panic!("{text:?}: expected a syntax error, got {e}");
+        };
+        let shown = format!("{e} {e:?}");
+        assert_eq!(*got, line, "{text:?}: {shown}");
+        assert!(*column >= 1, "{shown}");
+        assert!(
+            shown.contains(&format!("line {line}, column {column}")),
+            "{shown}"
+        );
+        assert!(shown.contains("/etc/x.toml"), "{shown}");
+        for fragment in ["s3cret", "cretPW", "qPW"] {
+            assert!(
+                !shown.contains(fragment),
+                "{text:?} leaks {fragment}: {shown}"
+            );
+        }
+    }
+}
+
+/// Type errors on secret keys name the key and the type, not the value.
+#[test]
+fn type_errors_on_secrets_do_not_echo_the_value() {
+    for text in [
+        "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = 1234567890\n",
+        "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = [\"s3cretPW\"]\n",
+        "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = { v = \"s3cretPW\" }\n",
+        "[mailgun]\ndomain = \"d.example.com\"\nprivate_key = [\"s3cretPW\"]\n",
+        "[mailgun]\ndomain = \"d.example.com\"\nprivate_key_file = [\"s3cretPW\"]\n",
+    ] {
+        let e = parse(text, Path::new("x.toml")).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(
+            shown.contains("password") || shown.contains("private_key"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cretPW") && !shown.contains("1234567890"),
+            "{shown}"
+        );
+    }
+}
+
+fn mailgun_with_base(base: &str) -> String {
+    format!(
+        "[mailgun]\ndomain = \"d.example.com\"\nprivate_key = \"k\"\napi_base = \"{base}\"\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+    )
+}
+
+/// `http://` carries the API key in clear, so only loopback hosts may use it (issue 17.12).
+#[test]
+fn plain_http_api_base_only_to_loopback() {
+    for base in [
+        "https://api.eu.mailgun.net/v3",
+        "https://10.0.0.1/v3",
+        "http://127.0.0.1:8080/v3",
+        "http://127.8.9.10/v3",
+        "http://[::1]:8080/v3",
+        "http://localhost:8080/v3",
+        "http://LOCALHOST/v3/",
+    ] {
+        ok(&mailgun_with_base(base));
+    }
+    for base in [
+        "http://api.mailgun.net/v3",
+        "http://10.0.0.1/v3",
+        "http://128.0.0.1/v3",
+        "http://localhost.evil.example/v3",
+        "http://evil.example\\\\@127.0.0.1/v3",
+        "http://[::2]/v3",
+        "ftp://127.0.0.1/v3",
+        "api.mailgun.net/v3",
+    ] {
+        let p = problems(&mailgun_with_base(base));
+        assert_eq!(p.len(), 1, "{base}: {p:?}");
+        assert!(p[0].starts_with("mailgun.api_base: "), "{base}: {p:?}");
+    }
+    let p = problems(&mailgun_with_base("http://api.mailgun.net/v3"));
+    assert!(
+        p[0].contains("https://") && p[0].contains("loopback"),
+        "{p:?}"
+    );
+}

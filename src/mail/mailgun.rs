@@ -2,9 +2,10 @@
 //!
 //! We set `h:Message-Id` ourselves and return that id (not the one in Mailgun's answer), so
 //! threads look the same whichever backend sent them. Every call has a 10 s deadline; 429 and 5xx
-//! are transient (429's `Retry-After` seconds are passed on), other 4xx permanent.
+//! are transient (a `Retry-After` in seconds or as an HTTP date is passed on), other 4xx
+//! permanent. Of an error answer's body at most [`ERROR_BODY_LIMIT`] bytes are read.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::multipart::Form;
 
@@ -26,6 +27,13 @@ const DOMAIN_FORBIDDEN: &[char] = &[
 
 /// The longest error body quoted in a [`MailError`].
 const MAX_ERROR_BODY: usize = 512;
+
+/// The most of an error answer's body that is read; the rest is never received.
+pub const ERROR_BODY_LIMIT: usize = 4096;
+
+/// The longest `Retry-After` passed on: a larger (or hostile, or unrepresentable) value is
+/// saturated here, so later arithmetic on it cannot overflow. The engine caps the real wait.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Knobs the configuration file does not set.
 #[derive(Debug, Clone)]
@@ -149,14 +157,12 @@ impl MailgunMailer {
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response.text().await.unwrap_or_default();
+            .and_then(|v| parse_retry_after(v.as_bytes(), SystemTime::now()));
+        let body = read_limited(response, ERROR_BODY_LIMIT).await;
         Err(MailError::Http {
             url: self.endpoint.clone(),
             status,
-            message: error_message(&body),
+            message: error_message(&String::from_utf8_lossy(&body)),
             retry_after,
         })
     }
@@ -217,6 +223,39 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
+/// The first `limit` bytes of a body (fewer if it ends or breaks first); the rest is dropped
+/// unread with the connection.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date (RFC 9110 §10.2.3), saturated at
+/// [`MAX_RETRY_AFTER`]; a date in the past is zero; anything else is ignored.
+pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits, so a failed parse can only mean "too large".
+        let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
 /// Mailgun's JSON `message`, or the body itself, bounded.
 fn error_message(body: &str) -> String {
     let message = serde_json::from_str::<serde_json::Value>(body)
@@ -271,6 +310,45 @@ mod tests {
             error_message(&"x".repeat(2000)).len(),
             MAX_ERROR_BODY + " … [truncated]".len()
         );
+    }
+
+    #[test]
+    fn retry_after_in_both_forms_and_hostile_values() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let in_an_hour = httpdate::fmt_http_date(now + Duration::from_secs(3600));
+        let cases: &[(&[u8], Option<Duration>)] = &[
+            (b"7", Some(Duration::from_secs(7))),
+            (b"  120 ", Some(Duration::from_secs(120))),
+            (b"0", Some(Duration::ZERO)),
+            (b"86401", Some(MAX_RETRY_AFTER)),
+            (b"18446744073709551615", Some(MAX_RETRY_AFTER)),
+            (b"18446744073709551616", Some(MAX_RETRY_AFTER)),
+            (&[b'9'; 10_000], Some(MAX_RETRY_AFTER)),
+            (in_an_hour.as_bytes(), Some(Duration::from_secs(3600))),
+            (b"Fri, 31 Dec 9999 23:59:59 GMT", Some(MAX_RETRY_AFTER)),
+            (b"Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+            (b"Sunday, 06-Nov-94 08:49:37 GMT", Some(Duration::ZERO)),
+            (b"Sun Nov  6 08:49:37 1994", Some(Duration::ZERO)),
+            (b"-1", None),
+            (b"+5", None),
+            (b"1.5", None),
+            (b"1e9", None),
+            (b"", None),
+            (b"   ", None),
+            (b"Wed, 99 Foo 2025 99:99:99 GMT", None),
+            (b"Fri, 31 Dec 99999 23:59:59 GMT", None),
+            (b"soon", None),
+            (b"\xff\xfe7", None),
+            ("٣".as_bytes(), None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                parse_retry_after(value, now),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! It accepts `POST …/{domain}/messages` with a multipart form, records every call (fields and
 //! `Authorization`), answers `{"id":"<…>","message":"Queued. Thank you."}`, and does not count
 //! `o:testmode=yes` calls as deliveries. It can be told to answer 429 (with `Retry-After`), 500,
-//! 401, 400 or any status for the next N calls, and to insist on one API key.
+//! 401, 400 or any status for the next N calls, to answer like a hostile server (any
+//! `Retry-After` text, an error body that never ends), and to insist on one API key.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -12,8 +13,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use futures_util::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -35,7 +38,16 @@ pub enum Failure {
     BadRequest,
     /// Any other status.
     Status(u16),
+    /// `status` with `Retry-After: <retry_after>` verbatim when given, and a body of
+    /// [`ENDLESS_BODY_PREFIX`] bytes of `x` that then never ends (the connection stays open).
+    Hostile {
+        status: u16,
+        retry_after: Option<String>,
+    },
 }
+
+/// How many bytes of a [`Failure::Hostile`] body are sent before it stalls.
+pub const ENDLESS_BODY_PREFIX: usize = 1 << 20;
 
 impl Failure {
     fn status(&self) -> u16 {
@@ -44,7 +56,7 @@ impl Failure {
             Self::ServerError => 500,
             Self::Unauthorized => 401,
             Self::BadRequest => 400,
-            Self::Status(s) => *s,
+            Self::Status(s) | Self::Hostile { status: s, .. } => *s,
         }
     }
 }
@@ -242,10 +254,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, token: Cancella
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Body>, Infallible> {
     let header = |name: hyper::header::HeaderName| {
         req.headers()
             .get(name)
@@ -274,7 +285,7 @@ async fn handle(
         status: 200,
         received_at: std::time::Instant::now(),
     };
-    let (status, retry_after, answer) = decide(&shared, &record, fields.is_some());
+    let (status, retry_after, answer, failure) = decide(&shared, &record, fields.is_some());
     record.status = status;
     let domain = path
         .trim_end_matches("/messages")
@@ -293,6 +304,9 @@ async fn handle(
     if delivered {
         shared.deliveries.send_modify(|c| *c += 1);
     }
+    if let Some(Failure::Hostile { retry_after, .. }) = failure {
+        return Ok(hostile(status, retry_after.as_deref()));
+    }
     if status != 200 {
         return Ok(json(status, retry_after, &answer));
     }
@@ -303,15 +317,19 @@ async fn handle(
     Ok(respond(200, None, body.to_string()))
 }
 
-/// The status, `Retry-After` and error message for a call.
-fn decide(shared: &Shared, req: &MailgunRequest, parsed: bool) -> (u16, Option<u64>, String) {
+/// What to answer to a call: status, `Retry-After` seconds, error message, and the injected
+/// failure behind it, if any.
+type Decision = (u16, Option<u64>, String, Option<Failure>);
+
+/// The answer to a call.
+fn decide(shared: &Shared, req: &MailgunRequest, parsed: bool) -> Decision {
     if req.method != "POST" || !req.path.ends_with("/messages") {
-        return (404, None, "Not Found".into());
+        return (404, None, "Not Found".into(), None);
     }
     if let Some(key) = &shared.key {
         let expected = format!("Basic {}", base64_api_key(key));
         if req.authorization.as_deref() != Some(expected.as_str()) {
-            return (401, None, "Invalid private key".into());
+            return (401, None, "Invalid private key".into(), None);
         }
     }
     {
@@ -326,22 +344,24 @@ fn decide(shared: &Shared, req: &MailgunRequest, parsed: bool) -> (u16, Option<u
                 Failure::TooManyRequests { retry_after_secs } => retry_after_secs,
                 _ => None,
             };
+            let status = failure.status();
             return (
-                failure.status(),
+                status,
                 retry_after,
-                format!("injected {}", failure.status()),
+                format!("injected {status}"),
+                Some(failure),
             );
         }
     }
     if !parsed {
-        return (400, None, "cannot parse the multipart form".into());
+        return (400, None, "cannot parse the multipart form".into(), None);
     }
     for required in ["from", "to", "subject"] {
         if req.field(required).is_none() {
-            return (400, None, format!("{required} parameter is missing"));
+            return (400, None, format!("{required} parameter is missing"), None);
         }
     }
-    (200, None, String::new())
+    (200, None, String::new(), None)
 }
 
 fn base64_api_key(key: &str) -> String {
@@ -349,7 +369,7 @@ fn base64_api_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("api:{key}"))
 }
 
-fn json(status: u16, retry_after: Option<u64>, message: &str) -> Response<Full<Bytes>> {
+fn json(status: u16, retry_after: Option<u64>, message: &str) -> Response<Body> {
     respond(
         status,
         retry_after,
@@ -357,8 +377,8 @@ fn json(status: u16, retry_after: Option<u64>, message: &str) -> Response<Full<B
     )
 }
 
-fn respond(status: u16, retry_after: Option<u64>, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn respond(status: u16, retry_after: Option<u64>, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
@@ -368,6 +388,27 @@ fn respond(status: u16, retry_after: Option<u64>, body: String) -> Response<Full
     );
     if let Some(secs) = retry_after {
         headers.insert(hyper::header::RETRY_AFTER, secs.into());
+    }
+    response
+}
+
+/// A [`Failure::Hostile`] answer: `Retry-After` as given, and a body that never ends.
+fn hostile(status: u16, retry_after: Option<&str>) -> Response<Body> {
+    static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+    let prefix = futures_util::stream::iter(
+        (0..ENDLESS_BODY_PREFIX / CHUNK.len())
+            .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(&CHUNK)))),
+    );
+    let body = StreamBody::new(prefix.chain(futures_util::stream::pending()));
+    let mut response = Response::new(BodyExt::boxed(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(value) =
+        retry_after.and_then(|v| hyper::header::HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, value);
     }
     response
 }

@@ -157,3 +157,31 @@ fn start_logs_with_the_configured_format() {
         );
     }
 }
+
+/// A TOML syntax error on a secret's line (issue 17.9): `start` and `check` name the file, line
+/// and column, and print no part of the line.
+#[test]
+fn syntax_error_on_a_secret_line_prints_position_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nhost = \"mail.example.com\"\nusername = \"u\"\npassword = \"s3cret\\qPW\"\n\
+         [role_to_recipients]\n\"*\" = \"a@example.com\"\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    for args in [&["start", "-c", path][..], &["check", "-c", path]] {
+        let out = run(args);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {all}");
+        assert!(all.contains(path), "{args:?}: {all}");
+        assert!(all.contains("line 4, column"), "{args:?}: {all}");
+        for fragment in ["s3cret", "qPW", "password = "] {
+            assert!(
+                !all.contains(fragment),
+                "{args:?} leaks {fragment:?}: {all}"
+            );
+        }
+    }
+}

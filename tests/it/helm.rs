@@ -18,6 +18,8 @@ use teleport_email::config::{
 use crate::support::tools;
 
 const PLUGIN_DIR: &str = "/var/lib/teleport/plugins/email";
+/// Where the mail credential's Secret is mounted, whole.
+const SECRET_DIR: &str = "/var/lib/teleport/plugins/email/mail-secret";
 const RELEASE: &str = "mail";
 const FULLNAME: &str = "mail-teleport-plugin-email";
 
@@ -38,6 +40,21 @@ fn output(cmd: &mut Command) -> String {
     stdout
 }
 
+/// `helm template` of the chart with `args`: the manifests, or Helm's complaint.
+fn template(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tools::helm())
+        .args(["template", RELEASE])
+        .arg(chart())
+        .args(args)
+        .output()
+        .expect("helm runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// The manifests `helm template` renders for one values file, by template.
 struct Rendered {
     docs: BTreeMap<String, String>,
@@ -52,6 +69,16 @@ impl Rendered {
                 .arg("--values")
                 .arg(chart().join("ci").join(values)),
         );
+        let rendered = Self::parse(&text);
+        let deployment = rendered.doc("deployment.yaml");
+        assert!(
+            !deployment.contains("subPath"),
+            "{values}: a subPath mount never sees an update:\n{deployment}"
+        );
+        rendered
+    }
+
+    fn parse(text: &str) -> Self {
         let mut docs = BTreeMap::new();
         for doc in text.split("\n---\n") {
             let Some(rest) = doc.trim_start_matches("---\n").strip_prefix("# Source: ") else {
@@ -110,33 +137,29 @@ impl Rendered {
             .collect()
     }
 
-    /// The Deployment's mounts of single Secret keys into the plugin directory: file → key.
-    fn secret_mounts(&self) -> BTreeMap<String, String> {
-        let lines: Vec<&str> = self.doc("deployment.yaml").lines().collect();
-        lines
-            .windows(2)
-            .filter_map(|pair| {
-                let file = pair[0]
-                    .trim()
-                    .strip_prefix(&format!("mountPath: {PLUGIN_DIR}/"))?;
-                let key = pair[1].trim().strip_prefix("subPath: ")?;
-                Some((file.to_owned(), key.to_owned()))
-            })
-            .collect()
+    /// Whether the Deployment mounts the mail credential's Secret `volume` whole at
+    /// [`SECRET_DIR`].
+    fn mounts_secret_dir(&self, volume: &str) -> bool {
+        self.doc("deployment.yaml").contains(&format!(
+            "- name: {volume}\n              mountPath: {SECRET_DIR}\n              readOnly: true\n"
+        ))
     }
 
-    /// Loads the TOML as the pod does: each mounted Secret key (from the chart's Secret, else from
+    /// Loads the TOML as the pod does: the mail Secret's keys (the chart's Secret, else
     /// `external`, the operator's own Secret) written into a stand-in for the plugin directory.
     fn load(&self, external: &[(&str, &str)]) -> (config::Loaded, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
+        let secret_dir = dir.path().join("mail-secret");
+        std::fs::create_dir(&secret_dir).unwrap();
         let data = self.secret_data();
-        for (file, key) in self.secret_mounts() {
-            let value = data
-                .get(&key)
-                .map(String::as_str)
-                .or_else(|| external.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
-                .unwrap_or_else(|| panic!("the Deployment mounts Secret key {key}, found nowhere"));
-            let path = dir.path().join(&file);
+        let owned: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let keys = if data.is_empty() {
+            external
+        } else {
+            &owned[..]
+        };
+        for (key, value) in keys {
+            let path = secret_dir.join(key);
             std::fs::write(&path, value).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -241,18 +264,23 @@ fn smtp_with_inline_password() {
         "{:?}",
         loaded.warnings
     );
-    assert_eq!(
-        r.secret_mounts(),
-        BTreeMap::from([("smtp_password".into(), "smtpPassword".into())])
+    assert!(
+        r.toml().contains(&format!(
+            "password_file   = \"{SECRET_DIR}/smtpPassword\"\n"
+        )),
+        "{}",
+        r.toml()
     );
+    assert!(r.mounts_secret_dir("password-file"));
     let deployment = r.doc("deployment.yaml");
     for needle in [
         "- /usr/local/bin/teleport-plugin",
+        "- \"/etc/teleport-email/teleport-email.toml\"",
         "name: TELEPORT_PLUGIN_FAIL_FAST\n              value: \"true\"",
         &format!("mountPath: {PLUGIN_DIR}/teleport-identity\n"),
         "secretName: teleport-plugin-email-identity",
         &format!("secretName: {FULLNAME}-secret"),
-        "mountPath: /etc/teleport-email.toml\n              subPath: teleport-email.toml",
+        "- name: config\n              mountPath: /etc/teleport-email\n              readOnly: true\n",
     ] {
         assert!(deployment.contains(needle), "{needle:?} in\n{deployment}");
     }
@@ -300,10 +328,14 @@ fn mailgun_with_inline_key_and_eu_api_base() {
     assert_eq!(m.domain, "mg.example.com");
     assert_eq!(m.private_key.expose(), "mailgun-key-3");
     assert_eq!(m.api_base, "https://api.eu.mailgun.net/v3");
-    assert_eq!(
-        r.secret_mounts(),
-        BTreeMap::from([("mailgun_private_key".into(), "mailgunPrivateKey".into())])
+    assert!(
+        r.toml().contains(&format!(
+            "private_key_file = \"{SECRET_DIR}/mailgunPrivateKey\"\n"
+        )),
+        "{}",
+        r.toml()
     );
+    assert!(r.mounts_secret_dir("password-file"));
 }
 
 #[test]
@@ -314,15 +346,13 @@ fn mailgun_wins_when_both_are_enabled() {
     let m = mailgun(&loaded.config);
     assert_eq!(m.private_key.expose(), "mailgun-key-4");
     assert_eq!(m.api_base, config::MAILGUN_DEFAULT_API_BASE);
-    // As in the original chart, the Secret carries both credentials; only Mailgun's is mounted.
+    // As in the original chart, the Secret carries both credentials; the config names Mailgun's.
     assert_eq!(
         r.secret_data().keys().collect::<Vec<_>>(),
         ["mailgunPrivateKey", "smtpPassword"]
     );
-    assert_eq!(
-        r.secret_mounts().keys().collect::<Vec<_>>(),
-        ["mailgun_private_key"]
-    );
+    assert!(r.toml().contains("/mail-secret/mailgunPrivateKey\""));
+    assert!(!r.toml().contains("smtpPassword"));
 }
 
 #[test]
@@ -348,7 +378,7 @@ fn smtp_password_from_an_existing_secret() {
     let deployment = r.doc("deployment.yaml");
     for needle in [
         "- name: smtp-password\n          secret:\n            secretName: existing-smtp-secret",
-        &format!("- name: smtp-password\n              mountPath: {PLUGIN_DIR}/smtp_password"),
+        &format!("- name: smtp-password\n              mountPath: {SECRET_DIR}\n"),
     ] {
         assert!(deployment.contains(needle), "{needle:?} in\n{deployment}");
     }
@@ -389,4 +419,126 @@ fn metrics_add_the_listener_port_and_probes() {
         r.doc("configmap.yaml")
             .contains("annotations:\n    example.com/owner: platform")
     );
+}
+
+/// The pod's defaults (issue 17.14): a restrictive container `securityContext`, no service account
+/// token, checksums that roll the pod when the config or the chart's Secret changes, and a
+/// writable emptyDir only where a log file is written.
+#[test]
+fn restrictive_defaults() {
+    let r = Rendered::new("smtp-values.yaml");
+    let deployment = r.doc("deployment.yaml");
+    for needle in [
+        "      automountServiceAccountToken: false\n",
+        "          securityContext:\n            allowPrivilegeEscalation: false\n            \
+         capabilities:\n              drop:\n              - ALL\n            \
+         readOnlyRootFilesystem: true\n            runAsNonRoot: true\n            \
+         seccompProfile:\n              type: RuntimeDefault\n",
+        "        checksum/config: ",
+        "        checksum/secret: ",
+        "- name: log\n              mountPath: /var/log\n",
+        "- name: log\n          emptyDir: {}\n",
+    ] {
+        assert!(deployment.contains(needle), "{needle:?} in\n{deployment}");
+    }
+    let sum = |d: &str, key: &str| {
+        d.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key} in\n{d}"))
+    };
+    // Another password changes the Secret's checksum and so the pod template.
+    let other = template(&[
+        "--values",
+        chart().join("ci/smtp-values.yaml").to_str().unwrap(),
+        "--set",
+        "smtp.password=rotated",
+    ])
+    .unwrap();
+    let other = Rendered::parse(&other);
+    let other = other.doc("deployment.yaml");
+    assert_ne!(
+        sum(deployment, "checksum/secret: "),
+        sum(other, "checksum/secret: ")
+    );
+    assert_eq!(
+        sum(deployment, "checksum/config: "),
+        sum(other, "checksum/config: ")
+    );
+    // Logging to stdout needs no writable directory.
+    let r = Rendered::new("smtp-role-to-recipients-values.yaml");
+    assert!(!r.doc("deployment.yaml").contains("emptyDir"));
+    assert!(!r.docs.contains_key("networkpolicy.yaml"));
+}
+
+/// With metrics on, a NetworkPolicy admits only the scraper to the metrics port (issue 17.11).
+#[test]
+fn metrics_are_reachable_only_by_the_scraper() {
+    let r = Rendered::new("metrics-values.yaml");
+    let policy = r.doc("networkpolicy.yaml");
+    for needle in [
+        "kind: NetworkPolicy",
+        "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: teleport-plugin-email\n      app.kubernetes.io/instance: mail\n",
+        "  policyTypes:\n    - Ingress\n",
+        "    - from:\n        - namespaceSelector: {}\n          podSelector:\n            matchLabels:\n              app.kubernetes.io/name: prometheus\n",
+        "      ports:\n        - protocol: TCP\n          port: 9105",
+    ] {
+        assert!(policy.contains(needle), "{needle:?} in\n{policy}");
+    }
+    let off = template(&[
+        "--values",
+        chart().join("ci/metrics-values.yaml").to_str().unwrap(),
+        "--set",
+        "metrics.networkPolicy.enabled=false",
+    ])
+    .unwrap();
+    assert!(!off.contains("kind: NetworkPolicy"), "{off}");
+    // An empty list would admit everyone: refused.
+    let err = template(&[
+        "--values",
+        chart().join("ci/metrics-values.yaml").to_str().unwrap(),
+        "--set",
+        "metrics.networkPolicy.from=null",
+    ])
+    .unwrap_err();
+    assert!(err.contains("metrics.networkPolicy.from"), "{err}");
+}
+
+/// `values.schema.json` (issue 18): the chart's defaults and every sample pass; a mistyped value
+/// is refused by `helm template` with the key named.
+#[test]
+fn values_schema_rejects_mistyped_values() {
+    template(&[]).expect("the default values pass the schema");
+    for (set, key) in [
+        ("smtp.port=smtp", "port"),
+        ("smtp.enabled=maybe", "enabled"),
+        ("smtp.starttlsPolicy=sometimes", "starttlsPolicy"),
+        ("metrics.port=99999", "port"),
+        ("metrics.enabled=yes", "enabled"),
+        ("mailgun.apiBase=api.mailgun.net", "apiBase"),
+        ("smtp.implicitTls=sometimes", "implicitTls"),
+        (
+            "securityContext.readOnlyRootFilesystem=no",
+            "readOnlyRootFilesystem",
+        ),
+        (
+            "automountServiceAccountToken=nope",
+            "automountServiceAccountToken",
+        ),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+    ] {
+        let err = template(&["--set", set])
+            .err()
+            .unwrap_or_else(|| panic!("--set {set} was accepted"));
+        assert!(
+            err.contains("values don't meet the specifications of the schema") && err.contains(key),
+            "{set}: {err}"
+        );
+    }
+    let err = template(&["--set-json", r#"roleToRecipients={"*":[]}"#]).unwrap_err();
+    assert!(err.contains("roleToRecipients"), "{err}");
+    template(&[
+        "--set-json",
+        r#"roleToRecipients={"*":"a@example.com","dev":["d@example.com"]}"#,
+    ])
+    .expect("a string or a list per role");
 }

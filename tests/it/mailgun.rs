@@ -237,3 +237,56 @@ async fn silent_server_times_out_transiently() {
     assert!(err.is_transient());
     hold.abort();
 }
+
+/// A hostile error answer (issue 17.4): a body that never ends is read only up to the limit (the
+/// error comes back with its beginning, not a timeout), and absurd `Retry-After` values in either
+/// form are saturated or ignored, never a panic.
+#[tokio::test]
+async fn hostile_error_answers_are_bounded() {
+    use teleport_email::mail::mailgun::MAX_RETRY_AFTER;
+    let stand_in = MailgunStandIn::start().await.unwrap();
+    let config = MailgunConfig {
+        domain: DOMAIN.to_owned(),
+        private_key: Secret::new(KEY),
+        api_base: stand_in.api_base(),
+    };
+    // A deadline far longer than reading 4 KiB takes, so reading the whole body shows as a timeout.
+    let options = MailgunOptions {
+        timeout: Duration::from_secs(60),
+    };
+    let mailer = MailgunMailer::new(&config, SENDER, vec![], options).unwrap();
+    for (retry_after, expected) in [
+        (Some("99999999999999999999999999"), Some(MAX_RETRY_AFTER)),
+        (Some("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER)),
+        (Some("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO)),
+        (Some("-5"), None),
+        (Some("\u{e9}\u{e9}"), None),
+        (None, None),
+    ] {
+        stand_in.fail_next(
+            Failure::Hostile {
+                status: 503,
+                retry_after: retry_after.map(str::to_owned),
+            },
+            1,
+        );
+        let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+        let MailError::Http {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{retry_after:?}: expected an HTTP error, got {err:?}");
+        };
+        assert_eq!(*status, 503);
+        assert!(message.starts_with("xxxx"), "{retry_after:?}: {message:?}");
+        assert!(
+            message.len() < 1024,
+            "{retry_after:?}: {} bytes",
+            message.len()
+        );
+        assert_eq!(err.retry_after(), expected, "{retry_after:?}");
+        assert!(err.is_transient());
+    }
+    mailer.send(&new_thread_mail()).await.unwrap();
+    assert_eq!(stand_in.deliveries().len(), 1);
+}

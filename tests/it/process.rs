@@ -57,11 +57,16 @@ struct Daemon {
 
 impl Daemon {
     async fn start(config: &Path, log: PathBuf) -> Self {
+        Self::start_with_env(config, log, &[]).await
+    }
+
+    async fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Self {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_teleport-email"))
             .args(["start", "--config"])
             .arg(config)
             .arg("--debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -295,6 +300,18 @@ async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
         .create_request("c@example.com", &["editor"], "still", &[]);
     wait_messages(&p.smtp, 3).await;
     assert!(tally(&p.smtp).contains_key(&(c, "editors@example.com".to_owned(), "new")));
+
+    // A syntax error on a secret's line: the log names the position, never the line (17.9).
+    std::fs::write(
+        p.config(),
+        "[smtp]\nhost = \"h\"\nusername = \"u\"\npassword = \"s3cret\\qPW\"\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_log("Configuration reload rejected", 2).await;
+    let log = d.log_text();
+    assert!(log.contains("line 4, column"), "{log}");
+    assert!(!log.contains("s3cret") && !log.contains("qPW"), "{log}");
     assert_eq!(d.stop().await, 0);
 }
 
@@ -343,4 +360,73 @@ async fn the_daemon_through_a_proxy_and_an_l7_load_balancer() {
         assert_one_message_each(&p.smtp, &[id], &[ALL, R1], &["new"]);
         assert_eq!(d.stop().await, 0);
     }
+}
+
+/// Without any signal, a changed config and a rotated `password_file` (a Kubernetes Secret
+/// mounted as a directory) are noticed by the periodic re-read: the new recipients are used, and
+/// the new password is tried (here the server refuses it, so the reload is rejected once, the old
+/// password stays in force, and the same rejected files are not retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_files_are_reloaded_without_a_signal() {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    let smtp = SmtpReceiver::builder()
+        .auth("mailer", "pw-1")
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "pw-1\n").unwrap();
+    let config = dir.path().join("config.toml");
+    let write_config = |recipients: &str| {
+        let text = format!(
+            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+             starttls_policy = \"disabled\"\nusername = \"mailer\"\npassword_file = \"{}\"\n\
+             [delivery]\nsender = \"noreply@example.com\"\n[role_to_recipients]\n{recipients}",
+            auth.addr(),
+            dir.path().join("identity").display(),
+            smtp.port(),
+            secret.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config(&format!("\"*\" = \"{ALL}\"\n"));
+    let d = Daemon::start_with_env(
+        &config,
+        dir.path().join("d.log"),
+        &[("TELEPORT_EMAIL_FILE_CHECK_INTERVAL", "100ms")],
+    )
+    .await;
+
+    write_config(&format!(
+        "\"*\" = \"{ALL}\"\n\"editor\" = \"editors@example.com\"\n"
+    ));
+    d.wait_log("Configuration reloaded", 1).await;
+    let a = auth.create_request("a@example.com", &["editor"], "after", &[]);
+    wait_messages(&smtp, 1).await;
+    assert!(tally(&smtp).contains_key(&(a, "editors@example.com".to_owned(), "new")));
+
+    let failures = smtp.stats().auth_failures;
+    std::fs::write(&secret, "pw-2-rotated\n").unwrap();
+    d.wait_log("Configuration reload rejected", 1).await;
+    assert!(
+        smtp.stats().auth_failures > failures,
+        "the new password was tried"
+    );
+    // Many re-reads later, the same rejected files were not tried again.
+    d.wait_log("The configuration or a secret file changed", 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("Configuration reload rejected").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("pw-2-rotated"), "{log}");
+    let b = auth.create_request("b@example.com", &["editor"], "old password", &[]);
+    wait_messages(&smtp, 2).await;
+    assert!(tally(&smtp).contains_key(&(b, "editors@example.com".to_owned(), "new")));
+    assert_eq!(d.stop().await, 0);
 }

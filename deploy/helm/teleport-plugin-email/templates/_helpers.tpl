@@ -47,8 +47,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the plugin's files are mounted in the pod. */}}
 {{- define "email.pluginDir" -}}/var/lib/teleport/plugins/email{{- end }}
 {{- define "email.identityDir" -}}{{ include "email.pluginDir" . }}/teleport-identity{{- end }}
-{{- define "email.mailgunKeyPath" -}}{{ include "email.pluginDir" . }}/mailgun_private_key{{- end }}
-{{- define "email.smtpPasswordPath" -}}{{ include "email.pluginDir" . }}/smtp_password{{- end }}
+{{- /* The mail credential's Secret, mounted whole as a directory so that rotations reach it. */}}
+{{- define "email.secretDir" -}}{{ include "email.pluginDir" . }}/mail-secret{{- end }}
+{{- define "email.mailgunKeyPath" -}}{{ include "email.secretDir" . }}/{{ .Values.mailgun.privateKeySecretPath }}{{- end }}
+{{- define "email.smtpPasswordPath" -}}{{ include "email.secretDir" . }}/{{ .Values.smtp.passwordSecretPath }}{{- end }}
+
+{{- /* The directory of log.output when it is a file (it gets a writable emptyDir); else empty. */}}
+{{- define "email.logDir" -}}
+{{- $output := .Values.log.output | default "" | lower }}
+{{- if and (hasPrefix "/" $output) (not (has $output (list "stdout" "stderr"))) }}
+{{- dir .Values.log.output }}
+{{- end }}
+{{- end }}
 
 {{/* Which mailer the config names: Mailgun wins when both are enabled, as in the original. */}}
 {{- define "email.mailer" -}}
