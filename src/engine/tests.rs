@@ -366,3 +366,452 @@ async fn a_new_request_costs_two_writes_and_no_read() {
     assert_each_once(&mailer, 2);
     assert_eq!((store.reads(), store.writes()), (0, 2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-engine): each fails on the change under review.
+// ---------------------------------------------------------------------------------------------
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use crate::mail::{MessageId, OutgoingMail};
+use crate::teleport::Review;
+
+/// A mailer that hands each mail to a task of its own, as `SmtpMailer` hands it to a pool worker
+/// (`send` only waits on a oneshot): dropping the caller's `send` future does not stop the mail.
+#[derive(Default)]
+struct QueuedMailer {
+    /// How long each send takes, in order; then at once.
+    delays: Mutex<VecDeque<Duration>>,
+    delivered: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl QueuedMailer {
+    fn with_delays(delays: impl IntoIterator<Item = Duration>) -> Arc<Self> {
+        let m = Self::default();
+        m.delays.lock().unwrap().extend(delays);
+        Arc::new(m)
+    }
+
+    fn per_message(&self) -> BTreeMap<(String, String), usize> {
+        let mut counts = BTreeMap::new();
+        for key in self.delivered.lock().unwrap().iter().cloned() {
+            *counts.entry(key).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[async_trait::async_trait]
+impl Mailer for QueuedMailer {
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        let delay = self.delays.lock().unwrap().pop_front().unwrap_or_default();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let delivered = self.delivered.clone();
+        let key = (mail.to.clone(), mail.message_id.as_str().to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            delivered.lock().unwrap().push(key);
+            let _ = done.send(());
+        });
+        let _ = outcome.await;
+        Ok(mail.message_id.clone())
+    }
+
+    async fn health_check(&self) -> Result<(), MailError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "queued"
+    }
+}
+
+/// What a plugin-data write does, per call, in [`FlakyStore`].
+#[derive(Clone, Copy)]
+enum Write {
+    Pass,
+    /// The Auth Service is unreachable for this call.
+    Fail,
+    /// The call never returns (a hung Auth Service; unary calls have no deadline).
+    Hang,
+}
+
+/// The shared in-memory store seen through a flaky connection: writes answer as scripted (then
+/// pass); reads pass.
+struct FlakyStore {
+    inner: Arc<MemoryStore>,
+    writes: Mutex<VecDeque<Write>>,
+}
+
+impl FlakyStore {
+    fn new(inner: &Arc<MemoryStore>, writes: impl IntoIterator<Item = Write>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            writes: Mutex::new(writes.into_iter().collect()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PluginDataStore for FlakyStore {
+    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
+        self.inner.get(id).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        set: &RawPluginData,
+        expect: &RawPluginData,
+    ) -> Result<(), TeleportError> {
+        let next = self
+            .writes
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Write::Pass);
+        match next {
+            Write::Pass => self.inner.update(id, set, expect).await,
+            Write::Fail => Err(TeleportError::Unavailable("auth unreachable".into())),
+            Write::Hang => std::future::pending().await,
+        }
+    }
+}
+
+fn policy(name: &str) -> DeliveryPolicy {
+    DeliveryPolicy {
+        retry_for: Duration::from_secs(60),
+        lease: LEASE,
+        instance: name.into(),
+        id_host: "example.com".into(),
+        ..DeliveryPolicy::default()
+    }
+}
+
+fn cluster() -> ClusterInfo {
+    ClusterInfo {
+        name: "cluster".into(),
+        server_version: "18.0.0".into(),
+        advanced_workflows: false,
+        proxy_public_addr: String::new(),
+    }
+}
+
+/// An engine over any store and mailer, mailing a@ and b@ for every role.
+fn engine_over(
+    store: Arc<dyn PluginDataStore>,
+    mailer: Arc<dyn Mailer>,
+    policy: DeliveryPolicy,
+) -> Arc<Engine> {
+    let map = BTreeMap::from([(
+        "*".to_owned(),
+        vec!["a@example.com".to_owned(), "b@example.com".to_owned()],
+    )]);
+    let routing = Routing {
+        recipients: RecipientMap::new(map),
+        mailer,
+    };
+    Arc::new(Engine::with_store(store, cluster(), routing, policy))
+}
+
+fn assert_queued_once(mailer: &QueuedMailer, expected: usize) {
+    let counts = mailer.per_message();
+    assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
+    assert_eq!(counts.len(), expected, "{counts:?}");
+}
+
+/// Plugin data with a thread for a@ only (b@ is not a recipient of this request).
+fn threaded(store: &MemoryStore, id: &str, extra: &[(&str, &str)]) {
+    let mut raw: RawPluginData = [
+        ("user", "alice"),
+        ("roles", "editor"),
+        ("request_reason", "please"),
+        (
+            "email_threads",
+            "a@example.com/2024-01-01T00:00:00Z/<t.1@example.com>",
+        ),
+        ("te_recipients", "v1:a@example.com"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        raw.insert(k.to_string(), v.to_string());
+    }
+    store.put(id, raw);
+}
+
+fn reviewed(id: &str, n: usize) -> WatchEvent {
+    let mut req = request(id);
+    req.reviews = (0..n)
+        .map(|i| Review {
+            author: format!("reviewer{i}"),
+            proposed: RequestState::Approved,
+            reason: String::new(),
+            created: None,
+        })
+        .collect();
+    WatchEvent::Put(Box::new(req))
+}
+
+/// delivery.rs `send_job`: abandoning a send drops its future, but `SmtpMailer::send` only
+/// waits for a pool worker, which still sends the mail. Renewal fails twice (an Auth blip), the
+/// engine counts b@'s queued mail as not sent, releases the claim, and the next pass sends it
+/// again.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_send_that_still_goes_out_is_sent_twice() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    // Writes: claim, renewal at 10 s (fails), renewal at 20 s (fails), then the rest.
+    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail, Write::Fail]);
+    let mailer = QueuedMailer::with_delays([Duration::ZERO, Duration::from_secs(25)]);
+    let a = engine_over(flaky, mailer.clone(), policy("a"));
+    a.handle_event(put("r1")).await;
+    // The next pass (a reconcile after the Auth blip, or another replica).
+    a.handle_event(put("r1")).await;
+    tokio::time::sleep(LEASE).await;
+    assert_queued_once(&mailer, 2);
+}
+
+/// delivery.rs `send_holding_claim`: after a renewal fails twice (no other instance took the
+/// request), the round's unsent mail is "left to the instance that holds it": nobody. It is not
+/// retried and no ERROR says it was not delivered.
+#[tokio::test(start_paused = true)]
+async fn a_claim_lost_to_nobody_still_delivers_the_rest() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail, Write::Fail]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    mailer.then([Answer::Accept, Answer::Slow(Duration::from_secs(25))]);
+    let a = engine_over(flaky, mailer.clone(), policy("a"));
+    a.handle_event(put("r1")).await;
+    assert_each_once(&mailer, 2);
+}
+
+/// delivery.rs `send_holding_claim`: the renewal is awaited inline with no deadline of its own
+/// (and Auth calls have none), so while it hangs the lease runs out, another replica takes the
+/// request, and both send.
+#[tokio::test(start_paused = true)]
+async fn a_hung_renewal_lets_the_lease_run_out_while_sending() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    // A's first write (the claim) passes; its renewal at 10 s hangs.
+    let hung = FlakyStore::new(&store, [Write::Pass, Write::Hang]);
+    let mailer = QueuedMailer::with_delays([Duration::from_secs(40), Duration::from_secs(40)]);
+    let a = engine_over(hung, mailer.clone(), policy("a"));
+    let b = engine_over(store.clone(), mailer.clone(), policy("b"));
+    let _a = spawn_put(&a, "r1");
+    tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
+    b.handle_event(put("r1")).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_queued_once(&mailer, 2);
+}
+
+/// delivery.rs `record` / stage.rs `Stage::record` (Reviews): progress is added to the count
+/// stored *now*, not to where the job started. When the claim was lost and the new holder has
+/// recorded its own partial progress, the two are summed and a review nobody sent is marked sent.
+#[tokio::test(start_paused = true)]
+async fn progress_recorded_after_losing_the_claim_is_not_double_counted() {
+    let store = Arc::new(MemoryStore::default());
+    threaded(&store, "r1", &[]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    // a@ is owed reviews 0 and 1: review 0 goes out, review 1 hangs.
+    mailer.then([Answer::Accept, Answer::Slow(3 * LEASE)]);
+    let a = engine(&store, &mailer, "a");
+    let (engine, event) = (a.clone(), reviewed("r1", 2));
+    let run = tokio::spawn(async move { engine.handle_event(event).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Another instance took the request (A's lease judged gone), sent review 0 again and failed
+    // review 1 for now: it recorded one review for a@ and keeps its claim to retry.
+    let mut raw = store.raw("r1").unwrap();
+    raw.insert("te_claim".into(), format!("v1:other/{}", now_ms() + 25_000));
+    raw.insert("te_reviews_sent".into(), "v1:a@example.com/1".into());
+    raw.insert("te_reviews_for".into(), "v1:2".into());
+    store.put("r1", raw);
+    run.await.unwrap();
+    let d = decoded(&store, "r1");
+    assert_eq!(
+        d.reviews_sent_to("a@example.com"),
+        1,
+        "review 1 was delivered by nobody, yet is recorded as sent"
+    );
+}
+
+/// delivery.rs `run_stage`: when the write recording a round fails once (the Auth Service
+/// blinks), the error ends the stage: what was delivered is never recorded and the next pass
+/// sends it all again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_record_write_does_not_resend_what_was_delivered() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    // Writes: claim passes, the record fails, then all pass.
+    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    let a = engine_over(flaky, mailer.clone(), policy("a"));
+    a.handle_event(put("r1")).await;
+    tokio::time::sleep(LEASE).await;
+    a.handle_event(put("r1")).await;
+    assert_each_once(&mailer, 2);
+}
+
+/// delivery.rs `send_holding_claim` / `pause`: a SIGTERM during a round is not seen until the
+/// round ends, and nothing is recorded before it does; when the grace period (15 s) ends the
+/// process, a mail delivered seconds before the signal is sent again by the next start.
+#[tokio::test(start_paused = true)]
+async fn a_mail_delivered_before_a_forced_stop_is_not_sent_again() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    // a@ at once; b@'s server is slow (but within its own timeouts).
+    mailer.then([Answer::Accept, Answer::Slow(Duration::from_secs(60))]);
+    let stop = CancellationToken::new();
+    let a = Arc::new(
+        Arc::into_inner(engine(&store, &mailer, "a"))
+            .unwrap()
+            .with_shutdown(stop.clone()),
+    );
+    let run = spawn_put(&a, "r1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    tokio::time::sleep(crate::shutdown::GRACE_PERIOD).await;
+    run.abort(); // the grace period is over: the process exits
+    let _ = run.await;
+    tokio::time::sleep(LEASE).await;
+    engine(&store, &mailer, "restarted")
+        .handle_event(put("r1"))
+        .await;
+    assert_each_once(&mailer, 2);
+}
+
+/// delivery.rs `Failures::sort` + plugindata `fail(email, stage)`: one message refused at its
+/// end (a 554 at DATA, e.g. a content filter tripping on one review's reason) is recorded as
+/// `email/review`, which silences every later review to that recipient too.
+#[tokio::test(start_paused = true)]
+async fn one_refused_review_does_not_silence_the_later_ones() {
+    let store = Arc::new(MemoryStore::default());
+    threaded(&store, "r1", &[]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    mailer.then([Answer::Fail(MailError::Rejected {
+        server: "mail:587".into(),
+        code: 554,
+        reason: "5.7.1 message content rejected".into(),
+        step: SmtpStep::Message,
+    })]);
+    let a = engine(&store, &mailer, "a");
+    a.handle_event(reviewed("r1", 1)).await;
+    a.handle_event(reviewed("r1", 2)).await;
+    let got: Vec<_> = mailer.deliveries();
+    assert_eq!(got.len(), 1, "the second review never reached a@: {got:?}");
+}
+
+/// mail/smtp/mod.rs `classify` labels every 5xx `SmtpStep::Message`, so a sender refused at
+/// `MAIL FROM` (553 here; 530 "authentication required" and a 554 greeting go the same way) is
+/// "message specific" and `Failures::sort` writes it into `te_failed` for every recipient of the
+/// round: after the operator fixes the sender and reloads, those mails are never sent.
+#[cfg(feature = "testkit")]
+#[tokio::test]
+async fn a_sender_refused_at_mail_from_is_not_written_off_as_the_recipients_failure() {
+    use crate::config::{SmtpConfig, StartTlsPolicy};
+    use crate::mail::smtp::{SmtpMailer, SmtpOptions};
+    use crate::testkit::smtp::{SmtpReceiver, Stage as At};
+
+    let receiver = SmtpReceiver::start().await.unwrap();
+    receiver.inject(
+        At::MailFrom,
+        "553 5.7.1 Sender address rejected: not owned by user",
+        1000,
+    );
+    let config = SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: receiver.port(),
+        username: None,
+        password: None,
+        starttls: StartTlsPolicy::Disabled,
+        implicit_tls: false,
+    };
+    let mailer = SmtpMailer::new(&config, "noreply@example.com", SmtpOptions::default()).unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let policy = DeliveryPolicy {
+        retry_for: Duration::from_millis(300),
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..policy("a")
+    };
+    let a = engine_over(store.clone(), Arc::new(mailer), policy);
+    a.handle_event(put("r1")).await;
+    let d = decoded(&store, "r1");
+    assert!(
+        d.failed.is_empty(),
+        "a refused sender recorded as the recipients' own failure: {:?}",
+        d.failed
+    );
+}
+
+/// README ("mail given up on is picked up at the next reload") and issue 17.3 ("picked up after
+/// a SIGHUP that fixes it, without a restart"): a SIGHUP only wakes retries still waiting
+/// (`routing_changed`); once the retry period is over nothing re-runs the request on a reload
+/// (app.rs `reload_loop` calls only `set_routing`), so the mail waits for a restart or reconnect.
+#[tokio::test(start_paused = true)]
+async fn a_reload_after_giving_up_delivers_what_was_given_up() {
+    let store = Arc::new(MemoryStore::default());
+    let broken = Arc::new(ScriptedMailer::default());
+    broken.always(Some(Answer::Fail(auth_failure())));
+    let a = engine(&store, &broken, "a");
+    a.handle_event(put("r1")).await;
+    let fixed = Arc::new(ScriptedMailer::default());
+    a.set_routing(routing(fixed.clone(), &["a@example.com", "b@example.com"]));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_each_once(&fixed, 2);
+}
+
+/// mod.rs `on_put` / `on_pending`: one recipient's permanent refusal in the new-thread stage
+/// makes `run_stage` return `Err`, and `?` skips the later stages of the event for everyone: a@
+/// never gets the resolution of an approved request (until a restart or reconnect). The
+/// original sends the resolution even when earlier sends failed.
+#[tokio::test(start_paused = true)]
+async fn one_recipients_refusal_does_not_skip_the_others_resolution() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    mailer.then([Answer::Accept, Answer::Fail(refused_recipient())]);
+    let mut req = request("r1");
+    req.state = RequestState::Approved;
+    engine(&store, &mailer, "a")
+        .handle_event(WatchEvent::Put(Box::new(req)))
+        .await;
+    let to_a = mailer
+        .deliveries()
+        .into_iter()
+        .filter(|(to, _)| to == "a@example.com")
+        .count();
+    assert_eq!(
+        to_a,
+        2,
+        "a@: new thread and resolution: {:?}",
+        mailer.deliveries()
+    );
+}
+
+/// stage.rs `Stage::record` (Reviews): `before + delivered` on a count read from the plugin data
+/// at record time. A count of `usize::MAX` written meanwhile by anyone who may write plugin data
+/// panics the handler (debug) or wraps to 0 and resends every review (release).
+#[tokio::test(start_paused = true)]
+async fn a_hostile_review_count_written_mid_round_does_not_panic() {
+    let store = Arc::new(MemoryStore::default());
+    threaded(&store, "r1", &[]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    mailer.then([Answer::Slow(Duration::from_secs(2))]);
+    let a = engine(&store, &mailer, "a");
+    let (engine, event) = (a.clone(), reviewed("r1", 1));
+    let run = tokio::spawn(async move { engine.handle_event(event).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut raw = store.raw("r1").unwrap();
+    raw.insert(
+        "te_reviews_sent".into(),
+        format!("v1:a@example.com/{}", usize::MAX),
+    );
+    raw.insert("te_reviews_for".into(), "v1:1".into());
+    store.put("r1", raw);
+    let outcome = run.await;
+    assert!(outcome.is_ok(), "the handler panicked: {outcome:?}");
+}
