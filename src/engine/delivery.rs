@@ -3,23 +3,21 @@
 //!
 //! Exactly once rests on three rules. (1) Nothing is sent without a claim taken by a
 //! compare-and-swap that pins every key we read. (2) The claim is a lease: renewed while we send,
-//! and sending stops when it cannot be renewed or is found to be someone else's. (3) What was
-//! delivered is always recorded (progress only grows), but the claim itself is released or kept
-//! only while it is ours.
+//! and no further mail is handed over once it cannot be renewed or is someone else's (see
+//! `round.rs`). (3) What was delivered is always recorded, idempotently (progress only grows),
+//! and the write is retried until it lands; the claim itself is released or kept only while it
+//! is ours.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
 use super::plugindata::{Claim, PluginData};
+use super::round::{Interrupted, Sent};
 use super::stage::{Job, Stage};
 use super::store::{FirstGuess, Written};
 use super::{Engine, EngineError, now_ms};
-use crate::backoff::Retry;
-use crate::mail::{MailError, Mailer, MessageId};
+use crate::backoff::{Backoff, Retry};
+use crate::mail::MailError;
 
 /// How far ahead of our clock another instance's claim may run out and still be believed: the
 /// clocks of replicas are assumed to agree this closely (NTP).
@@ -64,21 +62,6 @@ pub fn holder(claim: Option<&Claim>, me: &str, now_ms: u64, lease: Duration) -> 
     }
 }
 
-/// What sending one recipient's mails came to.
-struct Sent {
-    /// How many of the job's mails went out (they go in order; the first failure stops it).
-    delivered: usize,
-    /// The first one's Message-ID, which starts a thread in the new-thread stage.
-    first_id: Option<MessageId>,
-    error: Option<MailError>,
-}
-
-/// A round's sends, and whether the claim was still ours at the end.
-struct Round {
-    sent: Vec<Sent>,
-    claim_held: bool,
-}
-
 /// The failures of a round, sorted by what happens next.
 #[derive(Default)]
 struct Failures {
@@ -92,13 +75,11 @@ impl Failures {
     fn sort(jobs: &[Job], sent: &[Sent]) -> Self {
         let mut f = Self::default();
         for (job, s) in jobs.iter().zip(sent) {
-            let Some(e) = &s.error else { continue };
-            let entry = (job.email.clone(), e.clone());
-            if e.is_transient() || !e.is_message_specific() {
-                f.retry.push(entry);
-            } else {
-                f.permanent.push(entry);
-            }
+            let email = || job.email.clone();
+            f.permanent
+                .extend(s.refused.iter().map(|e| (email(), e.clone())));
+            f.retry
+                .extend(s.stopped.iter().map(|e| (email(), e.clone())));
         }
         f
     }
@@ -139,12 +120,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let p = &self.policy;
         let mut retry = Retry::new(p.min_backoff, p.max_backoff, p.retry_for);
+        let mut routing_changed = self.routing_changed.subscribe();
+        let mut busy = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut told_operator = false;
         loop {
             let jobs = match self.claim(id, &stage, fresh.take()).await? {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(until) => {
-                    if !self.wait_for_holder(id, until, &retry).await {
+                    if !self.wait_for_holder(id, until, &mut busy, &retry).await {
                         return Ok(());
                     }
                     continue;
@@ -152,26 +135,32 @@ impl Engine {
                 Claimed::Ours(jobs) => jobs,
             };
             let mailer = Arc::clone(&self.routing().mailer);
-            let round = self.send_holding_claim(id, mailer.as_ref(), &jobs).await;
+            let round = self.send_round(id, &stage, mailer.as_ref(), &jobs).await;
             self.count_and_log(id, &stage, mailer.backend(), &jobs, &round.sent);
             let failures = Failures::sort(&jobs, &round.sent);
-            // A wait beyond half a lease would let the claim run out while we wait.
-            let wait = (!failures.retry.is_empty())
+            let interrupted = round.interrupted;
+            let settled = matches!(
+                interrupted,
+                Some(Interrupted::ClaimTaken | Interrupted::Stopping)
+            );
+            // More is owed after a failure worth retrying, or a round cut short by a claim we
+            // could not confirm. A wait beyond half a lease would let the claim run out.
+            let owed = !failures.retry.is_empty() || interrupted.is_some();
+            let wait = (owed && !settled)
                 .then(|| retry.next_wait(failures.retry_after(), p.lease / 2))
                 .flatten();
-            let again = round.claim_held && wait.is_some();
-            self.record(id, &stage, &jobs, &round.sent, &failures, again)
+            self.record_until_landed(id, &stage, &jobs, &round.sent, wait.is_some())
                 .await?;
             self.log_failures(id, &stage, &failures, wait, &mut told_operator);
-            if !round.claim_held {
-                tracing::warn!(request_id = %id, stage = stage.name(), "Lost the claim on the request while sending; what was delivered is recorded, the rest is left to the instance that holds it");
+            if let Some(why) = interrupted.filter(|_| settled) {
+                tracing::warn!(request_id = %id, stage = stage.name(), reason = ?why, "Sending stopped early; what was delivered is recorded, the rest is left to the claim's holder or the next start");
                 return Ok(());
             }
             let Some(wait) = wait else {
                 return failures.into_result(stage.name(), true);
             };
             self.metrics.retry();
-            if !self.pause(id, &stage, wait).await {
+            if !self.pause(id, &stage, wait, &mut routing_changed).await {
                 return Ok(());
             }
         }
@@ -223,9 +212,15 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Waits a little for the instance holding the request. `false`: stop waiting (shutdown, or
-    /// the retry deadline passed: the holder owns the work).
-    async fn wait_for_holder(&self, id: &str, until_ms: u64, retry: &Retry) -> bool {
+    /// Waits a little for the instance holding the request, polling less and less often.
+    /// `false`: stop waiting (shutdown, or the retry deadline passed: the holder owns the work).
+    async fn wait_for_holder(
+        &self,
+        id: &str,
+        until_ms: u64,
+        busy: &mut Backoff,
+        retry: &Retry,
+    ) -> bool {
         if self.stopping.is_cancelled() {
             return false;
         }
@@ -233,43 +228,17 @@ impl Engine {
             tracing::warn!(request_id = %id, "Another instance has held the request's claim for the whole retry period; leaving the request to it");
             return false;
         }
-        // Poll: the holder usually finishes well before its lease runs out.
-        let wait = until_ms.saturating_sub(now_ms()).clamp(50, 500);
+        // The holder usually finishes long before its lease runs out.
+        let left = Duration::from_millis(until_ms.saturating_sub(now_ms()));
+        let wait = busy.next_delay().min(left.max(Duration::from_millis(50)));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => true,
+            _ = tokio::time::sleep(wait) => true,
             _ = self.stopping.cancelled() => false,
         }
     }
 
-    /// Sends every job, renewing the claim meanwhile; once the claim cannot be renewed or is found
-    /// to be someone else's, sends not yet made are abandoned.
-    async fn send_holding_claim(&self, id: &str, mailer: &dyn Mailer, jobs: &[Job]) -> Round {
-        let lost = CancellationToken::new();
-        let sends = join_all(jobs.iter().map(|job| send_job(mailer, job, &lost)));
-        tokio::pin!(sends);
-        let every = self.policy.lease / 3;
-        let mut held_until = Instant::now() + self.policy.lease;
-        loop {
-            tokio::select! {
-                sent = &mut sends => return Round { sent, claim_held: !lost.is_cancelled() },
-                _ = tokio::time::sleep(every), if !lost.is_cancelled() => {
-                    match self.renew(id).await {
-                        Ok(true) => held_until = Instant::now() + self.policy.lease,
-                        Ok(false) => lost.cancel(),
-                        Err(e) => {
-                            tracing::warn!(request_id = %id, error = %e, "Cannot renew the claim on the request");
-                            if Instant::now() + every >= held_until {
-                                lost.cancel();
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Extends our claim; `false` when it is no longer ours.
-    async fn renew(&self, id: &str) -> Result<bool, EngineError> {
+    pub(super) async fn renew(&self, id: &str) -> Result<bool, EngineError> {
         let me = &self.policy.instance;
         let written = self
             .store
@@ -287,15 +256,45 @@ impl Engine {
         Ok(written.is_some())
     }
 
-    /// Writes what the round delivered and the recipients' own permanent failures, and keeps
-    /// (`keep`) or releases the claim — the claim only if it is still ours.
-    async fn record(
+    /// [`Self::record`], retried while the Auth Service cannot be reached: what was delivered
+    /// must be written, or it would be sent again.
+    async fn record_until_landed(
         &self,
         id: &str,
         stage: &Stage,
         jobs: &[Job],
         sent: &[Sent],
-        failures: &Failures,
+        keep: bool,
+    ) -> Result<(), EngineError> {
+        let p = &self.policy;
+        let mut retry = Retry::new(p.min_backoff, p.max_backoff, p.retry_for);
+        loop {
+            let error = match self.record(id, stage, jobs, sent, keep).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let wait = retry.next_wait(None, p.max_backoff);
+            let Some(wait) = wait.filter(|_| !self.stopping.is_cancelled()) else {
+                tracing::error!(request_id = %id, stage = stage.name(), error = %error, "Cannot record the mails just delivered; they may be sent again");
+                return Err(error);
+            };
+            tracing::warn!(request_id = %id, stage = stage.name(), error = %error, retry_in = ?wait, "Cannot record the mails just delivered; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopping.cancelled() => {}
+            }
+        }
+    }
+
+    /// Writes what the round handled (idempotently: recording twice counts once) and the
+    /// recipients' own refusals, and keeps (`keep`) or releases the claim — the claim only if it
+    /// is still ours.
+    pub(super) async fn record(
+        &self,
+        id: &str,
+        stage: &Stage,
+        jobs: &[Job],
+        sent: &[Sent],
         keep: bool,
     ) -> Result<(), EngineError> {
         let me = &self.policy.instance;
@@ -303,10 +302,11 @@ impl Engine {
             .modify(id, FirstGuess::LastWrite, |old| {
                 let mut d = old?.clone();
                 for (job, s) in jobs.iter().zip(sent) {
-                    stage.record(&mut d, &job.email, s.delivered, s.first_id.as_ref());
-                }
-                for (email, _) in &failures.permanent {
-                    d.fail(email, stage.name());
+                    stage.record(&mut d, job, s.handled.len(), s.first_id.as_ref());
+                    // A refused review is counted as handled above; later reviews still go.
+                    if !s.refused.is_empty() && !matches!(stage, Stage::Reviews(_)) {
+                        d.fail(&job.email, stage.name());
+                    }
                 }
                 if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
                     d.claim = keep.then(|| self.lease());
@@ -319,10 +319,16 @@ impl Engine {
 
     /// Waits `wait` before the next attempt; a new mailer (config reload) cuts the wait short.
     /// `false`: stopping, the claim is released and the rest left to the next start.
-    async fn pause(&self, id: &str, stage: &Stage, wait: Duration) -> bool {
+    async fn pause(
+        &self,
+        id: &str,
+        stage: &Stage,
+        wait: Duration,
+        routing_changed: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
-            _ = self.routing_changed.notified() => true,
+            _ = routing_changed.changed() => true,
             _ = self.stopping.cancelled() => {
                 if let Err(e) = self.release(id).await {
                     tracing::warn!(request_id = %id, error = %e, "Cannot release the claim on the request");
@@ -351,7 +357,7 @@ impl Engine {
         Ok(())
     }
 
-    fn lease(&self) -> Claim {
+    pub(super) fn lease(&self) -> Claim {
         Claim {
             owner: self.policy.instance.clone(),
             until_ms: now_ms() + self.policy.lease.as_millis() as u64,
@@ -367,11 +373,13 @@ impl Engine {
         sent: &[Sent],
     ) {
         for (job, s) in jobs.iter().zip(sent) {
-            for mail in &job.mails[..s.delivered] {
-                self.metrics.mail(backend, stage.name(), true);
-                tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
+            for (mail, delivered) in job.mails.iter().zip(&s.handled) {
+                self.metrics.mail(backend, stage.name(), *delivered);
+                if *delivered {
+                    tracing::info!(request_id = %id, email = %job.email, message_id = %mail.message_id, kind = stage.kind(), "Successfully sent");
+                }
             }
-            if s.error.is_some() {
+            if s.stopped.is_some() {
                 self.metrics.mail(backend, stage.name(), false);
             }
         }
@@ -402,42 +410,5 @@ impl Engine {
         for (email, e) in &failures.retry {
             tracing::warn!(request_id = %id, email = %email, stage, error = %e, retry_in = ?wait, "Mail delivery failed; will retry");
         }
-    }
-}
-
-/// Sends one recipient's mails in order; stops at the first failure, or before the next mail
-/// once `lost` is cancelled.
-async fn send_job(mailer: &dyn Mailer, job: &Job, lost: &CancellationToken) -> Sent {
-    let mut first_id = None;
-    for (i, mail) in job.mails.iter().enumerate() {
-        let result = tokio::select! {
-            biased;
-            _ = lost.cancelled() => None,
-            r = mailer.send(mail) => Some(r),
-        };
-        match result {
-            Some(Ok(id)) => {
-                first_id.get_or_insert(id);
-            }
-            Some(Err(e)) => {
-                return Sent {
-                    delivered: i,
-                    first_id,
-                    error: Some(e),
-                };
-            }
-            None => {
-                return Sent {
-                    delivered: i,
-                    first_id,
-                    error: None,
-                };
-            }
-        }
-    }
-    Sent {
-        delivered: job.mails.len(),
-        first_id,
-        error: None,
     }
 }

@@ -9,6 +9,7 @@
 mod delivery;
 mod plugindata;
 mod recipients;
+mod round;
 mod stage;
 mod store;
 #[cfg(test)]
@@ -19,7 +20,6 @@ mod tests;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use delivery::Fresh;
@@ -111,8 +111,9 @@ pub struct Engine {
     store: PluginStore,
     cluster: ClusterInfo,
     routing: RwLock<Arc<Routing>>,
-    /// Woken when the routing changes: retries waiting on a broken mailer try the new one at once.
-    routing_changed: Notify,
+    /// Bumped when the routing changes: retries waiting on a broken mailer try the new one at
+    /// once (a watch keeps the change for a retry that was busy sending when it came).
+    routing_changed: tokio::sync::watch::Sender<u64>,
     policy: DeliveryPolicy,
     /// Cancelled at shutdown: retries stop waiting, claims are released, the rest is left to the
     /// next start (or another replica), which the plugin data tells where to resume.
@@ -141,7 +142,7 @@ impl Engine {
             store: PluginStore::new(store),
             cluster,
             routing: RwLock::new(Arc::new(routing)),
-            routing_changed: Notify::new(),
+            routing_changed: tokio::sync::watch::Sender::new(0),
             policy,
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
@@ -163,7 +164,8 @@ impl Engine {
     /// Replaces recipients and mailer (config reload); events handled later use the new ones.
     pub fn set_routing(&self, routing: Routing) {
         *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
-        self.routing_changed.notify_waiters();
+        self.routing_changed
+            .send_modify(|generation| *generation += 1);
     }
 
     fn routing(&self) -> Arc<Routing> {
@@ -177,8 +179,12 @@ impl Engine {
             WatchEvent::Delete { id } => (id.clone(), self.on_delete(id).await),
             _ => return,
         };
-        if let Err(e) = result {
-            tracing::error!(request_id = %id, error = %e, "Failed to handle the access request event");
+        match result {
+            // Each undelivered mail has had its ERROR, naming the recipient.
+            Ok(()) | Err(EngineError::Mail { .. }) => {}
+            Err(e) => {
+                tracing::error!(request_id = %id, error = %e, "Failed to handle the access request event");
+            }
         }
     }
 
@@ -193,14 +199,15 @@ impl Engine {
                 return Ok(());
             }
         };
-        // A request resolved before we ever saw it pending still gets its threads first.
-        self.on_pending(req).await?;
+        // A request resolved before we ever saw it pending still gets its threads first. One
+        // recipient's failure there does not keep the others from the resolution.
+        let earlier = self.on_pending(req).await;
         let resolution = Stage::Resolution {
             tag,
             reason: req.resolve_reason.clone(),
             access_list: req.promoted_to.clone(),
         };
-        self.run_stage(&req.id, resolution, None).await
+        earlier.and(self.run_stage(&req.id, resolution, None).await)
     }
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
@@ -221,12 +228,12 @@ impl Engine {
         let new_threads = Stage::NewThreads {
             allowed: fresh.data.intended.clone().unwrap_or_default(),
         };
-        self.run_stage(&req.id, new_threads, Some(fresh)).await?;
-        if !req.reviews.is_empty() {
-            let reviews = Stage::Reviews(req.reviews.clone());
-            self.run_stage(&req.id, reviews, None).await?;
+        let threads = self.run_stage(&req.id, new_threads, Some(fresh)).await;
+        if req.reviews.is_empty() {
+            return threads;
         }
-        Ok(())
+        let reviews = Stage::Reviews(req.reviews.clone());
+        threads.and(self.run_stage(&req.id, reviews, None).await)
     }
 
     async fn on_delete(&self, id: &str) -> Result<(), EngineError> {

@@ -96,18 +96,21 @@ impl Stage {
         }
     }
 
-    /// Records that `email` got the first `delivered` mails of its job (`first_id`: the Message-ID
-    /// of the first one, which starts a thread in the new-thread stage).
+    /// Records that `job`'s recipient is done with the first `handled` mails of the job
+    /// (delivered, or refused for good on their own); `first_id` is the Message-ID of the first
+    /// one when it was delivered, which starts a thread in the new-thread stage. Recording is
+    /// idempotent: the same outcome written twice, or after another instance's, counts once.
     pub fn record(
         &self,
         data: &mut PluginData,
-        email: &str,
-        delivered: usize,
+        job: &Job,
+        handled: usize,
         first_id: Option<&MessageId>,
     ) {
-        if delivered == 0 {
+        if handled == 0 {
             return;
         }
+        let email = job.email.as_str();
         match self {
             Stage::NewThreads { .. } => {
                 if let Some(id) = first_id
@@ -121,10 +124,13 @@ impl Stage {
                 }
             }
             Stage::Reviews(_) => {
-                let before = data.reviews_sent_to(email);
-                let count = data.reviews_count;
+                let done = job.start.saturating_add(handled);
+                let upto = data
+                    .reviews_sent_to(email)
+                    .max(done)
+                    .min(data.reviews_count);
                 let sent = data.reviews_sent.get_or_insert_with(Default::default);
-                sent.insert(email.to_owned(), (before + delivered).min(count));
+                sent.insert(email.to_owned(), upto);
             }
             Stage::Resolution { .. } => {
                 let sent = data.resolution_sent.get_or_insert_with(Vec::new);
@@ -166,6 +172,7 @@ impl Owed<'_> {
             .filter(|e| self.open(e) && !has_thread(e) && self.allowed(allowed, e))
             .map(|e| Job {
                 email: e.clone(),
+                start: 0,
                 mails: vec![OutgoingMail::new(
                     e.clone(),
                     rendered.clone(),
@@ -197,6 +204,7 @@ impl Owed<'_> {
                 .collect();
             (!mails.is_empty()).then(|| Job {
                 email: t.email.clone(),
+                start: from,
                 mails,
             })
         };
@@ -223,6 +231,7 @@ impl Owed<'_> {
         (self.data.threads.iter().filter(owed))
             .map(|t| Job {
                 email: t.email.clone(),
+                start: 0,
                 mails: vec![reply(t, rendered.clone(), self.id(&t.email, "resolution"))],
             })
             .collect()
@@ -233,6 +242,8 @@ impl Owed<'_> {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub email: String,
+    /// How many of the stage's mails the recipient had before this job (reviews; else 0).
+    pub start: usize,
     pub mails: Vec<OutgoingMail>,
 }
 

@@ -1,0 +1,179 @@
+//! One round of sending under a claim: every recipient's mails handed to the mailer while the
+//! claim is renewed, and what each send came to.
+//!
+//! The rules this rests on:
+//! - A mail handed to the mailer may go out even if we stop waiting for it (an SMTP worker has
+//!   it), so once handed over it is waited for and its outcome recorded; what stops on a lost
+//!   claim, a failed renewal or a shutdown is the *handing over* of further mails.
+//! - A claim that cannot be renewed is given up a third of a lease before it runs out, so the
+//!   mails still in flight can finish while it is still ours; at its end we stop waiting (the
+//!   mailer drops what it has not started).
+//! - A renewal never blocks the sends: it runs beside them, with a deadline of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::stage::Job;
+use super::{Engine, EngineError};
+use crate::mail::{MailError, Mailer, MessageId};
+
+/// What one recipient's job came to.
+#[derive(Debug, Default, Clone)]
+pub struct Sent {
+    /// The mails done with, in order: `true` delivered, `false` refused for good on its own.
+    pub handled: Vec<bool>,
+    /// The Message-ID of the job's first mail, when it was delivered (it starts a thread).
+    pub first_id: Option<MessageId>,
+    /// Refusals that belong to one message (recorded, not retried).
+    pub refused: Vec<MailError>,
+    /// What stopped the job before its end: a failure worth another attempt.
+    pub stopped: Option<MailError>,
+}
+
+/// Why a round stopped handing mails over before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// Another instance holds the claim now.
+    ClaimTaken,
+    /// The claim could not be renewed (Auth unreachable or slow): it may run out.
+    ClaimUnconfirmed,
+    /// Shutdown.
+    Stopping,
+}
+
+/// A round's outcome: per job (in order) what it came to, and why it was cut short if it was.
+pub struct Round {
+    pub sent: Vec<Sent>,
+    pub interrupted: Option<Interrupted>,
+}
+
+type Renewal<'a> = Pin<Box<dyn Future<Output = Option<Result<bool, EngineError>>> + Send + 'a>>;
+
+impl Engine {
+    /// Sends every job while renewing the claim (see the module's rules). On shutdown, what was
+    /// delivered so far is recorded at once, so a forced exit does not send it again.
+    pub(super) async fn send_round(
+        &self,
+        id: &str,
+        stage: &super::stage::Stage,
+        mailer: &dyn Mailer,
+        jobs: &[Job],
+    ) -> Round {
+        let hand_over = CancellationToken::new();
+        let mut sends: FuturesUnordered<_> = (jobs.iter().enumerate())
+            .map(|(i, job)| {
+                let stop = &hand_over;
+                async move { (i, send_job(mailer, job, stop).await) }
+            })
+            .collect();
+        let mut sent = vec![Sent::default(); jobs.len()];
+        let every = self.policy.lease / 3;
+        let mut held_until = Instant::now() + self.policy.lease;
+        let mut next_renewal = Instant::now() + every;
+        let mut renewal: Option<(Instant, Renewal<'_>)> = None;
+        let mut interrupted = None;
+        loop {
+            tokio::select! {
+                next = sends.next() => match next {
+                    Some((i, s)) => sent[i] = s,
+                    None => break,
+                },
+                _ = sleep_until(next_renewal), if renewal.is_none() && interrupted.is_none() => {
+                    let started = Instant::now();
+                    renewal = Some((started, Box::pin(timeout(every, self.renew(id)).map_ok())));
+                }
+                outcome = poll_renewal(&mut renewal) => {
+                    let (started, outcome) = outcome;
+                    renewal = None;
+                    next_renewal = Instant::now() + every;
+                    match outcome {
+                        Some(Ok(true)) => held_until = started + self.policy.lease,
+                        Some(Ok(false)) => interrupted = Some(Interrupted::ClaimTaken),
+                        failed => {
+                            let why = failed.and_then(Result::err).map(|e| e.to_string());
+                            tracing::warn!(request_id = %id, error = why.as_deref().unwrap_or("timed out"), "Cannot renew the claim on the request");
+                            if Instant::now() + every >= held_until {
+                                interrupted = Some(Interrupted::ClaimUnconfirmed);
+                            }
+                        }
+                    }
+                    if interrupted.is_some() {
+                        hand_over.cancel();
+                    }
+                }
+                _ = sleep_until(held_until), if interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
+                    // The claim has run out: stop waiting; the mailer drops what it has not started.
+                    break;
+                }
+                _ = self.stopping.cancelled(), if interrupted.is_none() => {
+                    interrupted = Some(Interrupted::Stopping);
+                    hand_over.cancel();
+                    if let Err(e) = self.record(id, stage, jobs, &sent, false).await {
+                        tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
+                    }
+                }
+            }
+        }
+        Round { sent, interrupted }
+    }
+}
+
+/// Waits for the renewal in flight, or forever when there is none.
+async fn poll_renewal(
+    renewal: &mut Option<(Instant, Renewal<'_>)>,
+) -> (Instant, Option<Result<bool, EngineError>>) {
+    match renewal {
+        Some((started, future)) => (*started, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// A deadline's outcome as `None` when it passed.
+trait MapOk<T> {
+    fn map_ok(self) -> impl Future<Output = Option<T>> + Send;
+}
+
+impl<F, T> MapOk<T> for tokio::time::Timeout<F>
+where
+    F: Future<Output = T> + Send,
+    T: Send,
+{
+    fn map_ok(self) -> impl Future<Output = Option<T>> + Send {
+        async move { self.await.ok() }
+    }
+}
+
+/// Sends one recipient's mails in order. A mail refused for good on its own is counted and the
+/// next one goes; a failure worth retrying stops the job; no further mail is handed over once
+/// `hand_over` is cancelled.
+async fn send_job(mailer: &dyn Mailer, job: &Job, hand_over: &CancellationToken) -> Sent {
+    let mut sent = Sent::default();
+    for mail in &job.mails {
+        if hand_over.is_cancelled() {
+            break;
+        }
+        match mailer.send(mail).await {
+            Ok(id) => {
+                sent.first_id.get_or_insert(id);
+                sent.handled.push(true);
+            }
+            Err(e) if !e.is_transient() && e.is_message_specific() => {
+                sent.handled.push(false);
+                sent.refused.push(e);
+            }
+            Err(e) => {
+                sent.stopped = Some(e);
+                break;
+            }
+        }
+    }
+    if sent.handled.first() != Some(&true) {
+        sent.first_id = None;
+    }
+    sent
+}
