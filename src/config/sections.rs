@@ -234,6 +234,7 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
     let password_file = s.non_empty(f, "password_file", &[]);
     let policy = s.string(f, "starttls_policy", &[]).unwrap_or_default();
     let implicit_tls = s.bool(f, "implicit_tls");
+    let allow_plaintext_auth = s.bool(f, "allow_plaintext_auth").unwrap_or(false);
     s.finish(f);
 
     let host = host.or_else(|| {
@@ -282,7 +283,7 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
         f.warn("smtp.implicit_tls is on (port 465), so smtp.starttls_policy = \"disabled\" has no effect");
     }
     if username.is_some() && starttls == Some(StartTlsPolicy::Disabled) && !implicit_tls {
-        f.warn("smtp.starttls_policy is \"disabled\": the SMTP password will be sent without TLS");
+        plaintext_auth(f, host.as_deref(), allow_plaintext_auth);
     }
     Some(SmtpConfig {
         host: host?,
@@ -291,7 +292,31 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
         password,
         starttls: starttls?,
         implicit_tls,
+        allow_plaintext_auth,
     })
+}
+
+/// `starttls_policy = "disabled"` with a username: the password goes in clear, which needs the
+/// operator's explicit consent unless the server is on this machine.
+fn plaintext_auth(f: &mut Findings, host: Option<&str>, allowed: bool) {
+    if allowed {
+        f.warn("smtp.starttls_policy is \"disabled\" and smtp.allow_plaintext_auth is on: the SMTP password will be sent without TLS");
+    } else if !host.is_some_and(is_loopback_host) {
+        f.error(
+            "smtp.allow_plaintext_auth",
+            "smtp.username with smtp.starttls_policy = \"disabled\" would send the SMTP password to a remote server in clear: set smtp.starttls_policy to \"mandatory\" or \"opportunistic\" (or smtp.implicit_tls = true), or set smtp.allow_plaintext_auth = true if the network to smtp.host is trusted",
+        );
+    }
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A secret given inline or in a file (read once, trimmed, required to be non-empty).

@@ -15,5 +15,6 @@ mod plugin;
 mod process;
 mod real;
 mod smtp;
+mod smtp_session;
 mod support;
 mod teleport;

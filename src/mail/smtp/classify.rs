@@ -13,14 +13,42 @@ use super::dial::Failure;
 pub(super) fn failure(server: &str, failure: Failure) -> MailError {
     let server = server.to_owned();
     match failure {
-        Failure::Smtp(e) => smtp(server, &e),
+        Failure::Smtp(e, step) => smtp(server, &e, step),
         Failure::Io(e) => classify_io(server, &e),
         Failure::NoStartTls => MailError::StartTlsUnavailable { server },
+        Failure::Refused { code, text } => MailError::Rejected {
+            server,
+            code,
+            reason: text,
+            step: SmtpStep::Session,
+        },
+        Failure::Malformed(reason) => MailError::Protocol {
+            server,
+            reason,
+            transient: true,
+        },
+        Failure::Injected(bytes) => MailError::Tls {
+            server,
+            reason: format!(
+                "the server sent {bytes} more bytes with its reply to STARTTLS, before the \
+                 handshake; unencrypted bytes there could be forged replies (STARTTLS command \
+                 injection), so the connection was dropped"
+            ),
+        },
+        Failure::PlaintextAuth(why) => MailError::PlaintextAuth {
+            server,
+            reason: why.into(),
+        },
+        Failure::Unsupported { to, reason } => MailError::BadMessage {
+            to,
+            reason: reason.into(),
+        },
     }
 }
 
-/// Sorts a lettre error into transient and permanent kinds, naming `server`.
-fn smtp(server: String, e: &SmtpError) -> MailError {
+/// Sorts a lettre error into transient and permanent kinds, naming `server`; a negative
+/// reply is tagged with `step`, the command it answered.
+fn smtp(server: String, e: &SmtpError, step: SmtpStep) -> MailError {
     let reason = e.to_string();
     if let Some(code) = e.status() {
         let code = u16::from(code);
@@ -35,8 +63,7 @@ fn smtp(server: String, e: &SmtpError) -> MailError {
                 server,
                 code,
                 reason: text,
-                // Which command was refused is not told apart here yet: as before, the message's.
-                step: SmtpStep::Message,
+                step,
             }
         };
     }
@@ -47,9 +74,7 @@ fn smtp(server: String, e: &SmtpError) -> MailError {
         return MailError::Tls { server, reason };
     }
     if e.is_client() {
-        return if reason.contains("STARTTLS is not supported") {
-            MailError::StartTlsUnavailable { server }
-        } else if reason.contains("authentication mechanism") {
+        return if reason.contains("authentication mechanism") {
             MailError::Auth {
                 server,
                 reason: "the server offers no AUTH mechanism we use (PLAIN, LOGIN)".into(),
@@ -102,10 +127,4 @@ fn caused_by_tls(e: &SmtpError) -> bool {
         source = err.source();
     }
     false
-}
-
-/// Whether an SMTP error is something other than the server's reply: the connection failed,
-/// closed (lettre calls that an incomplete response) or sent nonsense.
-pub(super) fn is_network_failure(e: &SmtpError) -> bool {
-    e.status().is_none()
 }

@@ -5,20 +5,25 @@
 //! `smtp.starttls_policy` (`mandatory` → STARTTLS required, `opportunistic` → used when offered,
 //! `disabled` → never) unless `implicit_tls` is set, when TLS starts with the first byte. Server
 //! certificates are checked against the OS trust store, which honours `SSL_CERT_FILE` and
-//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN) is used only when a username is configured. Every
-//! network operation has a deadline (see [`dial`]).
+//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN) is used only when a username is configured, and
+//! only over TLS, to a server on this machine, or with `smtp.allow_plaintext_auth`. Every
+//! network operation has a deadline (see [`stream`]).
 //!
 //! The parts: [`queue`] (mails waiting and the workers), [`pipeline`] (one worker's round on
 //! a connection, and the rules exactly-once rests on), [`wire`] (a mail as SMTP carries it),
-//! [`dial`] (opening a connection), [`pool`] (idle connections), [`tls`] (trust and policy),
-//! [`classify`] (failures as [`MailError`]s), [`mime`] (the body's encoding).
+//! [`dial`] (opening a connection), [`opening`] (the session's start, before lettre takes
+//! over), [`stream`] (deadlines, and the handover to lettre), [`pool`] (idle connections),
+//! [`tls`] (trust and policy), [`classify`] (failures as [`MailError`]s), [`mime`] (the body's
+//! encoding).
 
 mod classify;
 mod dial;
 mod mime;
+mod opening;
 mod pipeline;
 mod pool;
 mod queue;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -34,7 +39,7 @@ use tokio::sync::oneshot;
 
 use super::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::config::SmtpConfig;
-use dial::{Dialer, Failure};
+use dial::{Dialer, Failure, PlaintextAuth};
 use pool::Pool;
 use queue::{Queue, Queued};
 use wire::{BodyCache, Wire};
@@ -52,6 +57,9 @@ pub struct SmtpOptions {
     pub pool_idle_timeout: Duration,
     /// The EHLO name; the host name when `None`.
     pub hello_name: Option<String>,
+    /// Treat a server on a loopback address as remote when deciding whether AUTH may run
+    /// without TLS; for tests, whose servers all listen on loopback.
+    pub loopback_is_remote: bool,
 }
 
 impl Default for SmtpOptions {
@@ -62,6 +70,7 @@ impl Default for SmtpOptions {
             pool_max_size: 8,
             pool_idle_timeout: Duration::from_secs(30),
             hello_name: None,
+            loopback_is_remote: false,
         }
     }
 }
@@ -112,6 +121,10 @@ impl SmtpMailer {
                 hello: options.hello_name.map(ClientId::Domain).unwrap_or_default(),
                 security,
                 credentials,
+                plaintext_auth: PlaintextAuth {
+                    allowed: config.allow_plaintext_auth,
+                    loopback_is_remote: options.loopback_is_remote,
+                },
             },
             pool: Pool::new(pool_size, options.pool_idle_timeout),
             server: format!("{}:{}", config.host, config.port),
@@ -171,7 +184,7 @@ impl Mailer for SmtpMailer {
         conn.smtp
             .quit()
             .await
-            .map_err(|e| inner.classify(Failure::Smtp(e)))?;
+            .map_err(|e| inner.classify(Failure::Smtp(e, super::SmtpStep::Session)))?;
         Ok(())
     }
 

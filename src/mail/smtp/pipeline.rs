@@ -31,15 +31,18 @@
 
 use std::time::Duration;
 
+use lettre::Address;
 use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
 
+use super::super::SmtpStep;
 use super::Inner;
-use super::classify::is_network_failure;
 use super::dial::{Connection, Failure};
 use super::queue::Queued;
-use super::wire::{Verbatim, group};
+use super::wire::{Verbatim, Wire, group};
 
 /// A pooled connection idle for less than this is used without a NOOP first (PIPELINING
 /// servers only, where a dead connection shows before the message is sent).
@@ -48,7 +51,7 @@ const TRUST_IDLE: Duration = Duration::from_secs(1);
 /// How the first group of a round went.
 enum Start {
     /// Written on this connection; its replies' outcome.
-    Ready(Connection, Result<(), SmtpError>),
+    Ready(Connection, Result<(), Failure>),
     /// Not sent: the mail goes back to the front of the queue (the fresh connection that
     /// replaced a dead one cannot pipeline).
     Requeue,
@@ -92,22 +95,22 @@ impl Inner {
         }
     }
 
-    /// lettre's own exchange: one command at a time, SMTPUTF8/8BITMIME as needed. It has
-    /// already sent QUIT and closed a connection it marked broken.
+    /// One command at a time, SMTPUTF8/8BITMIME as needed; a connection that saw a refusal
+    /// or broke is closed (QUIT), as lettre's own exchange does.
     async fn deliver_one(&self, mut conn: Connection, mail: Queued) {
-        let sent = conn
-            .smtp
-            .send(&mail.wire.envelope, &mail.wire.formatted())
-            .await;
+        let sent = send_one(&mut conn.smtp, &mail.wire).await;
+        if sent.is_err() {
+            conn.smtp.abort().await;
+        }
         self.keep(conn);
-        mail.finish(sent.map(drop).map_err(|e| self.classify(Failure::Smtp(e))));
+        mail.finish(sent.map_err(|f| self.classify(f)));
     }
 
     /// Writes `first`'s group and reads its replies; a trusted pooled connection found dead
     /// is replaced by a fresh one first.
     async fn start(&self, mut conn: Connection, trusted: bool, first: &Queued) -> Start {
         let started = commands(&mut conn.smtp, &first.wire.envelope).await;
-        if !(trusted && started.as_ref().is_err_and(is_network_failure)) {
+        if !(trusted && started.as_ref().is_err_and(Failure::is_network)) {
             return Start::Ready(conn, started);
         }
         // The pooled connection had died: nothing was sent on it.
@@ -127,13 +130,13 @@ impl Inner {
 
     /// Writes each message with the next mail's group behind it, until the queue has no
     /// pipelinable mail left or the connection breaks.
-    async fn chain(&self, mut conn: Connection, first: Queued, mut started: Result<(), SmtpError>) {
+    async fn chain(&self, mut conn: Connection, first: Queued, mut started: Result<(), Failure>) {
         let mut current = first;
         loop {
-            if let Err(e) = started {
+            if let Err(f) = started {
                 // Refused before the message: the connection's state is unknown, so it goes.
                 conn.smtp.abort().await;
-                return current.finish(Err(self.classify(Failure::Smtp(e))));
+                return current.finish(Err(self.classify(f)));
             }
             let next = self.next_pipelinable();
             let mut write =
@@ -144,8 +147,11 @@ impl Inner {
             }
             // The message's reply comes first; the next mail's follow.
             let sent = conn.smtp.command(Verbatim(&write)).await;
-            let broken = sent.as_ref().is_err_and(is_network_failure);
-            current.finish(sent.map(drop).map_err(|e| self.classify(Failure::Smtp(e))));
+            let sent = sent
+                .map(drop)
+                .map_err(|e| Failure::Smtp(e, SmtpStep::Message));
+            let broken = sent.as_ref().is_err_and(Failure::is_network);
+            current.finish(sent.map_err(|f| self.classify(f)));
             match next {
                 None if broken => return conn.smtp.abort().await,
                 None => return self.keep(conn),
@@ -155,8 +161,9 @@ impl Inner {
                     return self.retry_first(next);
                 }
                 Some(next) => {
-                    let replies = next.wire.envelope.to().len() + 2;
-                    started = read_replies(&mut conn.smtp, replies, Ok(())).await;
+                    let mail = conn.smtp.read_response().await.map(drop);
+                    let recipients = next.wire.envelope.to().len();
+                    started = read_replies(&mut conn.smtp, recipients, mail).await;
                     current = next;
                 }
             }
@@ -165,28 +172,85 @@ impl Inner {
 }
 
 /// Writes `envelope`'s group and reads its replies: the first refusal, or a broken connection.
-async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result<(), SmtpError> {
+async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result<(), Failure> {
     // `command` writes the whole group and reads the first reply (MAIL's); the rest follow.
-    let first = conn.command(Verbatim(&group(envelope))).await.map(drop);
-    read_replies(conn, envelope.to().len() + 1, first).await
+    let mail = conn.command(Verbatim(&group(envelope))).await.map(drop);
+    read_replies(conn, envelope.to().len(), mail).await
 }
 
-/// Reads `count` more replies after `first`, keeping the first error; stops when the
-/// connection broke.
+/// Reads the rest of a group's replies after `mail` (MAIL's): one per RCPT of `recipients`,
+/// then DATA's. Keeps the first failure, tagged with the command it answered (replies come
+/// in the order of the commands); stops when the connection broke.
 async fn read_replies(
     conn: &mut AsyncSmtpConnection,
-    count: usize,
-    first: Result<(), SmtpError>,
-) -> Result<(), SmtpError> {
-    let mut outcome = first;
-    for _ in 0..count {
-        if outcome.as_ref().is_err_and(is_network_failure) {
+    recipients: usize,
+    mail: Result<(), SmtpError>,
+) -> Result<(), Failure> {
+    let mut outcome = mail.map_err(|e| Failure::Smtp(e, SmtpStep::Session));
+    for reply in 1..=recipients + 1 {
+        if outcome.as_ref().is_err_and(Failure::is_network) {
             break;
         }
-        let reply = conn.read_response().await;
-        if let (Ok(()), Err(e)) = (&outcome, reply) {
-            outcome = Err(e);
+        let answer = conn.read_response().await;
+        if let (Ok(()), Err(e)) = (&outcome, answer) {
+            let step = if reply <= recipients {
+                SmtpStep::Recipient
+            } else {
+                SmtpStep::Message
+            };
+            outcome = Err(Failure::Smtp(e, step));
         }
     }
     outcome
+}
+
+/// One mail, one command at a time, each refusal tagged with the command it answered: `MAIL`
+/// (the session's), each `RCPT` (the recipient's), `DATA` and the message (the message's).
+async fn send_one(conn: &mut AsyncSmtpConnection, wire: &Wire) -> Result<(), Failure> {
+    let envelope = &wire.envelope;
+    let message = wire.formatted();
+    let parameters = mail_parameters(conn, envelope, &message)?;
+    let tag = |step| move |e| Failure::Smtp(e, step);
+    let mail = Mail::new(envelope.from().cloned(), parameters);
+    conn.command(mail).await.map_err(tag(SmtpStep::Session))?;
+    for to in envelope.to() {
+        let rcpt = Rcpt::new(to.clone(), Vec::new());
+        conn.command(rcpt).await.map_err(tag(SmtpStep::Recipient))?;
+    }
+    conn.command(Data).await.map_err(tag(SmtpStep::Message))?;
+    conn.message(&message)
+        .await
+        .map_err(tag(SmtpStep::Message))?;
+    Ok(())
+}
+
+/// SMTPUTF8 for non-ASCII addresses and 8BITMIME for a non-ASCII message, as lettre asks
+/// for them; a server without the one needed cannot take this mail.
+fn mail_parameters(
+    conn: &AsyncSmtpConnection,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<Vec<MailParameter>, Failure> {
+    let server = conn.server_info();
+    let to = || {
+        let to: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
+        to.join(", ")
+    };
+    let mut parameters = Vec::new();
+    let ascii = |a: &Address| AsRef::<str>::as_ref(a).is_ascii();
+    if !envelope.from().into_iter().chain(envelope.to()).all(ascii) {
+        if !server.supports_feature(Extension::SmtpUtfEight) {
+            let reason = "the address is not ASCII and the server does not offer SMTPUTF8";
+            return Err(Failure::Unsupported { to: to(), reason });
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !server.supports_feature(Extension::EightBitMime) {
+            let reason = "the message is not ASCII and the server does not offer 8BITMIME";
+            return Err(Failure::Unsupported { to: to(), reason });
+        }
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Ok(parameters)
 }

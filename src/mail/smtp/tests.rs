@@ -13,6 +13,7 @@ fn config() -> SmtpConfig {
         password: Some(Secret::new("hunter2")),
         starttls: StartTlsPolicy::Mandatory,
         implicit_tls: false,
+        allow_plaintext_auth: false,
     }
 }
 

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use lettre::transport::smtp::Error as SmtpError;
-use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -14,28 +12,19 @@ use crate::config::{SmtpConfig, StartTlsPolicy};
 
 /// The encryption `config` asks for, trusting the OS store plus `extra_pem`.
 pub(super) fn security(config: &SmtpConfig, extra_pem: &[Vec<u8>]) -> Result<Security, String> {
+    let tls = || client_config(extra_pem);
     if config.implicit_tls {
-        return implicit_tls_config(extra_pem).map(Security::Implicit);
+        return tls().map(Security::Implicit);
     }
-    let params = || tls_parameters(&config.host, extra_pem).map_err(|e| e.to_string());
     Ok(match config.starttls {
-        StartTlsPolicy::Mandatory => Security::Required(params()?),
-        StartTlsPolicy::Opportunistic => Security::Opportunistic(params()?),
+        StartTlsPolicy::Mandatory => Security::Required(tls()?),
+        StartTlsPolicy::Opportunistic => Security::Opportunistic(tls()?),
         StartTlsPolicy::Disabled => Security::None,
     })
 }
 
-/// STARTTLS parameters: the OS trust store (lettre reads it) plus `extra_pem`.
-fn tls_parameters(host: &str, extra_pem: &[Vec<u8>]) -> Result<TlsParameters, SmtpError> {
-    let mut builder = TlsParameters::builder(host.to_owned());
-    for pem in extra_pem {
-        builder = builder.add_root_certificate(Certificate::from_pem(pem)?);
-    }
-    builder.build_rustls()
-}
-
-/// The rustls config for implicit TLS: the OS trust store plus `extra_pem`, as for STARTTLS.
-fn implicit_tls_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The rustls config for implicit TLS and STARTTLS: the OS trust store plus `extra_pem`.
+fn client_config(extra_pem: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     for pem in extra_pem {
