@@ -248,35 +248,8 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
             None
         }),
     };
-    let starttls = match policy.as_str() {
-        "" | "mandatory" => Some(StartTlsPolicy::Mandatory),
-        "opportunistic" => Some(StartTlsPolicy::Opportunistic),
-        "disabled" => Some(StartTlsPolicy::Disabled),
-        other => {
-            f.error(
-                "smtp.starttls_policy",
-                format!(
-                    "invalid smtp.starttls_policy: unsupported starttls_policy {other:?} - provide one of mandatory, opportunistic, disabled or leave empty to default to mandatory"
-                ),
-            );
-            None
-        }
-    };
-    let password = if username.is_some() {
-        secret(
-            f,
-            password,
-            password_file,
-            "smtp.password",
-            "smtp.password_file",
-            "specify smtp.password or smtp.password_file (or remove smtp.username to send without AUTH)",
-        )
-    } else {
-        if password.is_some() || password_file.is_some() {
-            f.warn("smtp.password is set but smtp.username is not: sending without AUTH");
-        }
-        None
-    };
+    let starttls = starttls_policy(f, &policy);
+    let password = smtp_password(f, username.is_some(), password, password_file);
     let port = port?;
     let implicit_tls = implicit_tls.unwrap_or(port == SMTPS_PORT);
     if implicit_tls && starttls == Some(StartTlsPolicy::Disabled) {
@@ -294,6 +267,48 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
         implicit_tls,
         allow_plaintext_auth,
     })
+}
+
+/// `smtp.starttls_policy`, upstream's values and wording.
+fn starttls_policy(f: &mut Findings, policy: &str) -> Option<StartTlsPolicy> {
+    match policy {
+        "" | "mandatory" => Some(StartTlsPolicy::Mandatory),
+        "opportunistic" => Some(StartTlsPolicy::Opportunistic),
+        "disabled" => Some(StartTlsPolicy::Disabled),
+        other => {
+            f.error(
+                "smtp.starttls_policy",
+                format!(
+                    "invalid smtp.starttls_policy: unsupported starttls_policy {other:?} - provide one of mandatory, opportunistic, disabled or leave empty to default to mandatory"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The AUTH password, required with a username and ignored (with a warning) without one.
+fn smtp_password(
+    f: &mut Findings,
+    username: bool,
+    password: Option<String>,
+    password_file: Option<String>,
+) -> Option<Secret> {
+    if username {
+        secret(
+            f,
+            password,
+            password_file,
+            "smtp.password",
+            "smtp.password_file",
+            "specify smtp.password or smtp.password_file (or remove smtp.username to send without AUTH)",
+        )
+    } else {
+        if password.is_some() || password_file.is_some() {
+            f.warn("smtp.password is set but smtp.username is not: sending without AUTH");
+        }
+        None
+    }
 }
 
 /// `starttls_policy = "disabled"` with a username: the password goes in clear, which needs the

@@ -49,6 +49,8 @@ use super::wire::{Verbatim, Wire, group};
 const TRUST_IDLE: Duration = Duration::from_secs(1);
 
 /// How the first group of a round went.
+// Made and matched once per round, never stored: boxing the connection would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Start {
     /// Written on this connection; its replies' outcome.
     Ready(Connection, Result<(), Failure>),

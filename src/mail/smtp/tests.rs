@@ -1,6 +1,6 @@
 //! Unit tests of the SMTP mailer: message assembly, DATA form, setup errors.
 
-use super::wire::{Wire, dot_stuffed};
+use super::wire::dot_stuffed;
 use super::*;
 use crate::config::StartTlsPolicy;
 use crate::secret::Secret;
