@@ -78,6 +78,8 @@ pub struct SmtpConfig {
     pub starttls: StartTlsPolicy,
     /// SMTPS: TLS from the first byte (port 465 or `implicit_tls = true`).
     pub implicit_tls: bool,
+    /// `allow_plaintext_auth`: AUTH may send the password to a remote server without TLS.
+    pub allow_plaintext_auth: bool,
 }
 
 /// `smtp.starttls_policy`.

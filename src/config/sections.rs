@@ -257,6 +257,7 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
     let password_file = s.non_empty(f, "password_file", &[]);
     let policy = s.string(f, "starttls_policy", &[]).unwrap_or_default();
     let implicit_tls = s.bool(f, "implicit_tls");
+    let allow_plaintext_auth = s.bool(f, "allow_plaintext_auth").unwrap_or(false);
     s.finish(f);
 
     let host = host.or_else(|| {
@@ -270,7 +271,30 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
             None
         }),
     };
-    let starttls = match policy.as_str() {
+    let starttls = starttls_policy(f, &policy);
+    let password = smtp_password(f, username.is_some(), password, password_file);
+    let port = port?;
+    let implicit_tls = implicit_tls.unwrap_or(port == SMTPS_PORT);
+    if implicit_tls && starttls == Some(StartTlsPolicy::Disabled) {
+        f.warn("smtp.implicit_tls is on (port 465), so smtp.starttls_policy = \"disabled\" has no effect");
+    }
+    if username.is_some() && starttls == Some(StartTlsPolicy::Disabled) && !implicit_tls {
+        plaintext_auth(f, host.as_deref(), allow_plaintext_auth);
+    }
+    Some(SmtpConfig {
+        host: host?,
+        port,
+        username,
+        password,
+        starttls: starttls?,
+        implicit_tls,
+        allow_plaintext_auth,
+    })
+}
+
+/// `smtp.starttls_policy`, upstream's values and wording.
+fn starttls_policy(f: &mut Findings, policy: &str) -> Option<StartTlsPolicy> {
+    match policy {
         "" | "mandatory" => Some(StartTlsPolicy::Mandatory),
         "opportunistic" => Some(StartTlsPolicy::Opportunistic),
         "disabled" => Some(StartTlsPolicy::Disabled),
@@ -283,8 +307,17 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
             );
             None
         }
-    };
-    let password = if username.is_some() {
+    }
+}
+
+/// The AUTH password, required with a username and ignored (with a warning) without one.
+fn smtp_password(
+    f: &mut Findings,
+    username: bool,
+    password: Option<String>,
+    password_file: Option<String>,
+) -> Option<Secret> {
+    if username {
         secret(
             f,
             password,
@@ -298,23 +331,30 @@ fn read_smtp(f: &mut Findings, t: &Table) -> Option<SmtpConfig> {
             f.warn("smtp.password is set but smtp.username is not: sending without AUTH");
         }
         None
-    };
-    let port = port?;
-    let implicit_tls = implicit_tls.unwrap_or(port == SMTPS_PORT);
-    if implicit_tls && starttls == Some(StartTlsPolicy::Disabled) {
-        f.warn("smtp.implicit_tls is on (port 465), so smtp.starttls_policy = \"disabled\" has no effect");
     }
-    if username.is_some() && starttls == Some(StartTlsPolicy::Disabled) && !implicit_tls {
-        f.warn("smtp.starttls_policy is \"disabled\": the SMTP password will be sent without TLS");
+}
+
+/// `starttls_policy = "disabled"` with a username: the password goes in clear, which needs the
+/// operator's explicit consent unless the server is on this machine.
+fn plaintext_auth(f: &mut Findings, host: Option<&str>, allowed: bool) {
+    if allowed {
+        f.warn("smtp.starttls_policy is \"disabled\" and smtp.allow_plaintext_auth is on: the SMTP password will be sent without TLS");
+    } else if !host.is_some_and(is_loopback_host) {
+        f.error(
+            "smtp.allow_plaintext_auth",
+            "smtp.username with smtp.starttls_policy = \"disabled\" would send the SMTP password to a remote server in clear: set smtp.starttls_policy to \"mandatory\" or \"opportunistic\" (or smtp.implicit_tls = true), or set smtp.allow_plaintext_auth = true if the network to smtp.host is trusted",
+        );
     }
-    Some(SmtpConfig {
-        host: host?,
-        port,
-        username,
-        password,
-        starttls: starttls?,
-        implicit_tls,
-    })
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A secret given inline or in a file (read once, trimmed, required to be non-empty).

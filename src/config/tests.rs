@@ -135,11 +135,45 @@ fn starttls_policies() {
         (None, StartTlsPolicy::Mandatory),
         (Some("mandatory"), StartTlsPolicy::Mandatory),
         (Some("opportunistic"), StartTlsPolicy::Opportunistic),
-        (Some("disabled"), StartTlsPolicy::Disabled),
     ] {
         let l = ok(&smtp_with_policy(given));
         assert_eq!(smtp_of(&l).starttls, want, "{given:?}");
     }
+    // Ours: "disabled" with a username to a remote host needs the operator's explicit consent
+    // (below); with it, the policy reads as upstream's.
+    let consent = smtp_with_policy(Some("disabled")).replace(
+        "[role_to_recipients]",
+        "allow_plaintext_auth = true\n[role_to_recipients]",
+    );
+    let l = ok(&consent);
+    assert_eq!(smtp_of(&l).starttls, StartTlsPolicy::Disabled);
+    assert!(smtp_of(&l).allow_plaintext_auth);
+    assert!(
+        l.warnings.iter().any(|w| w.contains("sent without TLS")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+#[test]
+fn a_password_in_clear_to_a_remote_server_needs_consent() {
+    let p = problems(&smtp_with_policy(Some("disabled")));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("smtp.allow_plaintext_auth: "), "{p:?}");
+    for key in [
+        "smtp.username",
+        "smtp.starttls_policy",
+        "smtp.allow_plaintext_auth = true",
+    ] {
+        assert!(p[0].contains(key), "{key}: {p:?}");
+    }
+    // To this machine, or without a username, nothing crosses the network in clear.
+    for host in ["localhost", "127.0.0.1", "[::1]", "::1"] {
+        let text = smtp_with_policy(Some("disabled")).replace("http://example.org/", host);
+        assert!(!smtp_of(&ok(&text)).allow_plaintext_auth, "{host}");
+    }
+    let no_auth = smtp_with_policy(Some("disabled")).replace("username = \"user\"\n", "");
+    ok(&no_auth);
 }
 
 #[test]

@@ -28,6 +28,13 @@ pub enum MailError {
         "{server}: the server does not offer STARTTLS, which smtp.starttls_policy \"mandatory\" requires"
     )]
     StartTlsUnavailable { server: String },
+    /// AUTH was not attempted: the connection is not encrypted, the server is not on this
+    /// machine and `smtp.allow_plaintext_auth` is not set, so the password would have crossed
+    /// the network in clear.
+    #[error(
+        "{server}: the SMTP password was not sent: {reason}, so the connection is not encrypted and AUTH would send the password in clear; use smtp.starttls_policy = \"mandatory\" or smtp.implicit_tls = true, or set smtp.allow_plaintext_auth = true if the network to the server is trusted"
+    )]
+    PlaintextAuth { server: String, reason: String },
     /// The server refused our credentials, or offers no mechanism we speak.
     #[error("{server}: authentication failed: {reason}")]
     Auth { server: String, reason: String },
@@ -94,6 +101,7 @@ impl MailError {
             | Self::BadMessage { .. }
             | Self::Tls { .. }
             | Self::StartTlsUnavailable { .. }
+            | Self::PlaintextAuth { .. }
             | Self::Auth { .. } => false,
         }
     }
@@ -113,6 +121,7 @@ impl MailError {
             | Self::Timeout { .. }
             | Self::Tls { .. }
             | Self::StartTlsUnavailable { .. }
+            | Self::PlaintextAuth { .. }
             | Self::Auth { .. }
             | Self::Protocol { .. } => false,
         }
@@ -202,9 +211,14 @@ mod tests {
                 server: server.clone(),
                 reason: "bad certificate".into(),
             },
+            MailError::PlaintextAuth {
+                server: server.clone(),
+                reason: "the server did not offer STARTTLS".into(),
+            },
             MailError::StartTlsUnavailable { server },
         ] {
             assert!(!e.is_message_specific(), "{e}");
+            assert!(!e.is_transient(), "{e}");
         }
     }
 

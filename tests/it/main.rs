@@ -16,5 +16,6 @@ mod process;
 mod real;
 mod replicas;
 mod smtp;
+mod smtp_session;
 mod support;
 mod teleport;

@@ -2,8 +2,10 @@
 //!
 //! It speaks EHLO/HELO, STARTTLS and implicit TLS (with a given rustls config), AUTH PLAIN and
 //! LOGIN, MAIL/RCPT/DATA (dot-unstuffed), RSET, NOOP and QUIT. Faults can be injected: a reply
-//! for the next N MAIL, RCPT or end-of-DATA commands, `421` greetings for the next N connections,
-//! or the whole server going down and coming back on the same port. It is cheap per message, so
+//! for the next N (or the Nth next) MAIL, RCPT, DATA or end-of-DATA commands, `421` greetings for
+//! the next N connections, or the whole server going down and coming back on the same port. It
+//! can play an old server that refuses EHLO, or a hostile one that sends more after its reply
+//! to STARTTLS. It is cheap per message, so
 //! throughput benchmarks can use it.
 
 mod session;
@@ -41,6 +43,8 @@ pub enum Stage {
     MailFrom,
     /// The reply to `RCPT TO`.
     RcptTo,
+    /// The reply to the `DATA` command itself (instead of `354`).
+    DataCommand,
     /// The reply after the message data (the message is not stored).
     Data,
 }
@@ -82,6 +86,10 @@ pub struct Stats {
     pub tls_sessions: usize,
     pub auth_successes: usize,
     pub auth_failures: usize,
+    /// `AUTH` commands received, whatever came of them.
+    pub auth_attempts: usize,
+    /// `HELO` commands received.
+    pub helos: usize,
     /// `MAIL FROM` commands accepted.
     pub transactions: usize,
     /// `RCPT TO` commands accepted.
@@ -113,6 +121,10 @@ pub struct SmtpReceiverBuilder {
     auth: Option<Auth>,
     /// Leave PIPELINING out of the EHLO reply (it is offered by default, as by most servers).
     no_pipelining: bool,
+    /// The reply to every EHLO, instead of the extensions (an old server).
+    refuse_ehlo: Option<String>,
+    /// Bytes sent in the same write as the `220` to STARTTLS, before the handshake.
+    starttls_trailer: Option<String>,
 }
 
 #[derive(Clone)]
@@ -127,6 +139,19 @@ impl SmtpReceiverBuilder {
     /// Whether EHLO offers PIPELINING (RFC 2920); it does unless told otherwise.
     pub fn pipelining(mut self, offered: bool) -> Self {
         self.no_pipelining = !offered;
+        self
+    }
+
+    /// Answers every EHLO with `reply` (e.g. `"500 5.5.2 Command not recognized"`); HELO works.
+    pub fn refuse_ehlo(mut self, reply: &str) -> Self {
+        self.refuse_ehlo = Some(reply.to_owned());
+        self
+    }
+
+    /// Sends `trailer` (e.g. `"250 injected\r\n"`) right behind the `220` to STARTTLS, in the
+    /// same write and before the handshake: a STARTTLS command injection (CVE-2011-0411).
+    pub fn starttls_trailer(mut self, trailer: &str) -> Self {
+        self.starttls_trailer = Some(trailer.to_owned());
         self
     }
 
@@ -220,6 +245,8 @@ struct State {
 struct Fault {
     stage: Stage,
     reply: String,
+    /// Commands of the stage to let through first.
+    skip: usize,
     remaining: usize,
 }
 
@@ -234,6 +261,10 @@ impl Shared {
         let mut state = self.state();
         let index = state.faults.iter().position(|f| f.stage == stage)?;
         let fault = &mut state.faults[index];
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            return None;
+        }
         fault.remaining -= 1;
         let reply = fault.reply.clone();
         if fault.remaining == 0 {
@@ -316,9 +347,20 @@ impl SmtpReceiver {
             self.shared.state().faults.push_back(Fault {
                 stage,
                 reply: reply.to_owned(),
+                skip: 0,
                 remaining: times,
             });
         }
+    }
+
+    /// Answers `reply` at `stage` once, to the `nth` (from 1) next command of that stage.
+    pub fn inject_nth(&self, stage: Stage, reply: &str, nth: usize) {
+        self.shared.state().faults.push_back(Fault {
+            stage,
+            reply: reply.to_owned(),
+            skip: nth.saturating_sub(1),
+            remaining: 1,
+        });
     }
 
     /// Greets the next `times` connections with `421` and closes them.

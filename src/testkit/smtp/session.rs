@@ -115,6 +115,7 @@ impl Session {
             match verb.as_str() {
                 "EHLO" => self.ehlo().await?,
                 "HELO" => {
+                    self.shared.state().stats.helos += 1;
                     self.greeted = true;
                     self.reset();
                     self.reply(&format!("250 {HOST}")).await?;
@@ -157,6 +158,9 @@ impl Session {
     }
 
     async fn ehlo(&mut self) -> Result<(), End> {
+        if let Some(refusal) = self.shared.settings.refuse_ehlo.clone() {
+            return self.reply(&refusal).await;
+        }
         self.greeted = true;
         self.reset();
         let mut lines = vec![HOST.to_owned(), "8BITMIME".into(), "SMTPUTF8".into()];
@@ -184,7 +188,12 @@ impl Session {
         let Some(config) = self.shared.settings.starttls.clone().filter(|_| !self.tls) else {
             return self.reply("502 5.5.1 STARTTLS not available").await;
         };
-        self.reply("220 2.0.0 Ready to start TLS").await?;
+        let trailer = self.shared.settings.starttls_trailer.clone();
+        let ready = format!(
+            "220 2.0.0 Ready to start TLS\r\n{}",
+            trailer.unwrap_or_default()
+        );
+        self.write_raw(ready.as_bytes()).await?;
         self.flush_replies().await?;
         // Anything the client pipelined before the handshake is dropped (RFC 3207 §4.2).
         let placeholder: Box<dyn Io> = Box::new(tokio::io::duplex(1).0);
@@ -207,6 +216,7 @@ impl Session {
             Some((m, i)) => (m.to_ascii_uppercase(), Some(i.trim().to_owned())),
             None => (arg.to_ascii_uppercase(), None),
         };
+        self.shared.state().stats.auth_attempts += 1;
         let offered = self.offered_auth().map(<[_]>::to_vec).unwrap_or_default();
         if !self.greeted || self.auth_user.is_some() || offered.is_empty() {
             return self.reply("503 5.5.1 AUTH not allowed now").await;
@@ -317,6 +327,10 @@ impl Session {
     async fn data(&mut self) -> Result<(), End> {
         if self.rcpt_to.is_empty() {
             return self.reply("503 5.5.1 Need RCPT before DATA").await;
+        }
+        if let Some(fault) = self.shared.take_fault(Stage::DataCommand) {
+            self.reset();
+            return self.reply(&fault).await;
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
         let mut data = Vec::new();

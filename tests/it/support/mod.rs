@@ -83,6 +83,7 @@ pub fn smtp_config(port: u16, policy: StartTlsPolicy, auth: Option<(&str, &str)>
         password: auth.map(|(_, p)| Secret::new(p)),
         starttls: policy,
         implicit_tls: false,
+        allow_plaintext_auth: false,
     }
 }
 
