@@ -735,6 +735,7 @@ async fn a_sender_refused_at_mail_from_is_not_written_off_as_the_recipients_fail
         password: None,
         starttls: StartTlsPolicy::Disabled,
         implicit_tls: false,
+        allow_plaintext_auth: false,
     };
     let mailer = SmtpMailer::new(&config, "noreply@example.com", SmtpOptions::default()).unwrap();
     let store = Arc::new(MemoryStore::default());
