@@ -115,7 +115,16 @@ impl MailError {
         match self {
             Self::BadMessage { .. } => true,
             Self::Rejected { step, .. } => *step != SmtpStep::Session,
-            Self::Http { status, .. } => matches!(status, 400 | 413 | 422),
+            // Mailgun answers 400 also for a bad sender or domain: those are the mailer's.
+            Self::Http {
+                status: 400,
+                message,
+                ..
+            } => {
+                let m = message.to_ascii_lowercase();
+                !(m.contains("from") || m.contains("domain") || m.contains("sender"))
+            }
+            Self::Http { status, .. } => matches!(status, 413 | 422),
             Self::Setup { .. }
             | Self::Connect { .. }
             | Self::Timeout { .. }
@@ -198,6 +207,13 @@ mod tests {
         };
         assert!(!session.is_message_specific());
         assert!(http(400).is_message_specific());
+        let bad_sender = MailError::Http {
+            url: "https://api.example/v3/d/messages".into(),
+            status: 400,
+            message: "'from' parameter is not a valid address. please check documentation".into(),
+            retry_after: None,
+        };
+        assert!(!bad_sender.is_message_specific());
         for status in [401, 403, 404, 500] {
             assert!(!http(status).is_message_specific(), "{status}");
         }

@@ -1,6 +1,7 @@
 //! The SMTP backend against the in-process receiver: TLS policies, implicit TLS, AUTH, content,
 //! threading, header injection, pooling and error classification.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use teleport_email::config::StartTlsPolicy;
@@ -460,6 +461,46 @@ async fn mails_waiting_for_a_connection_ride_behind_the_message_before_them() {
     // Each message but the last went out with the next mail's MAIL, RCPT and DATA behind its
     // final dot (the first mail's own commands went alone).
     assert!(stats.chained >= 4, "{stats:?}");
+}
+
+/// A mail still waiting for a connection when its caller stops waiting (the engine lost its
+/// claim, or is stopping) is not sent: the caller will not record it, so it could only be a
+/// duplicate of what the request's next holder sends.
+#[tokio::test(flavor = "current_thread")]
+async fn a_queued_mail_nobody_waits_for_is_not_sent() {
+    let receiver = SmtpReceiver::start().await.unwrap();
+    let options = SmtpOptions {
+        pool_max_size: 1,
+        ..options(None)
+    };
+    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
+    let mailer = Arc::new(SmtpMailer::new(&config, SENDER, options).unwrap());
+    let mails: Vec<_> = (0..3).map(|_| new_thread_mail()).collect();
+    let sends: Vec<_> = mails
+        .iter()
+        .map(|m| {
+            let (mailer, m) = (mailer.clone(), m.clone());
+            tokio::spawn(async move { mailer.send(&m).await })
+        })
+        .collect();
+    // Every send is queued behind the first one's connection, which is still being dialled.
+    tokio::task::yield_now().await;
+    sends[1].abort();
+    let first = sends.into_iter().next().unwrap();
+    assert!(first.await.unwrap().is_ok());
+    receiver.wait_for(2, WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Vec<_> = receiver
+        .messages()
+        .iter()
+        .map(|m| parse_mail(&m.data).message_id.unwrap_or_default())
+        .collect();
+    let abandoned = mails[1].message_id.as_str();
+    assert!(
+        !ids.iter().any(|id| id.contains(abandoned)),
+        "the abandoned mail went out: {ids:?}"
+    );
+    assert_eq!(ids.len(), 2, "{ids:?}");
 }
 
 #[tokio::test]

@@ -24,6 +24,17 @@ pub(super) struct Queued {
     pub done: oneshot::Sender<Result<(), MailError>>,
 }
 
+impl Queue {
+    /// Drops, unsent, the mails at the front that nobody waits for any more: their caller gave
+    /// up on them (a lost claim, a shutdown) and will not record them, so sending them now could
+    /// only duplicate what the next holder of the request sends.
+    fn drop_abandoned(&mut self) {
+        while self.waiting.front().is_some_and(|m| m.done.is_closed()) {
+            self.waiting.pop_front();
+        }
+    }
+}
+
 impl Queued {
     pub fn finish(self, outcome: Result<(), MailError>) {
         // The sender may have stopped waiting (shutdown); the outcome is then nobody's.
@@ -61,6 +72,7 @@ impl Inner {
     /// meanwhile always finds a worker).
     fn next_or_retire(&self) -> Option<Queued> {
         let mut queue = self.queue();
+        queue.drop_abandoned();
         let next = queue.waiting.pop_front();
         if next.is_none() {
             queue.workers -= 1;
@@ -71,6 +83,7 @@ impl Inner {
     /// The next mail when it can be pipelined behind a message.
     pub(super) fn next_pipelinable(&self) -> Option<Queued> {
         let mut queue = self.queue();
+        queue.drop_abandoned();
         if queue.waiting.front()?.wire.pipelinable {
             queue.waiting.pop_front()
         } else {
