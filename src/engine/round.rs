@@ -85,7 +85,8 @@ impl Engine {
                 },
                 _ = sleep_until(next_renewal), if renewal.is_none() && interrupted.is_none() => {
                     let started = Instant::now();
-                    renewal = Some((started, Box::pin(timeout(every, self.renew(id)).map_ok())));
+                    let renew = async move { timeout(every, self.renew(id)).await.ok() };
+                    renewal = Some((started, Box::pin(renew)));
                 }
                 outcome = poll_renewal(&mut renewal) => {
                     let (started, outcome) = outcome;
@@ -130,21 +131,6 @@ async fn poll_renewal(
     match renewal {
         Some((started, future)) => (*started, future.await),
         None => std::future::pending().await,
-    }
-}
-
-/// A deadline's outcome as `None` when it passed.
-trait MapOk<T> {
-    fn map_ok(self) -> impl Future<Output = Option<T>> + Send;
-}
-
-impl<F, T> MapOk<T> for tokio::time::Timeout<F>
-where
-    F: Future<Output = T> + Send,
-    T: Send,
-{
-    fn map_ok(self) -> impl Future<Output = Option<T>> + Send {
-        async move { self.await.ok() }
     }
 }
 
