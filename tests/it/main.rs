@@ -3,7 +3,7 @@
 mod aiosmtpd;
 mod cli;
 mod delivery;
-mod fakes;
+mod fake_fidelity;
 mod fuzz;
 mod helm;
 mod hostile;

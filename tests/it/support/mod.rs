@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: sample mails, configs, and reading received mail.
 
 pub mod aiosmtpd;
+pub mod harness;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
