@@ -55,6 +55,8 @@ pub struct State {
     pub plugin_data_writes: u64,
     /// Number of GetPluginData calls.
     pub plugin_data_reads: u64,
+    /// Number of ListAccessRequests calls (pages).
+    pub list_calls: u64,
     /// How many of the next UpdatePluginData calls fail with a compare error regardless.
     pub forced_compare_failures: u32,
 }
