@@ -18,6 +18,7 @@ pub mod mail;
 pub mod metrics;
 pub mod secret;
 pub mod shutdown;
+pub mod startup;
 pub mod teleport;
 #[cfg(feature = "testkit")]
 pub mod testkit;

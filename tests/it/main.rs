@@ -2,6 +2,7 @@
 
 mod aiosmtpd;
 mod cli;
+mod daemon;
 mod delivery;
 mod fake_fidelity;
 mod fuzz;
@@ -17,3 +18,4 @@ mod real;
 mod smtp;
 mod support;
 mod teleport;
+mod watcher;

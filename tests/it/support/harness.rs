@@ -12,6 +12,7 @@ use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use teleport_email::testkit::mailgun::MailgunStandIn;
 use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::SmtpReceiver;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +123,22 @@ fn daemon_config(
         .config
 }
 
+/// Runs the daemon until `stop`; the receiver says when it is ready.
+fn spawn_daemon(
+    config: teleport_email::config::Config,
+    stop: &CancellationToken,
+) -> (JoinHandle<Exit>, watch::Receiver<bool>) {
+    let (ready_tx, ready) = watch::channel(false);
+    let hooks = app::Hooks {
+        ready: Some(ready_tx),
+        ..Default::default()
+    };
+    (
+        tokio::spawn(app::run_with(config, stop.clone(), hooks)),
+        ready,
+    )
+}
+
 /// A running daemon with its peers.
 pub struct Harness {
     pub auth: Arc<FakeAuth>,
@@ -129,6 +146,7 @@ pub struct Harness {
     consumed: usize,
     stop: CancellationToken,
     task: Option<JoinHandle<Exit>>,
+    ready: watch::Receiver<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -144,33 +162,30 @@ impl Harness {
         let mailer = receiver.config_section();
         let config = daemon_config(&auth, &identity, &mailer);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(app::run(config, stop.clone()));
+        let (task, ready) = spawn_daemon(config, &stop);
         let mut h = Self {
             auth,
             receiver,
             consumed: 0,
             stop,
             task: Some(task),
+            ready,
             _dir: dir,
         };
         h.wait_ready().await;
         h
     }
 
+    /// Waits until the daemon says its watch is established.
     async fn wait_ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.auth.watcher_count() == 0 {
-            if let Some(task) = &self.task
-                && task.is_finished()
-            {
-                let exit = self.task.take().unwrap().await.unwrap();
-                panic!("the daemon exited before it was ready: {exit:?}");
+        let Some(task) = &mut self.task else {
+            panic!("no daemon running");
+        };
+        tokio::select! {
+            ready = tokio::time::timeout(WAIT, self.ready.wait_for(|r| *r)) => {
+                assert!(matches!(ready, Ok(Ok(_))), "the plugin never became ready");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the plugin never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            exit = task => panic!("the daemon exited before it was ready: {exit:?}"),
         }
     }
 
@@ -281,7 +296,8 @@ impl Harness {
         let mailer = self.receiver.config_section();
         let config = daemon_config(&self.auth, &identity, &mailer);
         self.stop = CancellationToken::new();
-        self.task = Some(tokio::spawn(app::run(config, self.stop.clone())));
+        let (task, ready) = spawn_daemon(config, &self.stop);
+        (self.task, self.ready) = (Some(task), ready);
         self.wait_ready().await;
     }
 
