@@ -13,7 +13,7 @@ use crate::teleport::{
 
 /// A start-up step that failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StartupError {
+pub(crate) enum StartupError {
     #[error(
         "no Teleport credentials configured: set teleport.identity (or teleport.client_crt, client_key and root_cas)"
     )]
@@ -36,7 +36,7 @@ pub enum StartupError {
 
 impl StartupError {
     /// The exit status `start` ends with.
-    pub fn exit(&self) -> Exit {
+    pub(crate) fn exit(&self) -> Exit {
         match self {
             Self::NoCredentials => Exit::Config,
             Self::Credentials(_) | Self::Connect(_) | Self::PingTimeout | Self::Ping(_) => {
@@ -48,7 +48,7 @@ impl StartupError {
 }
 
 /// The configured credentials (the identity file, or the key pair with its CAs).
-pub fn credentials(config: &Config) -> Result<(&Credentials, Arc<CredentialStore>), StartupError> {
+pub(crate) fn credentials(config: &Config) -> Result<(&Credentials, Arc<CredentialStore>), StartupError> {
     let source = config
         .teleport
         .credentials
@@ -58,7 +58,7 @@ pub fn credentials(config: &Config) -> Result<(&Credentials, Arc<CredentialStore
 }
 
 /// Connects to `teleport.addr` and pings, each within [`INIT_TIMEOUT`].
-pub async fn connect(
+pub(crate) async fn connect(
     config: &Config,
     credentials: Arc<CredentialStore>,
 ) -> Result<(TeleportClient, ClusterInfo), StartupError> {
@@ -77,7 +77,7 @@ pub async fn connect(
 }
 
 /// The configured mailer, once its health check passed within [`INIT_TIMEOUT`].
-pub async fn mailer(config: &Config) -> Result<Arc<dyn Mailer>, StartupError> {
+pub(crate) async fn mailer(config: &Config) -> Result<Arc<dyn Mailer>, StartupError> {
     let mailer = mail::from_config(
         &config.mailer,
         &config.delivery.sender,

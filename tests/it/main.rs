@@ -1,4 +1,6 @@
 //! Integration tests over real sockets and the built binary. One test binary, one module per area.
+// `pub` here means "shared between the modules of this binary"; nothing is exported.
+#![allow(unreachable_pub)]
 
 mod aiosmtpd;
 mod cli;

@@ -76,7 +76,7 @@ pub fn default_roles() -> HashMap<String, Perms> {
 }
 
 /// State shared by the server across restarts.
-pub struct Shared {
+pub(super) struct Shared {
     pub state: Mutex<State>,
     pub options: FakeAuthOptions,
     pub roles: Mutex<HashMap<String, Perms>>,
@@ -87,7 +87,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -99,7 +99,7 @@ impl Shared {
 
 /// The tonic service over the shared state.
 #[derive(Clone)]
-pub struct Service {
+pub(super) struct Service {
     pub shared: Arc<Shared>,
 }
 
