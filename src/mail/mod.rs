@@ -72,7 +72,8 @@ pub trait Mailer: Send + Sync {
     /// `"smtp"` or `"mailgun"`, for logs.
     fn backend(&self) -> &'static str;
 
-    /// Closes idle connections politely, at shutdown; the mailer is not used afterwards.
+    /// Closes idle connections politely (SMTP `QUIT`), at shutdown or once a reload replaced the
+    /// mailer and its last send is done; the mailer is not used afterwards.
     async fn close(&self) {}
 }
 
