@@ -15,8 +15,8 @@ use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::startup::{self, StartupError};
-use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient};
-use crate::watcher::{self, Links, WatcherConfig};
+use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
+use crate::watcher::{self, BoxFuture, EventHandler, Links, WatcherConfig};
 
 /// `teleport-email start`: load the config, set up logging, run until stopped.
 pub fn start(config_path: &Path, debug: bool) -> Exit {
@@ -320,6 +320,13 @@ async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
         }
     }
     startup::mailer(config).await.map_err(fatal)
+}
+
+/// The watcher hands each event to the engine.
+impl EventHandler for Engine {
+    fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
+        Box::pin(async move { self.handle_event(event).await })
+    }
 }
 
 /// The mailer as the engine holds it: when the last copy goes (a reload replaced it and the sends

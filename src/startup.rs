@@ -48,7 +48,9 @@ impl StartupError {
 }
 
 /// The configured credentials (the identity file, or the key pair with its CAs).
-pub(crate) fn credentials(config: &Config) -> Result<(&Credentials, Arc<CredentialStore>), StartupError> {
+pub(crate) fn credentials(
+    config: &Config,
+) -> Result<(&Credentials, Arc<CredentialStore>), StartupError> {
     let source = config
         .teleport
         .credentials

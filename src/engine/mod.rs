@@ -27,7 +27,6 @@ use crate::metrics::Metrics;
 use crate::teleport::{
     AccessRequest, ClusterInfo, RequestState, TeleportClient, TeleportError, WatchEvent,
 };
-use crate::watcher::{BoxFuture, EventHandler};
 
 /// Compare-and-swap attempts before giving up (the original tries 5 times; replicas contend more).
 const MAX_CAS_TRIES: usize = 10;
@@ -554,10 +553,4 @@ fn now_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-impl EventHandler for Engine {
-    fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
-        Box::pin(async move { self.handle_event(event).await })
-    }
 }

@@ -213,7 +213,12 @@ impl State {
     }
 
     /// Sets the state directly (an administrator's approve/deny), as `SetAccessRequestState`.
-    pub(super) fn set_state(&mut self, id: &str, state: RequestState, reason: &str) -> Result<(), Status> {
+    pub(super) fn set_state(
+        &mut self,
+        id: &str,
+        state: RequestState,
+        reason: &str,
+    ) -> Result<(), Status> {
         if !matches!(
             state,
             RequestState::Approved | RequestState::Denied | RequestState::Promoted
