@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn messages_name_the_server() {
         let e = smtp(451);
-        assert_eq!(e.to_string(), "mail:587: the server answered 451 to RCPT TO: x");
+        assert_eq!(
+            e.to_string(),
+            "mail:587: the server answered 451 to RCPT TO: x"
+        );
         assert_eq!(
             MailError::StartTlsUnavailable {
                 server: "mail:25".into()
