@@ -7,15 +7,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teleport_email::config::Credentials;
-use teleport_email::teleport::{
-    CALL_TIMEOUT, CredentialStore, DialOptions, TeleportClient, TeleportError, WatchEvent,
-};
+use teleport_email::teleport::{CALL_TIMEOUT, TeleportClient, TeleportError, WatchEvent};
 use teleport_email::testkit::auth::FakeAuth;
-use teleport_email::testkit::pki::KeyKind;
 use teleport_email::watcher::{self, BoxFuture, EventHandler, Links, WatcherConfig};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::support::plugin_client;
 
 /// Longer than anything here may take once fixed; reaching it is the failure.
 const GUARD: Duration = Duration::from_secs(3600);
@@ -29,20 +27,7 @@ async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
 /// The fake, and a client of it as the plugin user.
 async fn connected() -> (Arc<FakeAuth>, TeleportClient, tempfile::TempDir) {
     let auth = FakeAuth::start_default().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
-    let store = CredentialStore::load(&Credentials::IdentityFile {
-        path,
-        refresh: None,
-    })
-    .unwrap();
-    let client = TeleportClient::connect(
-        DialOptions::new(&auth.addr().to_string()),
-        store,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let (client, dir) = plugin_client(&auth).await;
     (auth, client, dir)
 }
 
