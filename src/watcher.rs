@@ -61,7 +61,8 @@ impl Default for WatcherConfig {
 
 /// How the watcher and the rest of the daemon talk.
 pub struct Links {
-    /// `true` while a watch is established (from its INIT until it is lost).
+    /// `true` while a watch is established and its first reconcile has handed over every
+    /// existing request, until the watch is lost.
     pub ready: watch::Sender<bool>,
     /// Each message asks for one more reconcile on the live watch (a reload fixed the mailer).
     pub reconcile: mpsc::Receiver<()>,
@@ -148,17 +149,13 @@ async fn watch_once(
     expect_init(&mut stream, config.init_timeout).await?;
     links.metrics.event("init");
     backoff.reset();
-    links.set_ready(true);
-    if !*announced {
-        tracing::info!("Plugin is ready");
-        *announced = true;
-    } else {
-        tracing::info!("Watch re-established");
-    }
     // This watch's own reconcile covers what was asked for while there was none.
     while links.reconcile.try_recv().is_ok() {}
     let start = || -> Reconcile<'_> { Box::pin(reconcile(client, dispatcher)) };
     let mut reconciling = config.reconcile.then(start);
+    if reconciling.is_none() {
+        caught_up(links, announced);
+    }
     let mut again = false;
     let mut asks_open = true;
     loop {
@@ -167,6 +164,9 @@ async fn watch_once(
                 reconciling = std::mem::take(&mut again).then(start);
                 if let Some(count) = done.transpose()? {
                     tracing::debug!(count, "Reconciled the existing access requests");
+                }
+                if !*links.ready.borrow() {
+                    caught_up(links, announced);
                 }
             }
             asked = links.reconcile.recv(), if asks_open => match asked {
@@ -179,6 +179,17 @@ async fn watch_once(
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// The watch is established and every existing request handed over: ready.
+fn caught_up(links: &Links, announced: &mut bool) {
+    links.set_ready(true);
+    if !*announced {
+        tracing::info!("Plugin is ready");
+        *announced = true;
+    } else {
+        tracing::info!("Watch re-established");
     }
 }
 

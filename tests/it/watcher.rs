@@ -215,7 +215,6 @@ async fn events_flow_while_a_reconcile_pages_through_many_requests() {
         ..Gate::default()
     });
     let mut w = start(client, gate.clone());
-    w.until_ready(true).await;
     // The reconcile fills its share of the slots with requests whose handling is held back.
     until("the reconcile's share is in use", || {
         *gate.waiting.lock().unwrap() >= 64
@@ -232,7 +231,9 @@ async fn events_flow_while_a_reconcile_pages_through_many_requests() {
         1,
         "the listing is read a page at a time, as the reconcile goes"
     );
+    assert!(!*w.ready.borrow(), "ready before the reconcile handed everything over");
     open_tx.send_replace(true);
+    w.until_ready(true).await;
     until("every existing request is reconciled", || {
         let handled: HashSet<_> = gate.handled().into_iter().collect();
         held.iter().all(|id| handled.contains(id))
