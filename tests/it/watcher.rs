@@ -231,7 +231,10 @@ async fn events_flow_while_a_reconcile_pages_through_many_requests() {
         1,
         "the listing is read a page at a time, as the reconcile goes"
     );
-    assert!(!*w.ready.borrow(), "ready before the reconcile handed everything over");
+    assert!(
+        !*w.ready.borrow(),
+        "ready before the reconcile handed everything over"
+    );
     open_tx.send_replace(true);
     w.until_ready(true).await;
     until("every existing request is reconciled", || {
