@@ -7,16 +7,17 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::calendar::rfc3339;
 use crate::config::{self, Config, Credentials, MailerConfig};
 use crate::engine::{DeliveryPolicy, Engine, Routing};
 use crate::exit::Exit;
 use crate::logging::Logging;
-use crate::mail::{self, Mailer};
+use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::teleport::identity::rfc3339;
-use crate::teleport::{CredentialStore, DialOptions, INIT_TIMEOUT, TeleportClient};
-use crate::watcher::{self, WatcherConfig};
+use crate::startup::{self, StartupError};
+use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
+use crate::watcher::{self, BoxFuture, EventHandler, Links, WatcherConfig};
 
 /// `teleport-email start`: load the config, set up logging, run until stopped.
 pub fn start(config_path: &Path, debug: bool) -> Exit {
@@ -67,14 +68,18 @@ pub fn start(config_path: &Path, debug: bool) -> Exit {
                 return Exit::Runtime;
             }
         };
-        tokio::select! {
-            exit = run_with_reload(loaded.config, root.clone(), Some(Reload {
+        let hooks = Hooks {
+            reload: Some(Reload {
                 path: config_path.to_owned(),
                 debug,
                 logging,
                 signals: reloads,
                 file_check,
-            })) => exit,
+            }),
+            ready: None,
+        };
+        tokio::select! {
+            exit = run_with(loaded.config, root.clone(), hooks) => exit,
             _ = shutdown::grace_expired(root, shutdown::GRACE_PERIOD) => {
                 tracing::error!("In-flight work did not finish within the grace period; exiting");
                 Exit::Forced
@@ -95,18 +100,23 @@ pub struct Reload {
     pub file_check: Option<Duration>,
 }
 
-/// Runs the daemon with a validated config until `root` is cancelled or a fatal error.
-pub async fn run(config: Config, root: CancellationToken) -> Exit {
-    run_with_reload(config, root, None).await
+/// What a caller may attach to a run.
+#[derive(Default)]
+pub struct Hooks {
+    /// Reload the config on each signal (SIGHUP for `start`).
+    pub reload: Option<Reload>,
+    /// Set `true` while the watch is established, `false` while it is not.
+    pub ready: Option<watch::Sender<bool>>,
 }
 
-/// [`run`], reloading the config from `reload` on each signal.
-pub async fn run_with_reload(
-    config: Config,
-    root: CancellationToken,
-    reload: Option<Reload>,
-) -> Exit {
-    match run_inner(config, root, reload).await {
+/// Runs the daemon with a validated config until `root` is cancelled or a fatal error.
+pub async fn run(config: Config, root: CancellationToken) -> Exit {
+    run_with(config, root, Hooks::default()).await
+}
+
+/// [`run`], with `hooks` attached.
+pub async fn run_with(config: Config, root: CancellationToken, hooks: Hooks) -> Exit {
+    match run_inner(config, root, hooks).await {
         Ok(()) => {
             tracing::info!("Successfully shut down");
             Exit::Success
@@ -120,11 +130,11 @@ pub async fn run_with_reload(
 
 type Fatal = (Exit, String);
 
-async fn run_inner(
-    config: Config,
-    root: CancellationToken,
-    reload: Option<Reload>,
-) -> Result<(), Fatal> {
+fn fatal(e: StartupError) -> Fatal {
+    (e.exit(), e.to_string())
+}
+
+async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Result<(), Fatal> {
     let fail_fast = fail_fast_from_env().map_err(|e| (Exit::Config, e))?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics {
@@ -141,32 +151,13 @@ async fn run_inner(
             root.child_token(),
         ));
     }
-    let (client, credentials) = connect_teleport(&config, &root).await?;
-    spawn_expiry_gauge(credentials, metrics.clone(), root.child_token());
-    let cluster = tokio::time::timeout(INIT_TIMEOUT, client.ping())
-        .await
-        .map_err(|_| {
-            (
-                Exit::Teleport,
-                "Ping to Teleport timed out after 10s".to_owned(),
-            )
-        })?
-        .map_err(|e| (Exit::Teleport, format!("Ping to Teleport failed: {e}")))?;
-    tracing::info!(
-        cluster = %cluster.name,
-        server_version = %cluster.server_version,
-        path = %client.dial_path().map(|p| p.to_string()).unwrap_or_default(),
-        "Connected to Teleport"
-    );
+    let (client, cluster) = connect_teleport(&config, &metrics, &root).await?;
     let mailer = build_mailer(&config).await?;
     let engine = Arc::new(
         Engine::new(
             client.clone(),
             cluster,
-            Routing {
-                recipients: config.recipients.clone(),
-                mailer,
-            },
+            routing(&config, &mailer),
             DeliveryPolicy {
                 retry_for: config.delivery.retry_timeout,
                 id_host: message_id_host(&config.delivery.sender),
@@ -176,50 +167,81 @@ async fn run_inner(
         .with_shutdown(root.clone())
         .with_metrics(metrics.clone()),
     );
-    if let Some(reload) = reload {
+    let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
+    let reloads_stop = root.child_token();
+    let reloads = hooks.reload.map(|reload| {
         tokio::spawn(reload_loop(
             reload,
-            config.clone(),
+            Current {
+                config: config.clone(),
+                mailer: mailer.clone(),
+            },
             engine.clone(),
-            root.clone(),
-        ));
-    }
-    let (ready_tx, _ready_rx) = watch::channel(false);
+            reconcile_tx,
+            reloads_stop.clone(),
+        ))
+    });
+    let links = Links {
+        ready: hooks.ready.unwrap_or_else(|| watch::channel(false).0),
+        reconcile: reconcile_rx,
+        metrics,
+    };
     let watcher_config = WatcherConfig {
         fail_fast,
         ..WatcherConfig::default()
     };
-    watcher::run(client, engine, watcher_config, ready_tx, metrics, root)
-        .await
-        .map_err(|e| (Exit::Runtime, e.to_string()))
+    let watched = watcher::run(client, engine, watcher_config, links, root).await;
+    reloads_stop.cancel();
+    let mailer = match reloads {
+        Some(task) => task.await.unwrap_or(mailer),
+        None => mailer,
+    };
+    mailer.close().await;
+    watched.map_err(|e| (Exit::Runtime, e.to_string()))
+}
+
+/// The config and mailer in force.
+struct Current {
+    config: Config,
+    mailer: Arc<dyn Mailer>,
+}
+
+/// The engine's routing: the config's recipients, and `mailer`, whose pooled connections are
+/// closed once the engine has let go of it.
+fn routing(config: &Config, mailer: &Arc<dyn Mailer>) -> Routing {
+    Routing {
+        recipients: config.recipients.clone(),
+        mailer: Arc::new(CloseWhenDropped(mailer.clone())),
+    }
 }
 
 /// Applies a new config on each SIGHUP, and when a periodic re-read finds that the config or a
 /// `*_file` secret changed (a rotated Kubernetes Secret): log settings, recipients, mailer and its
 /// secrets. A config that does not load, or a mailer that fails its health check, is rejected and
 /// the old one stays; the periodic re-read does not retry (nor log again) what it already rejected.
+/// After a reload the watcher reconciles, so mail held back by a mailer-wide failure (a password
+/// now fixed) is picked up. Returns the mailer in force when `stop` is cancelled.
 async fn reload_loop(
     mut reload: Reload,
-    mut current: Config,
+    mut current: Current,
     engine: Arc<Engine>,
-    root: CancellationToken,
-) {
+    reconcile: mpsc::Sender<()>,
+    stop: CancellationToken,
+) -> Arc<dyn Mailer> {
     // What the periodic re-read last rejected: the config, or why it did not load.
     let mut rejected: Option<Result<Config, String>> = None;
     loop {
         let signalled = tokio::select! {
-            _ = root.cancelled() => return,
-            signal = reload.signals.recv() => if signal.is_none() { return } else { true },
+            _ = stop.cancelled() => return current.mailer,
+            signal = reload.signals.recv() => if signal.is_none() { return current.mailer } else { true },
             _ = after(reload.file_check) => false,
         };
-        let loaded = if signalled {
+        if signalled {
             tracing::info!(config = %reload.path.display(), "SIGHUP: reloading the configuration");
-            config::load(&reload.path)
         } else {
-            let loaded = config::load(&reload.path);
-            let seen = match &loaded {
-                Ok(l) if l.config == current => continue,
-                Ok(l) => Ok(l.config.clone()),
+            let seen = match config::load(&reload.path) {
+                Ok(l) if l.config == current.config => continue,
+                Ok(l) => Ok(l.config),
                 Err(e) => Err(e.to_string()),
             };
             if rejected.as_ref() == Some(&seen) {
@@ -227,44 +249,20 @@ async fn reload_loop(
             }
             rejected = Some(seen);
             tracing::info!(config = %reload.path.display(), "The configuration or a secret file changed: reloading");
-            loaded
-        };
-        let loaded = match loaded {
-            Ok(l) => l,
+        }
+        match reloaded(&reload, &current.config).await {
+            Ok(next) => {
+                engine.set_routing(routing(&next.config, &next.mailer));
+                current = next;
+                rejected = None;
+                tracing::info!("Configuration reloaded");
+                // A full channel: a reconcile is already asked for.
+                let _ = reconcile.try_send(());
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
-                continue;
             }
-        };
-        let new = loaded.config;
-        let mailer = match build_mailer(&new).await {
-            Ok(m) => m,
-            Err((_, e)) => {
-                tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
-                continue;
-            }
-        };
-        if let Some(Err(e)) = reload
-            .logging
-            .as_ref()
-            .map(|l| l.apply(&new.log, reload.debug))
-        {
-            tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
-            continue;
         }
-        for warning in &loaded.warnings {
-            tracing::warn!(config = %reload.path.display(), "{warning}");
-        }
-        if new.teleport != current.teleport {
-            tracing::warn!("The [teleport] section changed: it takes effect at the next restart");
-        }
-        engine.set_routing(Routing {
-            recipients: new.recipients.clone(),
-            mailer,
-        });
-        tracing::info!("Configuration reloaded");
-        current = new;
-        rejected = None;
     }
 }
 
@@ -295,6 +293,27 @@ pub fn file_check_from_env() -> Result<Option<Duration>, String> {
     }
 }
 
+/// The config at `reload.path` with its mailer checked and its log settings applied.
+async fn reloaded(reload: &Reload, current: &Config) -> Result<Current, String> {
+    let loaded = config::load(&reload.path).map_err(|e| e.to_string())?;
+    let config = loaded.config;
+    let mailer = build_mailer(&config).await.map_err(|(_, e)| e)?;
+    if let Some(Err(e)) = reload
+        .logging
+        .as_ref()
+        .map(|l| l.apply(&config.log, reload.debug))
+    {
+        return Err(e.to_string());
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!(config = %reload.path.display(), "{warning}");
+    }
+    if config.teleport != current.teleport {
+        tracing::warn!("The [teleport] section changed: it takes effect at the next restart");
+    }
+    Ok(Current { config, mailer })
+}
+
 /// Keeps the identity-expiry gauge current (the identity file may be renewed under us).
 fn spawn_expiry_gauge(
     credentials: Arc<CredentialStore>,
@@ -312,41 +331,38 @@ fn spawn_expiry_gauge(
     });
 }
 
+/// Loads the credentials (keeping them fresh), connects and pings.
 async fn connect_teleport(
     config: &Config,
+    metrics: &Arc<Metrics>,
     root: &CancellationToken,
-) -> Result<(TeleportClient, Arc<CredentialStore>), Fatal> {
-    let Some(credentials) = &config.teleport.credentials else {
-        return Err((
-            Exit::Config,
-            "no Teleport credentials configured: set teleport.identity (or teleport.client_crt, client_key and root_cas)".to_owned(),
-        ));
-    };
-    let secret_file = match credentials {
+) -> Result<(TeleportClient, ClusterInfo), Fatal> {
+    let (source, store) = startup::credentials(config).map_err(fatal)?;
+    let secret_file = match source {
         Credentials::IdentityFile { path, .. } => path,
         Credentials::KeyPair { key, .. } => key,
     };
     if let Some(warning) = config::permissions_warning(secret_file, "the Teleport key file") {
         tracing::warn!("{warning}");
     }
-    let store = CredentialStore::load(credentials).map_err(|e| (Exit::Teleport, e.to_string()))?;
     if let Credentials::IdentityFile {
         refresh: Some(every),
         ..
-    } = credentials
+    } = source
     {
         store.spawn_refresh(*every, root.child_token());
     }
     let info = &store.current().info;
     tracing::info!(user = %info.user, cluster = %info.cluster, expires = %rfc3339(info.not_after), "Loaded Teleport credentials");
-    let client = TeleportClient::connect(
-        DialOptions::new(&config.teleport.addr),
-        store.clone(),
-        INIT_TIMEOUT,
-    )
-    .await
-    .map_err(|e| (Exit::Teleport, e.to_string()))?;
-    Ok((client, store))
+    spawn_expiry_gauge(store.clone(), metrics.clone(), root.child_token());
+    let (client, cluster) = startup::connect(config, store).await.map_err(fatal)?;
+    tracing::info!(
+        cluster = %cluster.name,
+        server_version = %cluster.server_version,
+        path = %client.dial_path().map(|p| p.to_string()).unwrap_or_default(),
+        "Connected to Teleport"
+    );
+    Ok((client, cluster))
 }
 
 async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
@@ -361,27 +377,46 @@ async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
             tracing::info!(domain = %m.domain, api_base = %m.api_base, "Using Mailgun as email transport")
         }
     }
-    let mailer = mail::from_config(
-        &config.mailer,
-        &config.delivery.sender,
-        config.recipients.fallback(),
-    )
-    .map_err(|e| (Exit::Mailer, e.to_string()))?;
-    tokio::time::timeout(INIT_TIMEOUT, mailer.health_check())
-        .await
-        .map_err(|_| {
-            (
-                Exit::Mailer,
-                "mail server health check timed out after 10s".to_owned(),
-            )
-        })?
-        .map_err(|e| {
-            (
-                Exit::Mailer,
-                format!("mail server health check failed: {e}"),
-            )
-        })?;
-    Ok(mailer)
+    startup::mailer(config).await.map_err(fatal)
+}
+
+/// The watcher hands each event to the engine.
+impl EventHandler for Engine {
+    fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
+        Box::pin(async move { self.handle_event(event).await })
+    }
+}
+
+/// The mailer as the engine holds it: when the last copy goes (a reload replaced it and the sends
+/// under way are done), its pooled connections are closed politely (`QUIT`).
+struct CloseWhenDropped(Arc<dyn Mailer>);
+
+impl Drop for CloseWhenDropped {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mailer = self.0.clone();
+            runtime.spawn(async move { mailer.close().await });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Mailer for CloseWhenDropped {
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        self.0.send(mail).await
+    }
+
+    async fn health_check(&self) -> Result<(), MailError> {
+        self.0.health_check().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+
+    async fn close(&self) {
+        self.0.close().await
+    }
 }
 
 /// The domain of the sender's address (the same on every replica), or this host's name.

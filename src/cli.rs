@@ -1,4 +1,4 @@
-//! The command line: `start`, `configure`, `version`.
+//! The command line: `start`, `check`, `configure`, `version`.
 
 use std::path::PathBuf;
 

@@ -13,7 +13,8 @@ use crate::exit::Exit;
 pub const GRACE_PERIOD: Duration = Duration::from_secs(15);
 
 /// Installs the signal handlers. The first SIGTERM or SIGINT cancels `root`; a second one ends the
-/// process at once. Each SIGHUP sends `()` on the returned channel.
+/// process at once. Each SIGHUP asks for a reload on the returned channel; SIGHUPs that arrive
+/// while one is pending are one reload.
 pub fn install(root: CancellationToken) -> std::io::Result<mpsc::Receiver<()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -41,7 +42,7 @@ pub fn install(root: CancellationToken) -> std::io::Result<mpsc::Receiver<()>> {
     Ok(reload_rx)
 }
 
-/// Resolves `GRACE_PERIOD` after `root` is cancelled: the deadline for a graceful stop.
+/// Resolves `grace` after `root` is cancelled: the deadline for a graceful stop.
 pub async fn grace_expired(root: CancellationToken, grace: Duration) {
     root.cancelled().await;
     tokio::time::sleep(grace).await;

@@ -1,7 +1,9 @@
-//! The watch stream's life: open it, require INIT within 15 s, reconcile, hand events to the
-//! handler, reconnect with backoff when the stream is lost. Events of one request are handled one
-//! at a time in arrival order; different requests run concurrently, at most 128 events in flight,
-//! and beyond that the stream is not read (back-pressure).
+//! The watch stream's life: open it, require INIT within 15 s, reconcile while reading it, hand
+//! events to the handler, make sure a quiet stream's server still answers, reconnect with backoff
+//! when the stream is lost. Events of one request are handled one at a time in arrival order;
+//! different requests run concurrently, at most 128 events in flight, and beyond that the stream
+//! is not read (back-pressure). A reconcile may fill only half of those slots, so live events keep
+//! flowing while it runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -9,7 +11,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use futures_util::future::OptionFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -36,6 +39,8 @@ pub struct WatcherConfig {
     pub max_in_flight: usize,
     /// After every INIT, list the requests and handle each as if it had just been PUT.
     pub reconcile: bool,
+    /// How long the stream may stay quiet before the server must answer a Ping.
+    pub quiet_probe: Duration,
 }
 
 impl Default for WatcherConfig {
@@ -45,7 +50,38 @@ impl Default for WatcherConfig {
             init_timeout: Duration::from_secs(15),
             max_in_flight: 128,
             reconcile: true,
+            // A live watch carries nothing but events: Teleport's keep-alives are HTTP/2 PINGs,
+            // which catch a dead link (60 s + 180 s) but not a server that stopped serving. On a
+            // quiet cluster a Ping every two minutes is cheap; a stuck watch is re-opened within
+            // this plus `CALL_TIMEOUT`.
+            quiet_probe: Duration::from_secs(120),
         }
+    }
+}
+
+/// How the watcher and the rest of the daemon talk.
+pub struct Links {
+    /// `true` while a watch is established and its first reconcile has handed over every
+    /// existing request, until the watch is lost.
+    pub ready: watch::Sender<bool>,
+    /// Each message asks for one more reconcile on the live watch (a reload fixed the mailer).
+    pub reconcile: mpsc::Receiver<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Links {
+    /// Links nobody listens to, with fresh metrics.
+    pub fn detached() -> Self {
+        Self {
+            ready: watch::channel(false).0,
+            reconcile: mpsc::channel(1).1,
+            metrics: Arc::default(),
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+        self.metrics.set_ready(ready);
     }
 }
 
@@ -63,8 +99,7 @@ pub async fn run(
     client: TeleportClient,
     handler: Arc<dyn EventHandler>,
     config: WatcherConfig,
-    ready: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
+    mut links: Links,
     stop: CancellationToken,
 ) -> Result<(), WatchError> {
     let dispatcher = Dispatcher::new(handler, config.max_in_flight);
@@ -73,10 +108,9 @@ pub async fn run(
     let result = loop {
         let outcome = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            r = watch_once(&client, &dispatcher, &config, &ready, &metrics, &mut announced, &mut backoff) => r,
+            r = watch_once(&client, &dispatcher, &config, &mut links, &mut announced, &mut backoff) => r,
         };
-        ready.send_replace(false);
-        metrics.set_ready(false);
+        links.set_ready(false);
         let error = match outcome {
             Ok(()) => TeleportError::Unavailable("the watch stream ended".into()),
             Err(e) => e,
@@ -89,86 +123,156 @@ pub async fn run(
         }
         let delay = backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, "Connection problem with the watch; reconnecting");
-        metrics.reconnect();
+        links.metrics.reconnect();
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    ready.send_replace(false);
+    links.set_ready(false);
     dispatcher.drain().await;
     result
 }
+
+type Reconcile<'a> = Pin<Box<dyn Future<Output = Result<usize, TeleportError>> + Send + 'a>>;
 
 /// One watch stream from open to loss. `Err` says why it ended.
 async fn watch_once(
     client: &TeleportClient,
     dispatcher: &Dispatcher,
     config: &WatcherConfig,
-    ready: &watch::Sender<bool>,
-    metrics: &Metrics,
+    links: &mut Links,
     announced: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), TeleportError> {
     let mut stream = client.watch_access_requests().await?;
-    let first = tokio::time::timeout(config.init_timeout, stream.next())
-        .await
-        .map_err(|_| TeleportError::Unavailable("watcher initialization timed out".into()))?;
-    match first {
-        Some(Ok(WatchEvent::Init)) => metrics.event("init"),
-        Some(Ok(other)) => {
-            return Err(TeleportError::Unavailable(format!(
-                "unexpected first event on the watch (expected INIT): {other:?}"
-            )));
-        }
-        Some(Err(e)) => return Err(e),
-        None => {
-            return Err(TeleportError::Unavailable(
-                "the watch stream closed before INIT".into(),
-            ));
-        }
-    }
+    expect_init(&mut stream, config.init_timeout).await?;
+    links.metrics.event("init");
     backoff.reset();
-    if config.reconcile {
-        let requests = client.list_access_requests(None).await?;
-        tracing::debug!(
-            count = requests.len(),
-            "Reconciling the existing access requests"
-        );
-        for r in requests {
-            dispatcher.submit(WatchEvent::Put(Box::new(r))).await;
+    // This watch's own reconcile covers what was asked for while there was none.
+    while links.reconcile.try_recv().is_ok() {}
+    let start = || -> Reconcile<'_> { Box::pin(reconcile(client, dispatcher)) };
+    let mut reconciling = config.reconcile.then(start);
+    if reconciling.is_none() {
+        caught_up(links, announced);
+    }
+    let mut again = false;
+    let mut asks_open = true;
+    loop {
+        tokio::select! {
+            done = OptionFuture::from(reconciling.as_mut()), if reconciling.is_some() => {
+                reconciling = std::mem::take(&mut again).then(start);
+                if let Some(count) = done.transpose()? {
+                    tracing::debug!(count, "Reconciled the existing access requests");
+                }
+                if !*links.ready.borrow() {
+                    caught_up(links, announced);
+                }
+            }
+            asked = links.reconcile.recv(), if asks_open => match asked {
+                Some(()) if reconciling.is_some() => again = true,
+                Some(()) => reconciling = Some(start()),
+                None => asks_open = false,
+            },
+            event = next_event(client, &mut stream, config.quiet_probe) => match event? {
+                Some(event) => dispatch(event, dispatcher, &links.metrics).await,
+                None => return Ok(()),
+            },
         }
     }
-    ready.send_replace(true);
-    metrics.set_ready(true);
+}
+
+/// The watch is established and every existing request handed over: ready.
+fn caught_up(links: &Links, announced: &mut bool) {
+    links.set_ready(true);
     if !*announced {
         tracing::info!("Plugin is ready");
         *announced = true;
     } else {
         tracing::info!("Watch re-established");
     }
+}
+
+/// The first event must be INIT, within `timeout`.
+async fn expect_init(
+    stream: &mut crate::teleport::WatchStream,
+    timeout: Duration,
+) -> Result<(), TeleportError> {
+    let first = tokio::time::timeout(timeout, stream.next())
+        .await
+        .map_err(|_| TeleportError::Unavailable("watcher initialization timed out".into()))?;
+    match first {
+        Some(Ok(WatchEvent::Init)) => Ok(()),
+        Some(Ok(other)) => Err(TeleportError::Unavailable(format!(
+            "unexpected first event on the watch (expected INIT): {other:?}"
+        ))),
+        Some(Err(e)) => Err(e),
+        None => Err(TeleportError::Unavailable(
+            "the watch stream closed before INIT".into(),
+        )),
+    }
+}
+
+/// The next event (`None`: the server ended the stream). After `quiet` without one, the server
+/// must answer a Ping, or the watch counts as stuck. Cancel-safe.
+async fn next_event(
+    client: &TeleportClient,
+    stream: &mut crate::teleport::WatchStream,
+    quiet: Duration,
+) -> Result<Option<WatchEvent>, TeleportError> {
     loop {
-        match stream.next().await {
-            Some(Ok(event @ (WatchEvent::Put(_) | WatchEvent::Delete { .. }))) => {
-                metrics.event(if matches!(event, WatchEvent::Put(_)) {
-                    "put"
-                } else {
-                    "delete"
-                });
-                dispatcher.submit(event).await;
+        match tokio::time::timeout(quiet, stream.next()).await {
+            Ok(next) => return next.transpose(),
+            Err(_) => {
+                client.ping().await.map_err(|e| {
+                    TeleportError::Unavailable(format!(
+                        "no event for {}s and Teleport does not answer: {e}",
+                        quiet.as_secs()
+                    ))
+                })?;
+                tracing::debug!(quiet = ?quiet, "The watch is quiet; Teleport answered a Ping");
             }
-            Some(Ok(WatchEvent::Init)) => {
-                metrics.event("init");
-                tracing::debug!("Ignoring a second INIT");
-            }
-            Some(Ok(WatchEvent::Other(what))) => {
-                metrics.event("other");
-                tracing::debug!(%what, "Ignoring an event");
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Ok(()),
         }
     }
+}
+
+async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, metrics: &Metrics) {
+    match event {
+        WatchEvent::Put(_) | WatchEvent::Delete { .. } => {
+            metrics.event(if matches!(event, WatchEvent::Put(_)) {
+                "put"
+            } else {
+                "delete"
+            });
+            dispatcher.submit(event).await;
+        }
+        WatchEvent::Init => {
+            metrics.event("init");
+            tracing::debug!("Ignoring a second INIT");
+        }
+        WatchEvent::Other(what) => {
+            metrics.event("other");
+            tracing::debug!(%what, "Ignoring an event");
+        }
+    }
+}
+
+/// Hands every existing request to the handler as if it had just been PUT, a page at a time.
+async fn reconcile(
+    client: &TeleportClient,
+    dispatcher: &Dispatcher,
+) -> Result<usize, TeleportError> {
+    let mut pages = client.access_request_pages(None);
+    let mut count = 0;
+    while let Some(page) = pages.next_page().await? {
+        count += page.len();
+        for request in page {
+            dispatcher
+                .submit_reconciled(WatchEvent::Put(Box::new(request)))
+                .await;
+        }
+    }
+    Ok(count)
 }
 
 fn key_of(event: &WatchEvent) -> &str {
@@ -179,12 +283,21 @@ fn key_of(event: &WatchEvent) -> &str {
     }
 }
 
-type Queues = Arc<Mutex<HashMap<String, VecDeque<(WatchEvent, OwnedSemaphorePermit)>>>>;
+/// An event's place among those in flight: a slot of the dispatcher's, and for a reconciled
+/// event one of the reconcile's share too. Both are freed when the handler is done.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+type Queues = Arc<Mutex<HashMap<String, VecDeque<(WatchEvent, Slot)>>>>;
 
 /// Runs handlers: one at a time per request, concurrently across requests, bounded overall.
 struct Dispatcher {
     handler: Arc<dyn EventHandler>,
     permits: Arc<Semaphore>,
+    /// Half of the slots: what reconciled events may hold at once.
+    reconcile_share: Arc<Semaphore>,
     capacity: usize,
     queues: Queues,
 }
@@ -194,20 +307,48 @@ impl Dispatcher {
         Self {
             handler,
             permits: Arc::new(Semaphore::new(capacity)),
+            reconcile_share: Arc::new(Semaphore::new((capacity / 2).max(1))),
             capacity,
             queues: Arc::default(),
         }
     }
 
-    /// Queues an event; waits while `capacity` events are in flight.
+    /// Queues a live event; waits while `capacity` events are in flight.
     async fn submit(&self, event: WatchEvent) {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
+        self.enqueue(
+            event,
+            Slot {
+                _permit: permit,
+                _share: None,
+            },
+        );
+    }
+
+    /// Queues a reconciled event; waits while the reconcile's share is in use, or every slot.
+    async fn submit_reconciled(&self, event: WatchEvent) {
+        let Ok(share) = self.reconcile_share.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        self.enqueue(
+            event,
+            Slot {
+                _permit: permit,
+                _share: Some(share),
+            },
+        );
+    }
+
+    fn enqueue(&self, event: WatchEvent, slot: Slot) {
         let key = key_of(&event).to_owned();
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = queues.get_mut(&key) {
-            queue.push_back((event, permit));
+            queue.push_back((event, slot));
             return;
         }
         queues.insert(key.clone(), VecDeque::new());
@@ -215,13 +356,13 @@ impl Dispatcher {
         let handler = self.handler.clone();
         let queues = self.queues.clone();
         tokio::spawn(async move {
-            let (mut event, mut permit) = (event, permit);
+            let (mut event, mut slot) = (event, slot);
             loop {
                 handler.clone().handle(event).await;
-                drop(permit);
+                drop(slot);
                 let mut q = queues.lock().unwrap_or_else(|e| e.into_inner());
                 match q.get_mut(&key).and_then(VecDeque::pop_front) {
-                    Some((next, next_permit)) => (event, permit) = (next, next_permit),
+                    Some((next, next_slot)) => (event, slot) = (next, next_slot),
                     None => {
                         q.remove(&key);
                         return;

@@ -7,6 +7,8 @@
 //! a new-thread mail to three recipients. The daemons run as separate processes, as operators
 //! run them. `--smoke` checks correctness only (nothing lost, nothing twice) and exits non-zero
 //! otherwise; it never judges timings.
+// `pub` here means "shared between the modules of this example"; nothing is exported.
+#![allow(unreachable_pub)]
 
 mod limit;
 mod load;

@@ -37,7 +37,6 @@ use crate::metrics::Metrics;
 use crate::teleport::{
     AccessRequest, ClusterInfo, RequestState, TeleportClient, TeleportError, WatchEvent,
 };
-use crate::watcher::{BoxFuture, EventHandler};
 
 /// How long a claim on a request's mails lasts unless renewed.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -284,10 +283,4 @@ fn now_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-impl EventHandler for Engine {
-    fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
-        Box::pin(async move { self.handle_event(event).await })
-    }
 }

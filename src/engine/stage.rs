@@ -118,7 +118,7 @@ impl Stage {
                 {
                     data.threads.push(Thread {
                         email: email.to_owned(),
-                        timestamp: crate::teleport::identity::rfc3339(SystemTime::now()),
+                        timestamp: crate::calendar::rfc3339(SystemTime::now()),
                         message_id: id.as_str().to_owned(),
                     });
                 }

@@ -1,6 +1,7 @@
 //! The typed Teleport client: gRPC over our dialer, speaking domain types.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +12,9 @@ use super::credentials::CredentialStore;
 use super::dial::{DialOptions, DialPath, Dialer};
 use super::error::TeleportError;
 use super::pb::proto::auth_service_client::AuthServiceClient;
-use super::pb::proto::{
-    ListAccessRequestsRequest, PingRequest, RequestId, RequestStateSetter, Watch,
-};
+use super::pb::proto::{ListAccessRequestsRequest, PingRequest, Watch};
 use super::pb::types::{
-    AccessRequestFilter, AccessRequestSpecV3, AccessRequestV3, AccessReview,
-    AccessReviewSubmission, Metadata, PluginDataFilter, PluginDataUpdateParams, WatchKind,
+    AccessRequestFilter, AccessRequestV3, PluginDataFilter, PluginDataUpdateParams, WatchKind,
 };
 use super::types::{AccessRequest, ClusterInfo, RequestState, WatchEvent};
 use super::version::Version;
@@ -27,6 +25,13 @@ pub const ACCESS_REQUEST_KIND: &str = "access_request";
 pub const MIN_SERVER_VERSION: &str = "6.1.0-beta.1";
 /// Deadline for start-up calls, as the original.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of every unary call after start-up (and of each page of a listing). Teleport gives
+/// its own network operations 30 s (`DefaultIOTimeout`); an answer later than that means a hung
+/// Auth Service or a dead link, and waiting longer only holds a dispatcher slot (and the
+/// request's lease) for nothing. The caller sees [`TeleportError::Timeout`], a connection problem.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests per page when listing.
+const PAGE_SIZE: i32 = 500;
 
 /// Plugin data: key → value, for one plugin and one request.
 pub type PluginData = BTreeMap<String, String>;
@@ -82,16 +87,15 @@ impl TeleportClient {
 
     /// Ping; refuses servers older than 6.1.0.
     pub async fn ping(&self) -> Result<ClusterInfo, TeleportError> {
-        let resp =
-            self.grpc.clone().ping(PingRequest {}).await.map_err(
-                |s| match TeleportError::from(s) {
-                    TeleportError::Unimplemented(_) => TeleportError::ServerTooOld {
-                        found: "unknown (no Ping)".into(),
-                        required: MIN_SERVER_VERSION.into(),
-                    },
-                    other => other,
+        let resp = deadline("Ping", self.grpc.clone().ping(PingRequest {}))
+            .await
+            .map_err(|e| match e {
+                TeleportError::Unimplemented(_) => TeleportError::ServerTooOld {
+                    found: "unknown (no Ping)".into(),
+                    required: MIN_SERVER_VERSION.into(),
                 },
-            )?;
+                other => other,
+            })?;
         let info = ClusterInfo::from(resp.into_inner());
         let found = Version::parse(&info.server_version);
         let required = Version::parse(MIN_SERVER_VERSION);
@@ -113,7 +117,9 @@ impl TeleportClient {
             }],
             allow_partial_success: false,
         };
-        let stream = self.grpc.clone().watch_events(watch).await?.into_inner();
+        let stream = deadline("WatchEvents", self.grpc.clone().watch_events(watch))
+            .await?
+            .into_inner();
         Ok(WatchStream { inner: stream })
     }
 
@@ -123,19 +129,19 @@ impl TeleportClient {
         id: &str,
         plugin: &str,
     ) -> Result<Option<PluginData>, TeleportError> {
-        let resp = self
-            .grpc
-            .clone()
-            .get_plugin_data(PluginDataFilter {
+        let resp = deadline(
+            "GetPluginData",
+            self.grpc.clone().get_plugin_data(PluginDataFilter {
                 kind: ACCESS_REQUEST_KIND.into(),
                 resource: id.into(),
                 plugin: plugin.into(),
-            })
-            .await;
+            }),
+        )
+        .await;
         let seq = match resp {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-            Err(s) => return Err(s.into()),
+            Err(TeleportError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
         Ok(seq
             .plugin_data
@@ -154,159 +160,246 @@ impl TeleportClient {
         set: &PluginData,
         expect: &PluginData,
     ) -> Result<(), TeleportError> {
-        self.grpc
-            .clone()
-            .update_plugin_data(PluginDataUpdateParams {
-                kind: ACCESS_REQUEST_KIND.into(),
-                resource: id.into(),
-                plugin: plugin.into(),
-                set: to_hash(set),
-                expect: to_hash(expect),
-            })
-            .await?;
+        deadline(
+            "UpdatePluginData",
+            self.grpc
+                .clone()
+                .update_plugin_data(PluginDataUpdateParams {
+                    kind: ACCESS_REQUEST_KIND.into(),
+                    resource: id.into(),
+                    plugin: plugin.into(),
+                    set: to_hash(set),
+                    expect: to_hash(expect),
+                }),
+        )
+        .await?;
         Ok(())
     }
 
-    /// Every access request in `state` (all when `None`), page by page; falls back to the older
-    /// streaming call on servers without ListAccessRequests.
+    /// Every access request in `state` (all when `None`), in one `Vec`: for small listings.
+    /// [`Self::access_request_pages`] reads a large one a page at a time.
     pub async fn list_access_requests(
         &self,
         state: Option<RequestState>,
     ) -> Result<Vec<AccessRequest>, TeleportError> {
-        let filter = AccessRequestFilter {
-            state: state.map(RequestState::to_wire).unwrap_or(0),
-            ..Default::default()
-        };
+        let mut pages = self.access_request_pages(state);
         let mut out = Vec::new();
-        let mut start_key = String::new();
-        loop {
-            let resp = self
-                .grpc
-                .clone()
-                .list_access_requests(ListAccessRequestsRequest {
-                    filter: Some(filter.clone()),
-                    limit: 500,
-                    start_key: start_key.clone(),
-                    ..Default::default()
-                })
-                .await;
-            let page = match resp {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::Unimplemented => {
-                    return self.list_access_requests_v2(filter).await;
-                }
-                Err(s) => return Err(s.into()),
-            };
-            out.extend(page.access_requests.into_iter().map(AccessRequest::from));
-            if page.next_key.is_empty() {
-                return Ok(out);
-            }
-            start_key = page.next_key;
-        }
-    }
-
-    async fn list_access_requests_v2(
-        &self,
-        filter: AccessRequestFilter,
-    ) -> Result<Vec<AccessRequest>, TeleportError> {
-        let mut stream = self
-            .grpc
-            .clone()
-            .get_access_requests_v2(filter)
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = stream.message().await? {
-            out.push(AccessRequest::from(r));
+        while let Some(page) = pages.next_page().await? {
+            out.extend(page);
         }
         Ok(out)
     }
 
-    /// Creates an access request (a test driver's call); returns its id.
-    pub async fn create_access_request(
-        &self,
-        user: &str,
-        roles: &[&str],
-        reason: &str,
-        reviewers: &[&str],
-    ) -> Result<String, TeleportError> {
-        let created = self
-            .grpc
-            .clone()
-            .create_access_request_v2(AccessRequestV3 {
-                kind: ACCESS_REQUEST_KIND.into(),
-                version: "v3".into(),
-                metadata: Some(Metadata::default()),
-                spec: Some(AccessRequestSpecV3 {
-                    user: user.into(),
-                    roles: roles.iter().map(|s| s.to_string()).collect(),
-                    request_reason: reason.into(),
-                    suggested_reviewers: reviewers.iter().map(|s| s.to_string()).collect(),
+    /// The access requests in `state` (all when `None`), fetched a page at a time as they are
+    /// asked for; servers without ListAccessRequests are read through the older streaming call.
+    pub fn access_request_pages(&self, state: Option<RequestState>) -> RequestPages {
+        RequestPages {
+            client: self.clone(),
+            filter: AccessRequestFilter {
+                state: state.map(RequestState::to_wire).unwrap_or(0),
+                ..Default::default()
+            },
+            next: Pager::Key(String::new()),
+        }
+    }
+}
+
+/// Calls only a test driver makes (a requester, a reviewer, an administrator).
+#[cfg(feature = "testkit")]
+mod driver {
+    use super::super::pb::proto::{RequestId, RequestStateSetter};
+    use super::super::pb::types::{
+        AccessRequestSpecV3, AccessRequestV3, AccessReview, AccessReviewSubmission, Metadata,
+    };
+    use super::{
+        ACCESS_REQUEST_KIND, AccessRequest, RequestState, TeleportClient, TeleportError, deadline,
+    };
+
+    impl TeleportClient {
+        /// Creates an access request (a test driver's call); returns its id.
+        pub async fn create_access_request(
+            &self,
+            user: &str,
+            roles: &[&str],
+            reason: &str,
+            reviewers: &[&str],
+        ) -> Result<String, TeleportError> {
+            let created = deadline(
+                "CreateAccessRequestV2",
+                self.grpc.clone().create_access_request_v2(AccessRequestV3 {
+                    kind: ACCESS_REQUEST_KIND.into(),
+                    version: "v3".into(),
+                    metadata: Some(Metadata::default()),
+                    spec: Some(AccessRequestSpecV3 {
+                        user: user.into(),
+                        roles: roles.iter().map(|s| s.to_string()).collect(),
+                        request_reason: reason.into(),
+                        suggested_reviewers: reviewers.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
-                ..Default::default()
-            })
+            )
             .await?
             .into_inner();
-        Ok(created.metadata.map(|m| m.name).unwrap_or_default())
+            Ok(created.metadata.map(|m| m.name).unwrap_or_default())
+        }
+
+        /// Submits a review as the caller (or as `author` for an administrator).
+        pub async fn submit_review(
+            &self,
+            id: &str,
+            author: &str,
+            approve: bool,
+            reason: &str,
+        ) -> Result<AccessRequest, TeleportError> {
+            let state = if approve {
+                RequestState::Approved
+            } else {
+                RequestState::Denied
+            };
+            let updated = deadline(
+                "SubmitAccessReview",
+                self.grpc
+                    .clone()
+                    .submit_access_review(AccessReviewSubmission {
+                        request_id: id.into(),
+                        review: Some(AccessReview {
+                            author: author.into(),
+                            proposed_state: state.to_wire(),
+                            reason: reason.into(),
+                            ..Default::default()
+                        }),
+                    }),
+            )
+            .await?
+            .into_inner();
+            Ok(updated.into())
+        }
+
+        /// Approves or denies directly (administrators).
+        pub async fn set_state(
+            &self,
+            id: &str,
+            state: RequestState,
+            reason: &str,
+        ) -> Result<(), TeleportError> {
+            deadline(
+                "SetAccessRequestState",
+                self.grpc
+                    .clone()
+                    .set_access_request_state(RequestStateSetter {
+                        id: id.into(),
+                        state: state.to_wire(),
+                        reason: reason.into(),
+                        ..Default::default()
+                    }),
+            )
+            .await?;
+            Ok(())
+        }
+
+        /// Deletes a request (administrators).
+        pub async fn delete_access_request(&self, id: &str) -> Result<(), TeleportError> {
+            deadline(
+                "DeleteAccessRequest",
+                self.grpc
+                    .clone()
+                    .delete_access_request(RequestId { id: id.into() }),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `call` within [`CALL_TIMEOUT`]; `method` names it in the error.
+async fn deadline<T>(
+    method: &str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, TeleportError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(TeleportError::from),
+        Err(_) => Err(TeleportError::Timeout(format!(
+            "{method}: no answer from Teleport within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The access requests of one listing, a page at a time.
+pub struct RequestPages {
+    client: TeleportClient,
+    filter: AccessRequestFilter,
+    next: Pager,
+}
+
+enum Pager {
+    /// ListAccessRequests from this key (empty: the first page).
+    Key(String),
+    /// The older GetAccessRequestsV2 stream (servers without ListAccessRequests).
+    Stream(Box<tonic::Streaming<AccessRequestV3>>),
+    Done,
+}
+
+impl RequestPages {
+    /// The next page; `None` after the last one.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<AccessRequest>>, TeleportError> {
+        match std::mem::replace(&mut self.next, Pager::Done) {
+            Pager::Done => Ok(None),
+            Pager::Key(start_key) => self.listed(start_key).await,
+            Pager::Stream(stream) => self.streamed(*stream).await,
+        }
     }
 
-    /// Submits a review as the caller (or as `author` for an administrator).
-    pub async fn submit_review(
-        &self,
-        id: &str,
-        author: &str,
-        approve: bool,
-        reason: &str,
-    ) -> Result<AccessRequest, TeleportError> {
-        let state = if approve {
-            RequestState::Approved
-        } else {
-            RequestState::Denied
+    async fn listed(
+        &mut self,
+        start_key: String,
+    ) -> Result<Option<Vec<AccessRequest>>, TeleportError> {
+        let mut grpc = self.client.grpc.clone();
+        let call = grpc.list_access_requests(ListAccessRequestsRequest {
+            filter: Some(self.filter.clone()),
+            limit: PAGE_SIZE,
+            start_key,
+            ..Default::default()
+        });
+        let page = match deadline("ListAccessRequests", call).await {
+            Ok(r) => r.into_inner(),
+            Err(TeleportError::Unimplemented(_)) => {
+                let stream = deadline(
+                    "GetAccessRequestsV2",
+                    self.client
+                        .grpc
+                        .clone()
+                        .get_access_requests_v2(self.filter.clone()),
+                )
+                .await?
+                .into_inner();
+                return self.streamed(stream).await;
+            }
+            Err(e) => return Err(e),
         };
-        let updated = self
-            .grpc
-            .clone()
-            .submit_access_review(AccessReviewSubmission {
-                request_id: id.into(),
-                review: Some(AccessReview {
-                    author: author.into(),
-                    proposed_state: state.to_wire(),
-                    reason: reason.into(),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner();
-        Ok(updated.into())
+        if !page.next_key.is_empty() {
+            self.next = Pager::Key(page.next_key);
+        }
+        let requests = page.access_requests.into_iter().map(AccessRequest::from);
+        Ok(Some(requests.collect()))
     }
 
-    /// Approves or denies directly (administrators).
-    pub async fn set_state(
-        &self,
-        id: &str,
-        state: RequestState,
-        reason: &str,
-    ) -> Result<(), TeleportError> {
-        self.grpc
-            .clone()
-            .set_access_request_state(RequestStateSetter {
-                id: id.into(),
-                state: state.to_wire(),
-                reason: reason.into(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes a request (administrators).
-    pub async fn delete_access_request(&self, id: &str) -> Result<(), TeleportError> {
-        self.grpc
-            .clone()
-            .delete_access_request(RequestId { id: id.into() })
-            .await?;
-        Ok(())
+    /// Up to a page's worth of the stream, each message within [`CALL_TIMEOUT`].
+    async fn streamed(
+        &mut self,
+        mut stream: tonic::Streaming<AccessRequestV3>,
+    ) -> Result<Option<Vec<AccessRequest>>, TeleportError> {
+        let mut page = Vec::new();
+        while page.len() < PAGE_SIZE as usize {
+            match deadline("GetAccessRequestsV2", stream.message()).await? {
+                Some(r) => page.push(AccessRequest::from(r)),
+                None => return Ok((!page.is_empty()).then_some(page)),
+            }
+        }
+        self.next = Pager::Stream(Box::new(stream));
+        Ok(Some(page))
     }
 }
 

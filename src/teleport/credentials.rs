@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::identity::{CredentialError, Identity, load_identity_file, load_key_pair, rfc3339};
+use super::identity::{CredentialError, Identity, load_identity_file, load_key_pair};
+use crate::calendar::rfc3339;
 use crate::config::Credentials;
 
 /// The current credentials, swapped atomically on reload.

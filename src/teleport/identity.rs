@@ -9,7 +9,7 @@ use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
 
-use crate::calendar::civil_from_days;
+use crate::calendar::rfc3339;
 
 /// OID of the TeleportCluster attribute in a client certificate's subject.
 const CLUSTER_OID: &str = "1.3.9999.1.7";
@@ -305,33 +305,9 @@ pub fn cert_info(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for messages.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_763_769_600);
-        assert_eq!(rfc3339(t), "2025-11-22T00:00:00Z");
-    }
 
     #[test]
     fn unterminated_pem_is_an_error() {

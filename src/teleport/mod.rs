@@ -12,7 +12,8 @@ mod version;
 pub mod websocket;
 
 pub use client::{
-    ACCESS_REQUEST_KIND, INIT_TIMEOUT, MIN_SERVER_VERSION, PluginData, TeleportClient, WatchStream,
+    ACCESS_REQUEST_KIND, CALL_TIMEOUT, INIT_TIMEOUT, MIN_SERVER_VERSION, PluginData, RequestPages,
+    TeleportClient, WatchStream,
 };
 pub use credentials::CredentialStore;
 pub use dial::{DialError, DialOptions, DialPath, UpgradeMode};

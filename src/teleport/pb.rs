@@ -1,6 +1,12 @@
 //! Generated protobuf and gRPC code for the Teleport API subset in `proto/`. Nothing outside
 //! `teleport` uses these types: they are converted to domain types at the module's edge.
-#![allow(clippy::all, clippy::pedantic, missing_docs, non_snake_case)]
+#![allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_docs,
+    non_snake_case,
+    unreachable_pub
+)]
 
 pub mod types {
     tonic::include_proto!("types");

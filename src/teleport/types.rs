@@ -7,7 +7,7 @@ use super::pb::proto::{Event, Operation, PingResponse, event};
 use super::pb::types::{AccessRequestV3, AccessReview, RequestState as PbState};
 
 /// Go's zero `time.Time` (0001-01-01) as protobuf seconds: Teleport's "unset".
-pub const GO_ZERO_SECONDS: i64 = -62_135_596_800;
+pub(super) const GO_ZERO_SECONDS: i64 = -62_135_596_800;
 
 /// What Ping told us about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ impl From<AccessReview> for Review {
 }
 
 /// A Timestamp from the wire; absent and Go's zero time both mean "unset".
-pub fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+pub(super) fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
     let t = t?;
     if t.seconds == GO_ZERO_SECONDS && t.nanos == 0 {
         return None;

@@ -4,14 +4,14 @@ use std::cmp::Ordering;
 
 /// A parsed `major.minor.patch[-pre]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
+pub(super) struct Version {
     core: (u64, u64, u64),
     pre: Vec<String>,
 }
 
 impl Version {
     /// Parses a version; a leading `v` and build metadata (`+…`) are allowed.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         let s = s.trim().trim_start_matches('v');
         let s = s.split('+').next()?;
         let (core, pre) = match s.split_once('-') {

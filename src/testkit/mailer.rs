@@ -1,4 +1,6 @@
-//! [`RecordingMailer`]: a [`Mailer`] that keeps what it is given, for engine tests without sockets.
+//! [`RecordingMailer`]: a [`Mailer`] that keeps what it is given and fails when told to, for unit
+//! tests that need no mail server (the engine's decisions). Tests over sockets use the SMTP
+//! receiver or the Mailgun stand-in instead.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};

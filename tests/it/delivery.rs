@@ -8,7 +8,7 @@ use teleport_email::testkit::auth::FakeAuthOptions;
 use teleport_email::testkit::mailgun::Failure;
 use teleport_email::testkit::smtp::Stage as SmtpStage;
 
-use crate::plugin::{Backend, Harness, Mail};
+use crate::support::harness::{Backend, Harness, Mail};
 
 const ALL: &str = "all@example.com";
 const R1: &str = "reviewer1@example.com";

@@ -8,7 +8,7 @@ use teleport_email::testkit::mailgun::MailgunStandIn;
 use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::SmtpReceiver;
 
-use crate::plugin::{Backend, Harness};
+use crate::support::harness::{Backend, Harness};
 
 const R1: &str = "reviewer1@example.com";
 

@@ -1,9 +1,12 @@
 //! Integration tests over real sockets and the built binary. One test binary, one module per area.
+// `pub` here means "shared between the modules of this binary"; nothing is exported.
+#![allow(unreachable_pub)]
 
 mod aiosmtpd;
 mod cli;
+mod daemon;
 mod delivery;
-mod fakes;
+mod fake_fidelity;
 mod fuzz;
 mod helm;
 mod hostile;
@@ -19,3 +22,4 @@ mod smtp;
 mod smtp_session;
 mod support;
 mod teleport;
+mod watcher;

@@ -172,6 +172,47 @@ async fn check_passes_and_names_each_failure() {
     assert!(line(&out, "plugin data").starts_with('✗'), "{out}");
 }
 
+/// `check` and `start` share their start-up steps, so they word a failure alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_start_word_a_failure_alike() {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    let smtp = SmtpReceiver::builder()
+        .auth("mailer", "right-password")
+        .auth_requires_tls(false)
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
+    let mailer = smtp_section(smtp.port(), "mailer", "wrong");
+    let cfg = write_config(
+        dir.path(),
+        "badpw.toml",
+        &auth.addr().to_string(),
+        &identity,
+        &mailer,
+        "",
+    );
+    let (_, out) = check(&cfg, &[]).await;
+    let checked = line(&out, "mailer");
+    let failure = &checked[checked
+        .find("mail server health check failed: ")
+        .unwrap_or_else(|| panic!("{out}"))..];
+    let started = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_teleport-email"))
+            .args(["start", "-c"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(started.status.code(), Some(5));
+    let log = String::from_utf8_lossy(&started.stderr);
+    assert!(log.contains(failure), "{failure:?} not in:\n{log}");
+}
+
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -15,6 +15,8 @@ use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, Perms};
 use teleport_email::testkit::pki::{ClusterPki, KeyKind, Validity};
 use teleport_email::testkit::proxy::{FakeProxy, ProxyMode};
 
+use crate::support::plugin_client;
+
 fn options(addr: &str) -> DialOptions {
     DialOptions {
         addr: addr.to_owned(),
@@ -343,11 +345,7 @@ async fn a_server_without_h2_is_refused() {
 #[tokio::test]
 async fn compare_and_swap_conflicts_are_typed() {
     let auth = FakeAuth::start_default().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
-    let client = connect(options(&auth.addr().to_string()), identity_store(&path))
-        .await
-        .unwrap();
+    let (client, _dir) = plugin_client(&auth).await;
     let id = auth.create_request("alice@example.com", &["editor"], "because", &[]);
     let data = |pairs: &[(&str, &str)]| -> PluginData {
         pairs
@@ -395,11 +393,7 @@ async fn compare_and_swap_conflicts_are_typed() {
 async fn a_role_without_permission_is_access_denied() {
     let auth = FakeAuth::start_default().await;
     auth.set_role("access-plugin", Perms::default());
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
-    let client = connect(options(&auth.addr().to_string()), identity_store(&path))
-        .await
-        .unwrap();
+    let (client, _dir) = plugin_client(&auth).await;
     let err = client.watch_access_requests().await.err().expect("denied");
     assert!(matches!(err, TeleportError::AccessDenied(_)), "{err:?}");
 }
@@ -415,11 +409,7 @@ async fn next(w: &mut teleport_email::teleport::WatchStream) -> WatchEvent {
 #[tokio::test]
 async fn watch_delivers_puts_and_deletes_in_order() {
     let auth = FakeAuth::start_default().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
-    let client = connect(options(&auth.addr().to_string()), identity_store(&path))
-        .await
-        .unwrap();
+    let (client, _dir) = plugin_client(&auth).await;
     let mut watch = client.watch_access_requests().await.unwrap();
     assert_eq!(next(&mut watch).await, WatchEvent::Init);
     let id = auth.create_request(
@@ -474,11 +464,7 @@ async fn listing_falls_back_to_the_streaming_call() {
         ..Default::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
-    let client = connect(options(&auth.addr().to_string()), identity_store(&path))
-        .await
-        .unwrap();
+    let (client, _dir) = plugin_client(&auth).await;
     let a = auth.create_request("alice@example.com", &["editor"], "", &[]);
     let listed = client.list_access_requests(None).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -551,11 +537,7 @@ async fn the_fake_keeps_state_across_restart() {
     );
     auth.restart().await;
     assert_eq!(auth.addr(), addr);
-    let dir = tempfile::tempdir().unwrap();
-    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
-    let client = connect(options(&addr.to_string()), identity_store(&path))
-        .await
-        .unwrap();
+    let (client, _dir) = plugin_client(&auth).await;
     let data = client.get_plugin_data(&id, "email").await.unwrap().unwrap();
     assert_eq!(
         data.get("user").map(String::as_str),

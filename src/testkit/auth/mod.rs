@@ -1,6 +1,6 @@
 //! A fake Teleport Auth Service over real mTLS and gRPC, faithful to the real one as far as the
 //! plugin uses it: Ping, WatchEvents, plugin data compare-and-swap, access requests and reviews.
-//! It can drop its watch streams, and stop and restart on the same port with its state kept.
+//! It can drop its watch streams, hang, and stop and restart on the same port with its state kept.
 
 mod service;
 mod state;
@@ -77,6 +77,7 @@ impl FakeAuth {
             options,
             roles: Mutex::new(default_roles()),
             callers: Mutex::new(Default::default()),
+            hung: tokio::sync::watch::channel(false).0,
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -353,6 +354,18 @@ impl FakeAuth {
     /// How many GetPluginData calls were made.
     pub fn plugin_data_reads(&self) -> u64 {
         self.shared.lock().plugin_data_reads
+    }
+
+    /// How many ListAccessRequests calls (pages) were made.
+    pub fn list_calls(&self) -> u64 {
+        self.shared.lock().list_calls
+    }
+
+    /// Hangs (or, with `false`, revives) the service: while hung, Ping, WatchEvents, the plugin
+    /// data calls and the listings wait without an answer; open watch streams stay open and
+    /// carry nothing new from the calls that wait.
+    pub fn hang(&self, hung: bool) {
+        self.shared.hung.send_replace(hung);
     }
 
     /// The users (certificate CNs) that have called so far.

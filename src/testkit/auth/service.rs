@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -76,23 +76,30 @@ pub fn default_roles() -> HashMap<String, Perms> {
 }
 
 /// State shared by the server across restarts.
-pub struct Shared {
+pub(super) struct Shared {
     pub state: Mutex<State>,
     pub options: FakeAuthOptions,
     pub roles: Mutex<HashMap<String, Perms>>,
     /// Every user that called, by client certificate.
     pub callers: Mutex<std::collections::BTreeSet<String>>,
+    /// While `true`, calls wait without an answer (a hung Auth Service).
+    pub hung: watch::Sender<bool>,
 }
 
 impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the service is not hung.
+    async fn answering(&self) {
+        let _ = self.hung.subscribe().wait_for(|hung| !hung).await;
     }
 }
 
 /// The tonic service over the shared state.
 #[derive(Clone)]
-pub struct Service {
+pub(super) struct Service {
     pub shared: Arc<Shared>,
 }
 
@@ -162,6 +169,7 @@ type RequestStream = Pin<Box<dyn Stream<Item = Result<AccessRequestV3, Status>> 
 #[tonic::async_trait]
 impl AuthService for Service {
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        self.shared.answering().await;
         let o = &self.shared.options;
         Ok(Response::new(PingResponse {
             cluster_name: o.cluster.clone(),
@@ -178,6 +186,7 @@ impl AuthService for Service {
     type WatchEventsStream = EventStream;
 
     async fn watch_events(&self, req: Request<Watch>) -> Result<Response<EventStream>, Status> {
+        self.shared.answering().await;
         self.require(&req, |p| p.read_requests, "list access_request")?;
         let watch = req.into_inner();
         let mut confirmed = Vec::new();
@@ -239,6 +248,7 @@ impl AuthService for Service {
         &self,
         req: Request<PluginDataFilter>,
     ) -> Result<Response<PluginDataSeq>, Status> {
+        self.shared.answering().await;
         self.require(
             &req,
             |p| p.read_requests || p.write_plugin_data,
@@ -282,6 +292,7 @@ impl AuthService for Service {
         &self,
         req: Request<PluginDataUpdateParams>,
     ) -> Result<Response<()>, Status> {
+        self.shared.answering().await;
         self.require(&req, |p| p.write_plugin_data, "update access_plugin_data")?;
         let p = req.into_inner();
         self.shared.lock().update_plugin_data(
@@ -356,6 +367,7 @@ impl AuthService for Service {
         &self,
         req: Request<ListAccessRequestsRequest>,
     ) -> Result<Response<ListAccessRequestsResponse>, Status> {
+        self.shared.answering().await;
         self.require(&req, |p| p.read_requests, "list access_request")?;
         if self.shared.options.list_unimplemented {
             return Err(status(
@@ -365,6 +377,7 @@ impl AuthService for Service {
         }
         let r = req.into_inner();
         let filter = r.filter.unwrap_or_default();
+        self.shared.lock().list_calls += 1;
         let limit = if r.limit > 0 { r.limit as usize } else { 1000 };
         let state = self.shared.lock();
         let mut page: Vec<AccessRequestV3> = state
@@ -393,6 +406,7 @@ impl AuthService for Service {
         &self,
         req: Request<AccessRequestFilter>,
     ) -> Result<Response<RequestStream>, Status> {
+        self.shared.answering().await;
         self.require(&req, |p| p.read_requests, "list access_request")?;
         let filter = req.into_inner();
         let all: Vec<Result<AccessRequestV3, Status>> = self

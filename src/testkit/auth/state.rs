@@ -18,16 +18,16 @@ use crate::teleport::pb::types::{
 pub const GO_ZERO_SECONDS: i64 = -62_135_596_800;
 
 /// How long the access of a new request lasts, unless the test says otherwise.
-pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(3600);
 
-pub fn go_zero_time() -> Timestamp {
+pub(super) fn go_zero_time() -> Timestamp {
     Timestamp {
         seconds: GO_ZERO_SECONDS,
         nanos: 0,
     }
 }
 
-pub fn timestamp(t: SystemTime) -> Timestamp {
+pub(super) fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Timestamp {
         seconds: d.as_secs() as i64,
@@ -36,17 +36,17 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 }
 
 /// plugin → its data, for one resource.
-pub type PluginEntries = BTreeMap<String, BTreeMap<String, String>>;
+pub(super) type PluginEntries = BTreeMap<String, BTreeMap<String, String>>;
 
 /// One watch stream and the filter it asked for.
-pub struct Watcher {
+pub(super) struct Watcher {
     pub tx: mpsc::Sender<Result<Event, Status>>,
     pub filter: HashMap<String, String>,
 }
 
 /// The whole state; lives across stop/restart of the server.
 #[derive(Default)]
-pub struct State {
+pub(super) struct State {
     pub requests: BTreeMap<String, AccessRequestV3>,
     /// (kind, resource) → plugin → data.
     pub plugin_data: BTreeMap<(String, String), BTreeMap<String, BTreeMap<String, String>>>,
@@ -55,17 +55,19 @@ pub struct State {
     pub plugin_data_writes: u64,
     /// Number of GetPluginData calls.
     pub plugin_data_reads: u64,
+    /// Number of ListAccessRequests calls (pages).
+    pub list_calls: u64,
     /// How many of the next UpdatePluginData calls fail with a compare error regardless.
     pub forced_compare_failures: u32,
 }
 
-pub fn status(code: Code, msg: impl Into<String>) -> Status {
+pub(super) fn status(code: Code, msg: impl Into<String>) -> Status {
     Status::new(code, msg)
 }
 
 impl State {
     /// Stores a new request as Teleport does on create, and announces it.
-    pub fn create(
+    pub(super) fn create(
         &mut self,
         mut req: AccessRequestV3,
         now: SystemTime,
@@ -137,7 +139,7 @@ impl State {
 
     /// Adds a review and resolves the request when a threshold is reached; the resolve reason is
     /// the deciding review's.
-    pub fn review(
+    pub(super) fn review(
         &mut self,
         id: &str,
         mut review: AccessReview,
@@ -211,7 +213,12 @@ impl State {
     }
 
     /// Sets the state directly (an administrator's approve/deny), as `SetAccessRequestState`.
-    pub fn set_state(&mut self, id: &str, state: RequestState, reason: &str) -> Result<(), Status> {
+    pub(super) fn set_state(
+        &mut self,
+        id: &str,
+        state: RequestState,
+        reason: &str,
+    ) -> Result<(), Status> {
         if !matches!(
             state,
             RequestState::Approved | RequestState::Denied | RequestState::Promoted
@@ -247,7 +254,7 @@ impl State {
     }
 
     /// Removes a request; its plugin data stays (it outlives the request in Teleport).
-    pub fn delete(&mut self, id: &str) -> Result<(), Status> {
+    pub(super) fn delete(&mut self, id: &str) -> Result<(), Status> {
         self.requests.remove(id).ok_or_else(|| {
             status(
                 Code::NotFound,
@@ -293,7 +300,7 @@ impl State {
     }
 
     /// Teleport's compare-and-swap on plugin data.
-    pub fn update_plugin_data(
+    pub(super) fn update_plugin_data(
         &mut self,
         kind: &str,
         resource: &str,
@@ -346,7 +353,7 @@ impl State {
     }
 
     /// GetPluginData: an empty list (not NotFound) when there is none.
-    pub fn get_plugin_data(
+    pub(super) fn get_plugin_data(
         &mut self,
         kind: &str,
         resource: &str,
@@ -392,7 +399,7 @@ fn check_kind(kind: &str) -> Result<(), Status> {
 }
 
 /// Whether a request passes a watch filter (`id`, `user`, `state`).
-pub fn matches_filter(req: &AccessRequestV3, filter: &HashMap<String, String>) -> bool {
+pub(super) fn matches_filter(req: &AccessRequestV3, filter: &HashMap<String, String>) -> bool {
     let spec = req.spec.clone().unwrap_or_default();
     let id = req.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     filter.iter().all(|(k, v)| match k.as_str() {

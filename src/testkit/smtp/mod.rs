@@ -99,6 +99,8 @@ pub struct Stats {
     pub pipelined: usize,
     /// `NOOP` commands.
     pub noops: usize,
+    /// `QUIT` commands: sessions the client ended politely.
+    pub quits: usize,
     /// Messages whose final dot arrived with more input already behind it (the next mail's
     /// commands pipelined in the same write).
     pub chained: usize,

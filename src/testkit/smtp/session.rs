@@ -135,6 +135,7 @@ impl Session {
                 }
                 "VRFY" => self.reply("252 2.1.5 Cannot verify").await?,
                 "QUIT" => {
+                    self.shared.state().stats.quits += 1;
                     self.reply("221 2.0.0 Bye").await?;
                     return Ok(End::Quit);
                 }

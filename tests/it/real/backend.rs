@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::{ensure_debian_package, run};
+use super::supervisor::{ensure_debian_package, run};
 
 /// Teleport's backend operation code for a put (`types.OpPut`).
 const OP_PUT: u8 = 1;

@@ -24,8 +24,8 @@ use tempfile::TempDir;
 use super::backend::Backend;
 use super::certs::WebPki;
 use super::probe::{self, Trust};
-use super::process::{Run, Supervised, run, tail};
 use super::rbac::Rbac;
+use super::supervisor::{Run, Supervised, run, tail};
 
 /// The name of every test cluster.
 pub const CLUSTER_NAME: &str = "teleport-email-test";

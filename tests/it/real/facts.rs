@@ -27,7 +27,7 @@ fn webapi_find_reports_tls_routing() {
     )
     .expect("find");
     eprintln!("/webapi/find: {find:#}");
-    crate::fakes::check_find_shape(&find, cluster.web_addr(), cluster.cluster_name());
+    crate::fake_fidelity::check_find_shape(&find, cluster.web_addr(), cluster.cluster_name());
     assert_eq!(
         find["proxy"]["tls_routing_enabled"],
         Value::Bool(true),

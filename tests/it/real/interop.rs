@@ -16,7 +16,7 @@ use super::plugins::{
 };
 use super::rbac::{REQUESTED_ROLE, REQUESTER, REVIEWER1, REVIEWER2, STRICT_REQUESTER};
 use super::{IdentityFormat, L7Balancer, RealCluster, RequestState};
-use crate::plugin::{Mail, assert_threaded, sorted_to};
+use crate::support::harness::{Mail, assert_threaded, sorted_to};
 
 /// Serialises the tests of this module.
 fn one_at_a_time() -> MutexGuard<'static, ()> {

@@ -57,9 +57,9 @@ mod cluster;
 mod nginx;
 mod plugins;
 pub mod probe;
-mod process;
 mod rbac;
 mod requests;
+mod supervisor;
 
 mod facts;
 mod interop;

@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 use super::cluster::{RealCluster, free_port};
 use super::probe::{self, Trust};
-use super::process::{Supervised, ensure_debian_package, tail};
+use super::supervisor::{Supervised, ensure_debian_package, tail};
 
 /// A running nginx; dropping it stops nginx and deletes its directory.
 pub struct L7Balancer {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use teleport_email::testkit::smtp::SmtpReceiver;
 
-use super::process::{Supervised, tail};
-use crate::plugin::{Mail, from_smtp};
+use super::supervisor::{Supervised, tail};
+use crate::support::harness::{Mail, from_smtp};
 
 /// The `From` of every mail.
 pub const SENDER: &str = "noreply@example.com";

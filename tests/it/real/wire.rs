@@ -1,7 +1,7 @@
-//! The script of `fakes::transcript` against the real Auth Service: what the real one answers
-//! is pinned in `fakes::REAL_TRANSCRIPT`, which the fake must also give.
+//! The script of `fake_fidelity::transcript` against the real Auth Service: what the real one answers
+//! is pinned in `fake_fidelity::REAL_TRANSCRIPT`, which the fake must also give.
 
-use crate::fakes::{self, Driver, REAL_TRANSCRIPT};
+use crate::fake_fidelity::{self, Driver, REAL_TRANSCRIPT};
 
 use super::RealCluster;
 use super::rbac::{PLUGIN_USER, REQUESTED_ROLE, REVIEWER1, REVIEWER2};
@@ -31,10 +31,10 @@ fn the_real_auth_service_gives_the_pinned_transcript() {
         .build()
         .expect("runtime");
     let got = runtime.block_on(async {
-        let plugin = fakes::client(&addr, &plugin).await;
-        let r1 = fakes::client(&addr, &r1).await;
-        let r2 = fakes::client(&addr, &r2).await;
-        fakes::transcript(&RealDriver(cluster), &plugin, &r1, &r2).await
+        let plugin = fake_fidelity::client(&addr, &plugin).await;
+        let r1 = fake_fidelity::client(&addr, &r1).await;
+        let r2 = fake_fidelity::client(&addr, &r2).await;
+        fake_fidelity::transcript(&RealDriver(cluster), &plugin, &r1, &r2).await
     });
     eprintln!("real transcript:\n{}", got.join("\n"));
     assert_eq!(got, REAL_TRANSCRIPT, "\n{}", got.join("\n"));

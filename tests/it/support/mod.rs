@@ -1,15 +1,19 @@
 //! Shared helpers for the integration tests: sample mails, configs, and reading received mail.
 
 pub mod aiosmtpd;
+pub mod harness;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use teleport_email::config::{SmtpConfig, StartTlsPolicy};
+use teleport_email::config::{Credentials, SmtpConfig, StartTlsPolicy};
 use teleport_email::mail::render::{self, RequestSummary, Resolution, ReviewState, ReviewSummary};
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
 use teleport_email::mail::{MessageId, OutgoingMail};
 use teleport_email::secret::Secret;
+use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient};
+use teleport_email::testkit::auth::FakeAuth;
+use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::tls::TestPki;
 
 pub const SENDER: &str = "noreply@example.com";
@@ -21,6 +25,23 @@ pub const INJECTION: &str = "ok\r\nBcc: evil@example.com";
 /// Installs ring as the process's rustls provider (idempotent).
 pub fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A client of `auth` as the plugin user (an ECDSA identity file in the returned directory),
+/// dialing it directly.
+pub async fn plugin_client(auth: &FakeAuth) -> (TeleportClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = auth.write_plugin_identity(&dir.path().join("id"), KeyKind::Ecdsa);
+    let store = CredentialStore::load(&Credentials::IdentityFile {
+        path,
+        refresh: None,
+    })
+    .expect("credentials load");
+    let options = DialOptions::new(&auth.addr().to_string());
+    let client = TeleportClient::connect(options, store, Duration::from_secs(5))
+        .await
+        .expect("connects to the fake Auth Service");
+    (client, dir)
 }
 
 pub fn pki() -> TestPki {
