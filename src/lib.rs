@@ -16,6 +16,7 @@ pub mod exit;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub mod teleport;
