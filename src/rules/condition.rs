@@ -30,6 +30,7 @@ mod syntax;
 mod tests;
 #[cfg(test)]
 mod tests_fuzz;
+mod text;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -113,20 +113,23 @@ pub(super) fn eval(e: &Expr, env: &Env) -> Result<Value, ConditionError> {
             let (l, r) = (eval(lhs, env)?, eval(rhs, env)?);
             Ok(Value::Bool((l == r) != *negate))
         }
-        ExprKind::Check(want, inner) => {
-            let v = eval(inner, env)?;
-            let fits = match want {
-                Param::Any => true,
-                Param::T(t) => v.ty() == *t,
-                Param::Remover => matches!(v, Value::Set(_) | Value::Dict(_)),
-            };
-            if !fits {
-                let msg = format!("expected {}, got {}", want.name(), v.type_name());
-                return Err(eval_err(inner, msg));
-            }
-            Ok(v)
-        }
+        ExprKind::Check(want, inner) => checked(*want, inner, env),
     }
+}
+
+/// A value whose type was only known at evaluation, checked against what the caller wants.
+fn checked(want: Param, inner: &Expr, env: &Env) -> Result<Value, ConditionError> {
+    let v = eval(inner, env)?;
+    let fits = match want {
+        Param::Any => true,
+        Param::T(t) => v.ty() == t,
+        Param::Remover => matches!(v, Value::Set(_) | Value::Dict(_)),
+    };
+    if !fits {
+        let msg = format!("expected {}, got {}", want.name(), v.type_name());
+        return Err(eval_err(inner, msg));
+    }
+    Ok(v)
 }
 
 fn truth(e: &Expr, env: &Env) -> Result<bool, ConditionError> {
