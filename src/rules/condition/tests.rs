@@ -358,8 +358,15 @@ fn hostile_sizes_are_errors_not_crashes() {
 
     // Just under the limit, parsing, checking and evaluating all recurse that deep: fine on a
     // test thread's 2 MiB stack (the same as a tokio worker's).
-    let deep = format!("{}strings.upper(\"a\") == \"A\"{}", "!(!(".repeat(49), "))".repeat(49));
-    assert_eq!(Condition::parse(&deep).and_then(|c| c.eval(&base())), Ok(true));
+    let deep = format!(
+        "{}strings.upper(\"a\") == \"A\"{}",
+        "!(!(".repeat(49),
+        "))".repeat(49)
+    );
+    assert_eq!(
+        Condition::parse(&deep).and_then(|c| c.eval(&base())),
+        Ok(true)
+    );
 
     // A long flat chain is fine: `&&` chains do not nest.
     let chain = vec!["true"; 5_000].join(" && ");
