@@ -19,6 +19,7 @@ pub mod exit;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub(crate) mod startup;

@@ -1,0 +1,3 @@
+//! Access Monitoring Rules: what the Teleport resource says about routing a request.
+
+pub mod condition;
