@@ -15,6 +15,7 @@ mod plugin;
 mod process;
 mod real;
 mod replicas;
+mod rules;
 mod smtp;
 mod support;
 mod teleport;
