@@ -13,11 +13,15 @@ fn main() {
 /// Compiles `proto/` with protox (pure Rust) and generates the tonic client and server. The
 /// descriptor set is kept too, so a test can check every field number against our wire table.
 fn compile_protos() {
-    let root = "proto/teleport/legacy/client/proto/authservice.proto";
+    let roots = [
+        "proto/teleport/legacy/client/proto/authservice.proto",
+        "proto/teleport/accessmonitoringrules/v1/access_monitoring_rules_service.proto",
+        "proto/teleport/users/v1/users_service.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
-    let fds = match protox::compile([root], ["proto"]) {
+    let fds = match protox::compile(roots, ["proto"]) {
         Ok(fds) => fds,
-        Err(e) => panic!("cannot compile {root}: {e}"),
+        Err(e) => panic!("cannot compile the protos: {e}"),
     };
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let descriptor = std::path::Path::new(&out).join("teleport_descriptor.bin");

@@ -250,6 +250,11 @@ async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, metrics: &Metrics)
             metrics.event("init");
             tracing::debug!("Ignoring a second INIT");
         }
+        // The rule cache is not wired yet (issue 18): the request-only opener never asks for rules.
+        event @ (WatchEvent::RulePut(_) | WatchEvent::RuleDelete { .. }) => {
+            metrics.event("other");
+            tracing::debug!(?event, "Ignoring a rule event");
+        }
         WatchEvent::Other(what) => {
             metrics.event("other");
             tracing::debug!(%what, "Ignoring an event");

@@ -40,6 +40,8 @@ pub type PluginData = BTreeMap<String, String>;
 #[derive(Clone)]
 pub struct TeleportClient {
     grpc: AuthServiceClient<Channel>,
+    /// The same connection, for the services beside the Auth Service (see `rules.rs`).
+    channel: Channel,
     dialer: Arc<Dialer>,
 }
 
@@ -74,10 +76,24 @@ impl TeleportClient {
                 ))
             })?
             .map_err(connect_error)?;
-        let grpc = AuthServiceClient::new(channel)
+        let grpc = AuthServiceClient::new(channel.clone())
             .max_decoding_message_size(4 * 1024 * 1024)
             .max_encoding_message_size(4 * 1024 * 1024);
-        Ok(Self { grpc, dialer })
+        Ok(Self {
+            grpc,
+            channel,
+            dialer,
+        })
+    }
+
+    /// The Auth Service client, for calls made in sibling modules.
+    pub(super) fn auth(&self) -> AuthServiceClient<Channel> {
+        self.grpc.clone()
+    }
+
+    /// The gRPC channel, for the other services on the same connection.
+    pub(super) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The path the connection took.
@@ -120,7 +136,7 @@ impl TeleportClient {
         let stream = deadline("WatchEvents", self.grpc.clone().watch_events(watch))
             .await?
             .into_inner();
-        Ok(WatchStream { inner: stream })
+        Ok(WatchStream::new(stream))
     }
 
     /// The `plugin`'s data for request `id`; `None` when there is none.
@@ -428,13 +444,32 @@ fn connect_error(e: tonic::transport::Error) -> TeleportError {
 /// The events of one watch stream.
 pub struct WatchStream {
     inner: tonic::Streaming<super::pb::proto::Event>,
+    confirmed: Option<Vec<String>>,
 }
 
 impl WatchStream {
+    pub(super) fn new(inner: tonic::Streaming<super::pb::proto::Event>) -> Self {
+        Self {
+            inner,
+            confirmed: None,
+        }
+    }
+
+    /// The kinds the server's INIT confirmed it will send (with partial success, the ones the
+    /// role may watch); `None` before INIT, or when the server's INIT did not say.
+    pub fn confirmed_kinds(&self) -> Option<&[String]> {
+        self.confirmed.as_deref()
+    }
+
     /// The next event; `None` when the server ended the stream cleanly.
     pub async fn next(&mut self) -> Option<Result<WatchEvent, TeleportError>> {
         match self.inner.message().await {
-            Ok(Some(e)) => Some(Ok(WatchEvent::from(e))),
+            Ok(Some(e)) => {
+                if let Some(kinds) = super::types::watch_status_kinds(&e) {
+                    self.confirmed = Some(kinds);
+                }
+                Some(Ok(WatchEvent::from(e)))
+            }
             Ok(None) => None,
             Err(s) => Some(Err(s.into())),
         }

@@ -7,6 +7,7 @@ pub mod dial;
 mod error;
 pub mod identity;
 pub(crate) mod pb;
+mod rules;
 mod types;
 mod version;
 pub mod websocket;
@@ -18,4 +19,5 @@ pub use client::{
 pub use credentials::CredentialStore;
 pub use dial::{DialError, DialOptions, DialPath, UpgradeMode};
 pub use error::TeleportError;
+pub use rules::{ACCESS_MONITORING_RULE_KIND, MonitoringRule, RULES_PAGE_SIZE, Traits};
 pub use types::{AccessRequest, ClusterInfo, RequestState, Review, WatchEvent};

@@ -20,6 +20,27 @@ pub mod proto {
     tonic::include_proto!("proto");
 }
 
+/// The newer packages, nested as prost's cross-package paths expect.
+pub mod teleport {
+    pub mod header {
+        pub mod v1 {
+            tonic::include_proto!("teleport.header.v1");
+        }
+    }
+
+    pub mod accessmonitoringrules {
+        pub mod v1 {
+            tonic::include_proto!("teleport.accessmonitoringrules.v1");
+        }
+    }
+
+    pub mod users {
+        pub mod v1 {
+            tonic::include_proto!("teleport.users.v1");
+        }
+    }
+}
+
 #[cfg(test)]
 /// The encoded `FileDescriptorSet` of `proto/`, for checks against the wire table.
 pub const DESCRIPTOR_SET: &[u8] =

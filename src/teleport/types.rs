@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::pb::proto::{Event, Operation, PingResponse, event};
 use super::pb::types::{AccessRequestV3, AccessReview, RequestState as PbState};
+use super::rules::{ACCESS_MONITORING_RULE_KIND, MonitoringRule};
 
 /// Go's zero `time.Time` (0001-01-01) as protobuf seconds: Teleport's "unset".
 pub(super) const GO_ZERO_SECONDS: i64 = -62_135_596_800;
@@ -153,6 +154,10 @@ pub enum WatchEvent {
     Put(Box<AccessRequest>),
     /// A request was deleted (this is how expiry shows).
     Delete { id: String },
+    /// An Access Monitoring Rule was created or changed (whether it applies is the caller's call).
+    RulePut(Box<MonitoringRule>),
+    /// An Access Monitoring Rule was deleted.
+    RuleDelete { name: String },
     /// Something this build does not handle (another kind, an unknown variant).
     Other(String),
 }
@@ -172,6 +177,16 @@ impl From<Event> for WatchEvent {
                     id: h.metadata.map(|m| m.name).unwrap_or_default(),
                 }
             }
+            (Ok(Operation::Put), Some(event::Resource::AccessMonitoringRule(r))) => {
+                Self::RulePut(Box::new(r.into()))
+            }
+            (Ok(Operation::Delete), Some(event::Resource::ResourceHeader(h)))
+                if h.kind == ACCESS_MONITORING_RULE_KIND =>
+            {
+                Self::RuleDelete {
+                    name: h.metadata.map(|m| m.name).unwrap_or_default(),
+                }
+            }
             (op, res) => Self::Other(format!(
                 "operation {op:?} with {}",
                 match res {
@@ -181,6 +196,23 @@ impl From<Event> for WatchEvent {
                 }
             )),
         }
+    }
+}
+
+/// The kinds an INIT event's WatchStatus says the server accepted; `None` for any other event,
+/// and for an INIT without a WatchStatus (very old servers), which confirms nothing either way.
+pub(super) fn watch_status_kinds(e: &Event) -> Option<Vec<String>> {
+    if Operation::try_from(e.r#type) != Ok(Operation::Init) {
+        return None;
+    }
+    match &e.resource {
+        Some(event::Resource::WatchStatus(s)) => Some(
+            s.spec
+                .as_ref()
+                .map(|spec| spec.kinds.iter().map(|k| k.kind.clone()).collect())
+                .unwrap_or_default(),
+        ),
+        _ => None,
     }
 }
 
@@ -271,5 +303,91 @@ mod tests {
             })),
         };
         assert_eq!(WatchEvent::from(e), WatchEvent::Delete { id: "abc".into() });
+    }
+
+    #[test]
+    fn rule_put_and_delete_events() {
+        use crate::teleport::pb::teleport::accessmonitoringrules::v1::{
+            AccessMonitoringRule, AccessMonitoringRuleSpec, Notification,
+        };
+        use crate::teleport::pb::teleport::header::v1::Metadata as HeaderMetadata;
+
+        let rule = AccessMonitoringRule {
+            metadata: Some(HeaderMetadata {
+                name: "devs".into(),
+                ..Default::default()
+            }),
+            kind: "access_monitoring_rule".into(),
+            version: "v1".into(),
+            spec: Some(AccessMonitoringRuleSpec {
+                subjects: vec!["access_request".into()],
+                condition: "true".into(),
+                notification: Some(Notification {
+                    name: "email".into(),
+                    recipients: vec!["a@example.com".into()],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Variant 54 on the wire, decoded as a Teleport server sends it.
+        let bytes = Event {
+            r#type: Operation::Put as i32,
+            resource: Some(event::Resource::AccessMonitoringRule(rule)),
+        }
+        .encode_to_vec();
+        assert_eq!(&bytes[2..4], &[0xb2, 0x03], "field 54, length-delimited");
+        match WatchEvent::from(Event::decode(bytes.as_slice()).unwrap()) {
+            WatchEvent::RulePut(r) => {
+                assert_eq!(r.name, "devs");
+                assert_eq!(r.recipients, ["a@example.com"]);
+            }
+            other => panic!("expected a rule put, got {other:?}"),
+        }
+        let delete = Event {
+            r#type: Operation::Delete as i32,
+            resource: Some(event::Resource::ResourceHeader(ResourceHeader {
+                kind: "access_monitoring_rule".into(),
+                metadata: Some(Metadata {
+                    name: "devs".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            WatchEvent::from(delete),
+            WatchEvent::RuleDelete {
+                name: "devs".into()
+            }
+        );
+    }
+
+    #[test]
+    fn init_watch_status_kinds() {
+        use crate::teleport::pb::types::{WatchKind, WatchStatusSpecV1, WatchStatusV1};
+        let init = Event {
+            r#type: Operation::Init as i32,
+            resource: Some(event::Resource::WatchStatus(WatchStatusV1 {
+                spec: Some(WatchStatusSpecV1 {
+                    kinds: vec![WatchKind {
+                        kind: "access_request".into(),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            watch_status_kinds(&init),
+            Some(vec!["access_request".to_owned()])
+        );
+        assert_eq!(WatchEvent::from(init), WatchEvent::Init);
+        // An INIT with no resource (very old servers) confirms nothing.
+        let bare = Event {
+            r#type: 0,
+            resource: None,
+        };
+        assert_eq!(watch_status_kinds(&bare), None);
     }
 }

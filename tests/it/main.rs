@@ -18,6 +18,7 @@ mod plugin;
 mod process;
 mod real;
 mod replicas;
+mod rules;
 mod smtp;
 mod smtp_session;
 mod support;

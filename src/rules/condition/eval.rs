@@ -23,7 +23,7 @@ pub(super) enum Value {
 }
 
 impl Value {
-    pub fn ty(&self) -> Ty {
+    pub(super) fn ty(&self) -> Ty {
         match self {
             Value::Bool(_) => Ty::Bool,
             Value::Str(_) => Ty::Str,
@@ -38,7 +38,7 @@ impl Value {
         }
     }
 
-    pub fn type_name(&self) -> &'static str {
+    pub(super) fn type_name(&self) -> &'static str {
         self.ty().name()
     }
 }

@@ -28,7 +28,7 @@ pub(super) enum Ty {
 }
 
 impl Ty {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Ty::Bool => "bool",
             Ty::Str => "string",
@@ -55,7 +55,7 @@ pub(super) enum Param {
 }
 
 impl Param {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Param::T(t) => t.name(),
             Param::Any => "any",

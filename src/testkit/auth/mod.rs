@@ -1,7 +1,9 @@
 //! A fake Teleport Auth Service over real mTLS and gRPC, faithful to the real one as far as the
-//! plugin uses it: Ping, WatchEvents, plugin data compare-and-swap, access requests and reviews.
+//! plugin uses it: Ping, WatchEvents, plugin data compare-and-swap, access requests and reviews,
+//! Access Monitoring Rules and users' traits.
 //! It can drop its watch streams, hang, and stop and restart on the same port with its state kept.
 
+mod rules;
 mod service;
 mod state;
 
@@ -22,7 +24,10 @@ pub use service::{Perms, default_roles};
 pub use state::{GO_ZERO_SECONDS, new_uuid};
 
 use super::pki::{ClusterPki, KeyKind};
+use crate::teleport::MonitoringRule;
 use crate::teleport::pb::proto::auth_service_server::AuthServiceServer;
+use crate::teleport::pb::teleport::accessmonitoringrules::v1::access_monitoring_rules_service_server::AccessMonitoringRulesServiceServer;
+use crate::teleport::pb::teleport::users::v1::users_service_server::UsersServiceServer;
 use crate::teleport::pb::types::{
     AccessRequestSpecV3, AccessRequestV3, AccessReview, AccessReviewThreshold, Metadata,
     RequestState,
@@ -43,6 +48,9 @@ pub struct FakeAuthOptions {
     pub alpn: Vec<String>,
     /// Answer ListAccessRequests with UNIMPLEMENTED, as servers before it existed.
     pub list_unimplemented: bool,
+    /// Serve users only through the older `/proto.AuthService/GetUser`, as servers before
+    /// `teleport.users.v1.UsersService` existed (that service then answers UNIMPLEMENTED).
+    pub legacy_users_only: bool,
 }
 
 impl Default for FakeAuthOptions {
@@ -56,6 +64,7 @@ impl Default for FakeAuthOptions {
             proxy_public_addr: "teleport.example.com:443".into(),
             alpn: vec!["h2".into()],
             list_unimplemented: false,
+            legacy_users_only: false,
         }
     }
 }
@@ -138,13 +147,19 @@ impl FakeAuth {
                 });
             }
         });
-        let service = AuthServiceServer::new(Service {
+        let service = Service {
             shared: self.shared.clone(),
-        });
+        };
+        let users = (!self.shared.options.legacy_users_only)
+            .then(|| UsersServiceServer::new(service.clone()));
+        let rules = AccessMonitoringRulesServiceServer::new(service.clone());
+        let service = AuthServiceServer::new(service);
         let server_stop = stop.clone();
         let handle = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(rules)
+                .add_optional_service(users)
                 .serve_with_incoming_shutdown(
                     ReceiverStream::new(rx),
                     server_stop.cancelled_owned(),
@@ -377,6 +392,35 @@ impl FakeAuth {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Creates or replaces an Access Monitoring Rule (as `tctl create -f`); watchers of rules
+    /// see a put.
+    pub fn put_monitoring_rule(&self, rule: &MonitoringRule) {
+        self.shared.lock().put_rule(rules::to_wire(rule));
+    }
+
+    /// Deletes a rule (as `tctl rm access_monitoring_rule/<name>`); watchers of rules see a
+    /// delete.
+    pub fn delete_monitoring_rule(&self, name: &str) {
+        self.shared
+            .lock()
+            .delete_rule(name)
+            .expect("the rule exists");
+    }
+
+    /// How many pages of rules were served.
+    pub fn rule_list_calls(&self) -> u64 {
+        self.shared.lock().rule_list_calls
+    }
+
+    /// Creates `user` (or replaces its traits) with `traits`.
+    pub fn set_user_traits(&self, user: &str, traits: &[(&str, &[&str])]) {
+        let traits = traits
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        self.shared.lock().set_user_traits(user, traits);
     }
 
     /// The ids of the stored requests.

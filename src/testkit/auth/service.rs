@@ -16,12 +16,13 @@ use super::state::{State, Watcher, matches_filter, status};
 use crate::teleport::identity::cert_info;
 use crate::teleport::pb::proto::auth_service_server::AuthService;
 use crate::teleport::pb::proto::{
-    Event, Features, ListAccessRequestsRequest, ListAccessRequestsResponse, Operation, PingRequest,
-    PingResponse, PluginDataSeq, RequestId, RequestStateSetter, Watch, event,
+    Event, Features, GetUserRequest as LegacyGetUserRequest, ListAccessRequestsRequest,
+    ListAccessRequestsResponse, Operation, PingRequest, PingResponse, PluginDataSeq, RequestId,
+    RequestStateSetter, Watch, event,
 };
 use crate::teleport::pb::types::{
     AccessRequestFilter, AccessRequestV3, AccessReviewSubmission, Metadata, PluginDataEntry,
-    PluginDataFilter, PluginDataSpecV3, PluginDataUpdateParams, PluginDataV3, RequestState,
+    PluginDataFilter, PluginDataSpecV3, PluginDataUpdateParams, PluginDataV3, RequestState, UserV2,
     WatchKind, WatchStatusSpecV1, WatchStatusV1,
 };
 
@@ -38,14 +39,24 @@ pub struct Perms {
     pub review: bool,
     /// everything, including acting for others, set_state and delete.
     pub admin: bool,
+    /// read and list access_monitoring_rule (needed to list the rules and to watch them).
+    pub read_rules: bool,
+    /// read user (needed for GetUser, and so for the requester's traits).
+    pub read_users: bool,
 }
 
-/// The built-in role table: the preset `access-plugin` role and the user guide's roles.
+/// The built-in role table: the plugin's `access-plugin` role and the user guide's roles.
+///
+/// `access-plugin` may also list and watch Access Monitoring Rules and read users, as rule-based
+/// routing needs; tests of a narrower role (the v18 user guide's) take those away with
+/// [`super::FakeAuth::set_role`].
 pub fn default_roles() -> HashMap<String, Perms> {
     let mut m = HashMap::new();
     let plugin = Perms {
         read_requests: true,
         write_plugin_data: true,
+        read_rules: true,
+        read_users: true,
         ..Perms::default()
     };
     m.insert("access-plugin".into(), plugin);
@@ -70,6 +81,8 @@ pub fn default_roles() -> HashMap<String, Perms> {
         create_requests: true,
         review: true,
         admin: true,
+        read_rules: true,
+        read_users: true,
     };
     m.insert("admin".into(), admin);
     m
@@ -103,9 +116,9 @@ pub(super) struct Service {
     pub shared: Arc<Shared>,
 }
 
-struct Caller {
-    user: String,
-    perms: Perms,
+pub(super) struct Caller {
+    pub(super) user: String,
+    pub(super) perms: Perms,
 }
 
 impl Service {
@@ -136,6 +149,8 @@ impl Service {
                     create_requests: a.create_requests || p.create_requests,
                     review: a.review || p.review,
                     admin: a.admin || p.admin,
+                    read_rules: a.read_rules || p.read_rules,
+                    read_users: a.read_users || p.read_users,
                 });
         Caller {
             user: info.user,
@@ -143,7 +158,7 @@ impl Service {
         }
     }
 
-    fn require<T>(
+    pub(super) fn require<T>(
         &self,
         req: &Request<T>,
         check: fn(&Perms) -> bool,
@@ -187,19 +202,48 @@ impl AuthService for Service {
 
     async fn watch_events(&self, req: Request<Watch>) -> Result<Response<EventStream>, Status> {
         self.shared.answering().await;
-        self.require(&req, |p| p.read_requests, "list access_request")?;
+        let caller = self.caller(&req);
         let watch = req.into_inner();
         let mut confirmed = Vec::new();
         let mut filter = HashMap::new();
+        let mut denied = None;
         for kind in &watch.kinds {
-            if kind.kind != "access_request" {
-                if watch.allow_partial_success {
-                    continue;
+            // Each kind needs read and list on it; under partial success a kind the role may not
+            // watch is dropped silently (the INIT's WatchStatus lists what was kept).
+            let allowed = caller.perms.admin
+                || match kind.kind.as_str() {
+                    "access_request" => caller.perms.read_requests,
+                    "access_monitoring_rule" => caller.perms.read_rules,
+                    _ => {
+                        if watch.allow_partial_success {
+                            continue;
+                        }
+                        return Err(status(
+                            Code::InvalidArgument,
+                            format!("watching {:?} is not supported", kind.kind),
+                        ));
+                    }
+                };
+            if !allowed {
+                let err = status(
+                    Code::PermissionDenied,
+                    format!(
+                        "access denied to perform action \"list\" on {:?}",
+                        kind.kind
+                    ),
+                );
+                if !watch.allow_partial_success {
+                    return Err(err);
                 }
-                return Err(status(
-                    Code::InvalidArgument,
-                    format!("watching {:?} is not supported", kind.kind),
-                ));
+                denied.get_or_insert(err);
+                continue;
+            }
+            if kind.kind != "access_request" {
+                confirmed.push(WatchKind {
+                    kind: kind.kind.clone(),
+                    ..Default::default()
+                });
+                continue;
             }
             for (k, v) in &kind.filter {
                 if !matches!(k.as_str(), "id" | "user" | "state") {
@@ -216,11 +260,14 @@ impl AuthService for Service {
             });
         }
         if confirmed.is_empty() {
-            return Err(status(
-                Code::InvalidArgument,
-                "none of the requested kinds can be watched",
-            ));
+            return Err(denied.unwrap_or_else(|| {
+                status(
+                    Code::InvalidArgument,
+                    "none of the requested kinds can be watched",
+                )
+            }));
         }
+        let kinds = confirmed.iter().map(|k| k.kind.clone()).collect();
         let (tx, rx) = mpsc::channel(1024);
         let init = Event {
             // INIT is the enum's zero: it is not on the wire at all, as with Teleport.
@@ -240,7 +287,7 @@ impl AuthService for Service {
         let mut state = self.shared.lock();
         tx.try_send(Ok(init))
             .map_err(|_| status(Code::Unavailable, "watcher closed"))?;
-        state.watchers.push(Watcher { tx, filter });
+        state.watchers.push(Watcher { tx, kinds, filter });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -398,6 +445,15 @@ impl AuthService for Service {
             access_requests: page,
             next_key,
         }))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<LegacyGetUserRequest>,
+    ) -> Result<Response<UserV2>, Status> {
+        self.require(&req, |p| p.read_users, "read user")?;
+        let name = req.into_inner().name;
+        Ok(Response::new(self.shared.lock().user(&name)?))
     }
 
     type GetAccessRequestsV2Stream = RequestStream;

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use crate::teleport::pb::proto::{Event, Operation, event};
+use crate::teleport::pb::teleport::accessmonitoringrules::v1::AccessMonitoringRule;
 use crate::teleport::pb::types::{
     AccessRequestSpecV3, AccessRequestV3, AccessReview, AccessReviewThreshold, Metadata,
     RequestState, ResourceHeader,
@@ -38,16 +39,30 @@ pub(super) fn timestamp(t: SystemTime) -> Timestamp {
 /// plugin → its data, for one resource.
 pub(super) type PluginEntries = BTreeMap<String, BTreeMap<String, String>>;
 
-/// One watch stream and the filter it asked for.
+/// One watch stream, the kinds the server confirmed for it, and its access-request filter.
 pub(super) struct Watcher {
     pub tx: mpsc::Sender<Result<Event, Status>>,
+    pub kinds: Vec<String>,
     pub filter: HashMap<String, String>,
+}
+
+impl Watcher {
+    /// Whether the stream gets events of `kind`.
+    pub(super) fn watches(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k == kind)
+    }
 }
 
 /// The whole state; lives across stop/restart of the server.
 #[derive(Default)]
 pub(super) struct State {
     pub requests: BTreeMap<String, AccessRequestV3>,
+    /// Access Monitoring Rules by name (the backend's key order, which paging follows).
+    pub rules: BTreeMap<String, AccessMonitoringRule>,
+    /// Users by name, with their traits (requesters are added when they first ask).
+    pub users: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Number of ListAccessMonitoringRulesWithFilter calls (pages served).
+    pub rule_list_calls: u64,
     /// (kind, resource) → plugin → data.
     pub plugin_data: BTreeMap<(String, String), BTreeMap<String, BTreeMap<String, String>>>,
     pub watchers: Vec<Watcher>,
@@ -95,6 +110,8 @@ impl State {
         }
         spec.roles.sort();
         spec.roles.dedup();
+        // A requester is a user of the cluster (GetUser finds them).
+        self.users.entry(spec.user.clone()).or_default();
         match RequestState::try_from(spec.state) {
             Ok(RequestState::None) | Ok(RequestState::Pending) => {
                 spec.state = RequestState::Pending as i32
@@ -276,7 +293,7 @@ impl State {
                 r#type: Operation::Delete as i32,
                 resource: Some(event::Resource::ResourceHeader(header)),
             },
-            |f| f.get("id").is_none_or(|v| v == id),
+            |w| w.watches("access_request") && w.filter.get("id").is_none_or(|v| v == id),
         );
         Ok(())
     }
@@ -286,12 +303,15 @@ impl State {
             r#type: Operation::Put as i32,
             resource: Some(event::Resource::AccessRequest(req.clone())),
         };
-        self.broadcast(event, |f| matches_filter(req, f));
+        self.broadcast(event, |w| {
+            w.watches("access_request") && matches_filter(req, &w.filter)
+        });
     }
 
-    fn broadcast(&mut self, event: Event, wants: impl Fn(&HashMap<String, String>) -> bool) {
+    /// Sends `event` to every watcher that `wants` it.
+    pub(super) fn broadcast(&mut self, event: Event, wants: impl Fn(&Watcher) -> bool) {
         self.watchers.retain(|w| {
-            if !wants(&w.filter) {
+            if !wants(w) {
                 return !w.tx.is_closed();
             }
             // A watcher that cannot keep up is cut off, as Teleport does with slow watchers.
