@@ -11,9 +11,7 @@ pub mod calendar;
 pub mod check;
 pub mod cli;
 // Until their owners narrow them (`pub` → `pub(crate)`), as the rest of the crate is.
-#[allow(unreachable_pub)]
 pub mod config;
-#[allow(unreachable_pub)]
 pub mod engine;
 pub mod exit;
 pub mod logging;

@@ -9,31 +9,31 @@ use super::duration::parse_go_duration;
 
 /// Everything wrong (errors) or doubtful (warnings) found while reading a config.
 #[derive(Debug, Default)]
-pub struct Findings {
+pub(super) struct Findings {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
 }
 
 impl Findings {
-    pub fn error(&mut self, key: impl AsRef<str>, message: impl AsRef<str>) {
+    pub(super) fn error(&mut self, key: impl AsRef<str>, message: impl AsRef<str>) {
         self.errors
             .push(format!("{}: {}", key.as_ref(), message.as_ref()));
     }
 
-    pub fn warn(&mut self, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, message: impl Into<String>) {
         self.warnings.push(message.into());
     }
 }
 
 /// One `[section]` of the file; remembers which keys were read so the rest can be reported.
-pub struct Section<'t> {
+pub(super) struct Section<'t> {
     name: &'static str,
     table: &'t Table,
     seen: BTreeSet<&'t str>,
 }
 
 impl<'t> Section<'t> {
-    pub fn new(name: &'static str, table: &'t Table) -> Self {
+    pub(super) fn new(name: &'static str, table: &'t Table) -> Self {
         Self {
             name,
             table,
@@ -56,18 +56,23 @@ impl<'t> Section<'t> {
     }
 
     /// The full dotted name of `key` in this section, for messages.
-    pub fn key(&self, key: &str) -> String {
+    pub(super) fn key(&self, key: &str) -> String {
         format!("{}.{}", self.name, key)
     }
 
     /// Whether `key` (or an alias) is present at all.
-    pub fn has(&self, key: &str, aliases: &[&str]) -> bool {
+    pub(super) fn has(&self, key: &str, aliases: &[&str]) -> bool {
         self.table
             .keys()
             .any(|k| k == key || aliases.contains(&k.as_str()))
     }
 
-    pub fn string(&mut self, f: &mut Findings, key: &str, aliases: &[&str]) -> Option<String> {
+    pub(super) fn string(
+        &mut self,
+        f: &mut Findings,
+        key: &str,
+        aliases: &[&str],
+    ) -> Option<String> {
         match self.lookup(key, aliases)? {
             (_, Value::String(s)) => Some(s.clone()),
             (name, other) => {
@@ -81,11 +86,16 @@ impl<'t> Section<'t> {
     }
 
     /// A string that is treated as absent when empty, as the original treats `""`.
-    pub fn non_empty(&mut self, f: &mut Findings, key: &str, aliases: &[&str]) -> Option<String> {
+    pub(super) fn non_empty(
+        &mut self,
+        f: &mut Findings,
+        key: &str,
+        aliases: &[&str],
+    ) -> Option<String> {
         self.string(f, key, aliases).filter(|s| !s.is_empty())
     }
 
-    pub fn bool(&mut self, f: &mut Findings, key: &str) -> Option<bool> {
+    pub(super) fn bool(&mut self, f: &mut Findings, key: &str) -> Option<bool> {
         match self.lookup(key, &[])? {
             (_, Value::Boolean(b)) => Some(*b),
             (name, other) => {
@@ -98,7 +108,7 @@ impl<'t> Section<'t> {
         }
     }
 
-    pub fn integer(&mut self, f: &mut Findings, key: &str, aliases: &[&str]) -> Option<i64> {
+    pub(super) fn integer(&mut self, f: &mut Findings, key: &str, aliases: &[&str]) -> Option<i64> {
         match self.lookup(key, aliases)? {
             (_, Value::Integer(i)) => Some(*i),
             (name, other) => {
@@ -112,7 +122,7 @@ impl<'t> Section<'t> {
     }
 
     /// A duration written as a Go duration string (`"1m"`) or an integer of nanoseconds.
-    pub fn duration(&mut self, f: &mut Findings, key: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, f: &mut Findings, key: &str) -> Option<Duration> {
         match self.lookup(key, &[])? {
             (name, Value::String(s)) => match parse_go_duration(s) {
                 Ok(d) => Some(d),
@@ -142,13 +152,13 @@ impl<'t> Section<'t> {
     }
 
     /// A string or an array of strings.
-    pub fn strings(&mut self, f: &mut Findings, key: &str) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self, f: &mut Findings, key: &str) -> Option<Vec<String>> {
         let (name, value) = self.lookup(key, &[])?;
         string_list(f, &name, value)
     }
 
     /// Reports keys this section does not know, as warnings (the original ignored them).
-    pub fn finish(self, f: &mut Findings) {
+    pub(super) fn finish(self, f: &mut Findings) {
         for k in self.table.keys() {
             if !self.seen.contains(k.as_str()) {
                 f.warn(format!(
@@ -161,7 +171,7 @@ impl<'t> Section<'t> {
 }
 
 /// Reads a value that may be one string or an array of strings.
-pub fn string_list(f: &mut Findings, name: &str, value: &Value) -> Option<Vec<String>> {
+pub(super) fn string_list(f: &mut Findings, name: &str, value: &Value) -> Option<Vec<String>> {
     match value {
         Value::String(s) => Some(vec![s.clone()]),
         Value::Array(items) => {

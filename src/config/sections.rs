@@ -25,7 +25,7 @@ const KNOWN_SECTIONS: &[&str] = &[
 ];
 
 /// Reads every section; the config is `None` only when something required could not be built.
-pub fn read(root: &Table) -> (Option<Config>, Findings) {
+pub(super) fn read(root: &Table) -> (Option<Config>, Findings) {
     let mut f = Findings::default();
     for (k, v) in root {
         if !KNOWN_SECTIONS.contains(&k.as_str()) {

@@ -24,7 +24,7 @@ use crate::mail::MailError;
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 
 /// The plugin data to create with the stage's first claim when there is none.
-pub struct Fresh {
+pub(super) struct Fresh {
     pub data: PluginData,
     /// First try writing without reading, expecting no data (a request created moments ago).
     pub guess_absent: bool,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 pub const PLUGIN_NAME: &str = "email";
 
 /// The seven keys the original always writes.
-pub const KEYS: [&str; 7] = [
+pub(super) const KEYS: [&str; 7] = [
     "user",
     "roles",
     "request_reason",
@@ -60,21 +60,21 @@ pub struct Thread {
 /// Our own keys, beside the original's seven (which keep their meaning). Each value starts with
 /// `v1:` so that "present but empty" survives Teleport's rule that an empty value deletes a key;
 /// an absent key means "as the original's keys say".
-pub const KEY_RECIPIENTS: &str = "te_recipients";
-pub const KEY_REVIEWS_SENT: &str = "te_reviews_sent";
+pub(super) const KEY_RECIPIENTS: &str = "te_recipients";
+pub(super) const KEY_REVIEWS_SENT: &str = "te_reviews_sent";
 /// The `reviews_count` that `te_reviews_sent` was written with: when the original plugin has
 /// since raised `reviews_count` (it announced more reviews itself), our per-recipient counts are
 /// stale and the original's meaning applies.
-pub const KEY_REVIEWS_FOR: &str = "te_reviews_for";
-pub const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
-pub const KEY_FAILED: &str = "te_failed";
-pub const KEY_CLAIM: &str = "te_claim";
+pub(super) const KEY_REVIEWS_FOR: &str = "te_reviews_for";
+pub(super) const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
+pub(super) const KEY_FAILED: &str = "te_failed";
+pub(super) const KEY_CLAIM: &str = "te_claim";
 const V1: &str = "v1:";
 
 /// Every key we read: pinned in each compare-and-swap we make, absent ones as `""`. Teleport
 /// compares only the keys it is given, so a key left out could be changed by another replica
 /// (or the original plugin) between our read and our write without the write failing.
-pub const PINNED_KEYS: [&str; 15] = [
+pub(super) const PINNED_KEYS: [&str; 15] = [
     "user",
     "roles",
     "request_reason",

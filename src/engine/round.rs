@@ -24,7 +24,7 @@ use crate::mail::{MailError, Mailer, MessageId};
 
 /// What one recipient's job came to.
 #[derive(Debug, Default, Clone)]
-pub struct Sent {
+pub(super) struct Sent {
     /// The mails done with, in order: `true` delivered, `false` refused for good on its own.
     pub handled: Vec<bool>,
     /// The Message-ID of the job's first mail, when it was delivered (it starts a thread).
@@ -37,7 +37,7 @@ pub struct Sent {
 
 /// Why a round stopped handing mails over before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interrupted {
+pub(super) enum Interrupted {
     /// Another instance holds the claim now.
     ClaimTaken,
     /// The claim could not be renewed (Auth unreachable or slow): it may run out.
@@ -47,7 +47,7 @@ pub enum Interrupted {
 }
 
 /// A round's outcome: per job (in order) what it came to, and why it was cut short if it was.
-pub struct Round {
+pub(super) struct Round {
     pub sent: Vec<Sent>,
     pub interrupted: Option<Interrupted>,
 }

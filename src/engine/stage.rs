@@ -9,7 +9,7 @@ use crate::teleport::{RequestState, Review};
 
 /// A stage of the thread.
 #[derive(Debug, Clone)]
-pub enum Stage {
+pub(super) enum Stage {
     /// The first mail of each recipient's thread. Only addresses we would mail for the request
     /// today (`allowed`) get one: the list stored in the plugin data is not trusted blindly, since
     /// whoever may write plugin data could add an address to it.
@@ -26,7 +26,7 @@ pub enum Stage {
 
 impl Stage {
     /// The name used in logs and in the `te_failed` list.
-    pub fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         match self {
             Stage::NewThreads { .. } => "new",
             Stage::Reviews(_) => "review",
@@ -35,7 +35,7 @@ impl Stage {
     }
 
     /// The log `kind`, as the original logs it.
-    pub fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Stage::NewThreads { .. } => "new threads",
             Stage::Reviews(_) => "new review",
@@ -45,7 +45,7 @@ impl Stage {
 
     /// Marks the stage as started in the data (what the original records before sending), so the
     /// original plugin, should it take over, does not send it again. `None`: nothing to do.
-    pub fn begin(&self, data: &PluginData) -> Option<PluginData> {
+    pub(super) fn begin(&self, data: &PluginData) -> Option<PluginData> {
         let mut d = data.clone();
         match self {
             Stage::NewThreads { .. } => {}
@@ -82,7 +82,12 @@ impl Stage {
 
     /// The mails still owed, per recipient, in sending order. Message-IDs are derived from the
     /// request, recipient and stage, under `id_host`, so a resend reuses them.
-    pub fn work(&self, data: &PluginData, summary: &RequestSummary, id_host: &str) -> Vec<Job> {
+    pub(super) fn work(
+        &self,
+        data: &PluginData,
+        summary: &RequestSummary,
+        id_host: &str,
+    ) -> Vec<Job> {
         let owed = Owed {
             data,
             summary,
@@ -100,7 +105,7 @@ impl Stage {
     /// (delivered, or refused for good on their own); `first_id` is the Message-ID of the first
     /// one when it was delivered, which starts a thread in the new-thread stage. Recording is
     /// idempotent: the same outcome written twice, or after another instance's, counts once.
-    pub fn record(
+    pub(super) fn record(
         &self,
         data: &mut PluginData,
         job: &Job,
@@ -240,7 +245,7 @@ impl Owed<'_> {
 
 /// The mails one recipient is owed in one stage.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(super) struct Job {
     pub email: String,
     /// How many of the stage's mails the recipient had before this job (reviews; else 0).
     pub start: usize,

@@ -53,14 +53,14 @@ impl PluginDataStore for TeleportClient {
 
 /// A write that happened: the data before (`None`: there was none) and after.
 #[derive(Debug)]
-pub struct Written {
+pub(super) struct Written {
     pub old: Option<PluginData>,
     pub new: PluginData,
 }
 
 /// Where the first compare-and-swap of a change takes the stored data from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstGuess {
+pub(super) enum FirstGuess {
     /// Our own last write, else a read.
     LastWrite,
     /// Our own last write, else "no data yet" (a request created moments ago): saves a read.
@@ -68,14 +68,14 @@ pub enum FirstGuess {
 }
 
 /// The plugin data of every request, changed only by compare-and-swap.
-pub struct PluginStore {
+pub(super) struct PluginStore {
     backend: Arc<dyn PluginDataStore>,
     /// Request id → the plugin data as we last wrote it: saves a read before the next write.
     written: Mutex<HashMap<String, RawPluginData>>,
 }
 
 impl PluginStore {
-    pub fn new(backend: Arc<dyn PluginDataStore>) -> Self {
+    pub(super) fn new(backend: Arc<dyn PluginDataStore>) -> Self {
         Self {
             backend,
             written: Mutex::default(),
@@ -87,7 +87,7 @@ impl PluginStore {
     /// lost race it runs again on what is stored then. Every key we read is pinned in the
     /// comparison, absent ones as `""`, so no other writer's change slips between our read and
     /// our write. `Ok(None)`: `update` chose not to write (always decided on freshly read data).
-    pub async fn modify(
+    pub(super) async fn modify(
         &self,
         id: &str,
         first: FirstGuess,
@@ -150,7 +150,7 @@ impl PluginStore {
     }
 
     /// Drops what we remember of a request (it changed under us, or is done).
-    pub fn forget(&self, id: &str) {
+    pub(super) fn forget(&self, id: &str) {
         self.cache().remove(id);
     }
 

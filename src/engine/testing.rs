@@ -12,7 +12,7 @@ use crate::teleport::TeleportError;
 
 /// The wall clock as tokio's (possibly paused) clock moves it, in Unix ms; `None` outside a
 /// runtime.
-pub fn now_ms() -> Option<u64> {
+pub(super) fn now_ms() -> Option<u64> {
     use std::cell::OnceCell;
     use std::time::{Instant, SystemTime};
     // Per thread: each `#[tokio::test]` runs its (paused) clock on a thread of its own.
@@ -37,27 +37,27 @@ pub fn now_ms() -> Option<u64> {
 /// (`api/types/plugin_data.go`): only the keys in `expect` are compared, absent counts as `""`,
 /// and `""` in `set` deletes the key.
 #[derive(Default)]
-pub struct MemoryStore {
+pub(super) struct MemoryStore {
     data: Mutex<HashMap<String, RawPluginData>>,
     reads: AtomicUsize,
     writes: AtomicUsize,
 }
 
 impl MemoryStore {
-    pub fn put(&self, id: &str, raw: RawPluginData) {
+    pub(super) fn put(&self, id: &str, raw: RawPluginData) {
         self.data.lock().unwrap().insert(id.to_owned(), raw);
     }
 
-    pub fn raw(&self, id: &str) -> Option<RawPluginData> {
+    pub(super) fn raw(&self, id: &str) -> Option<RawPluginData> {
         self.data.lock().unwrap().get(id).cloned()
     }
 
-    pub fn reads(&self) -> usize {
+    pub(super) fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
     }
 
     /// Update calls, failed comparisons included.
-    pub fn writes(&self) -> usize {
+    pub(super) fn writes(&self) -> usize {
         self.writes.load(Ordering::SeqCst)
     }
 }
@@ -101,7 +101,7 @@ impl PluginDataStore for MemoryStore {
 
 /// What the scripted mailer does with one send.
 #[derive(Debug, Clone)]
-pub enum Answer {
+pub(super) enum Answer {
     Accept,
     Fail(MailError),
     /// Accept after this long (tokio time).
@@ -110,7 +110,7 @@ pub enum Answer {
 
 /// A mailer that records what it delivered and answers as scripted (then accepts).
 #[derive(Default)]
-pub struct ScriptedMailer {
+pub(super) struct ScriptedMailer {
     script: Mutex<VecDeque<Answer>>,
     /// Answer every send with this until cleared (after the script).
     always: Mutex<Option<Answer>>,
@@ -119,27 +119,27 @@ pub struct ScriptedMailer {
 }
 
 impl ScriptedMailer {
-    pub fn then(&self, answers: impl IntoIterator<Item = Answer>) {
+    pub(super) fn then(&self, answers: impl IntoIterator<Item = Answer>) {
         self.script.lock().unwrap().extend(answers);
     }
 
-    pub fn always(&self, answer: Option<Answer>) {
+    pub(super) fn always(&self, answer: Option<Answer>) {
         *self.always.lock().unwrap() = answer;
     }
 
-    pub fn delivered(&self) -> Vec<OutgoingMail> {
+    pub(super) fn delivered(&self) -> Vec<OutgoingMail> {
         self.delivered.lock().unwrap().clone()
     }
 
     /// `(recipient, message id)` of every delivery.
-    pub fn deliveries(&self) -> Vec<(String, String)> {
+    pub(super) fn deliveries(&self) -> Vec<(String, String)> {
         self.delivered()
             .iter()
             .map(|m| (m.to.clone(), m.message_id.as_str().to_owned()))
             .collect()
     }
 
-    pub fn attempts(&self) -> usize {
+    pub(super) fn attempts(&self) -> usize {
         self.attempts.load(Ordering::SeqCst)
     }
 }

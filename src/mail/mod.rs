@@ -9,7 +9,6 @@ pub mod mailgun;
 pub mod message_id;
 pub mod render;
 // Until its owner narrows its items (`pub` → `pub(crate)`), as the rest of the crate is.
-#[allow(unreachable_pub)]
 pub mod smtp;
 pub mod text;
 

@@ -45,7 +45,7 @@ pub(super) struct PlaintextAuth {
 impl PlaintextAuth {
     /// Whether AUTH may run: over TLS, to a server on this machine (the password never leaves
     /// it; Go's `smtp.PlainAuth` makes the same exception for localhost), or when allowed.
-    pub fn permits(self, encrypted: bool, peer: IpAddr) -> bool {
+    pub(super) fn permits(self, encrypted: bool, peer: IpAddr) -> bool {
         encrypted || self.allowed || (peer.to_canonical().is_loopback() && !self.loopback_is_remote)
     }
 }
@@ -94,7 +94,7 @@ impl From<io::Error> for Failure {
 impl Failure {
     /// Whether the connection failed (rather than the server answering no): nothing more
     /// can be read from it.
-    pub fn is_network(&self) -> bool {
+    pub(super) fn is_network(&self) -> bool {
         match self {
             Self::Smtp(e, _) => e.status().is_none(),
             Self::Io(_) | Self::Malformed(_) => true,
@@ -105,7 +105,7 @@ impl Failure {
 
 impl Dialer {
     /// A fresh connection, greeted, encrypted and authenticated as configured.
-    pub async fn dial(&self) -> Result<Connection, Failure> {
+    pub(super) async fn dial(&self) -> Result<Connection, Failure> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         let tcp = tokio::time::timeout(self.timeout, connect)
             .await

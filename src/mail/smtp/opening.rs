@@ -55,14 +55,14 @@ impl Reply {
     }
 
     /// The text of each line, after the code and separator.
-    pub fn lines(&self) -> impl Iterator<Item = &str> {
+    pub(super) fn lines(&self) -> impl Iterator<Item = &str> {
         self.raw
             .lines()
             .map(|l| l.get(4..).unwrap_or_default().trim_end_matches('\r'))
     }
 
     /// Whether an EHLO reply names `keyword` (an extension) on one of its lines.
-    pub fn offers(&self, keyword: &str) -> bool {
+    pub(super) fn offers(&self, keyword: &str) -> bool {
         self.lines().skip(1).any(|line| {
             line.split_ascii_whitespace()
                 .next()

@@ -18,7 +18,7 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    pub(super) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
             max_idle,
@@ -32,7 +32,7 @@ impl Pool {
 
     /// The freshest idle connection not older than the idle timeout, and how long it was idle;
     /// older ones are dropped.
-    pub fn take(&self) -> Option<(Connection, Duration)> {
+    pub(super) fn take(&self) -> Option<(Connection, Duration)> {
         let mut idle = self.lock();
         let timeout = self.idle_timeout;
         idle.retain(|i| i.since.elapsed() < timeout);
@@ -40,7 +40,7 @@ impl Pool {
     }
 
     /// Keeps `conn` for reuse unless it is broken or the pool is full.
-    pub fn put(&self, conn: Connection) {
+    pub(super) fn put(&self, conn: Connection) {
         if conn.smtp.has_broken() {
             return;
         }
@@ -54,7 +54,7 @@ impl Pool {
     }
 
     /// Every idle connection, leaving the pool empty.
-    pub fn drain(&self) -> Vec<Connection> {
+    pub(super) fn drain(&self) -> Vec<Connection> {
         self.lock().drain(..).map(|i| i.conn).collect()
     }
 }

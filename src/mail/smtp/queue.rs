@@ -36,7 +36,7 @@ impl Queue {
 }
 
 impl Queued {
-    pub fn finish(self, outcome: Result<(), MailError>) {
+    pub(super) fn finish(self, outcome: Result<(), MailError>) {
         // The sender may have stopped waiting (shutdown); the outcome is then nobody's.
         let _ = self.done.send(outcome);
     }

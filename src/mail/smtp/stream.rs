@@ -38,7 +38,7 @@ pub(super) struct Deadline<S> {
 }
 
 impl<S> Deadline<S> {
-    pub fn new(inner: S, limit: Duration) -> Self {
+    pub(super) fn new(inner: S, limit: Duration) -> Self {
         Self {
             inner,
             limit,
@@ -138,7 +138,7 @@ pub(super) struct Handover {
 
 impl Handover {
     /// A stream over `inner` that replays `greeting`, then `hello` once lettre sent EHLO.
-    pub fn new(inner: Reader, peer: SocketAddr, greeting: Vec<u8>, hello: Vec<u8>) -> Self {
+    pub(super) fn new(inner: Reader, peer: SocketAddr, greeting: Vec<u8>, hello: Vec<u8>) -> Self {
         Self {
             inner,
             peer,

@@ -27,7 +27,7 @@ pub(super) struct Wire {
 
 impl Wire {
     /// `mail` from `from`: the envelope, the header section and the (shared) body.
-    pub fn build(
+    pub(super) fn build(
         from: &Mailbox,
         bodies: &BodyCache,
         mail: &OutgoingMail,
@@ -67,14 +67,14 @@ impl Wire {
 
     /// Appends the message in its DATA form (RFC 5321 §4.5.2): dot-stuffed, final dot included.
     /// Only for a pipelinable mail (the body's stuffed form exists).
-    pub fn push_data(&self, out: &mut String) {
+    pub(super) fn push_data(&self, out: &mut String) {
         stuff_into(out, &self.head);
         out.push_str(self.body.stuffed.as_deref().unwrap_or_default());
         out.push_str(DATA_END);
     }
 
     /// The message as lettre takes it.
-    pub fn formatted(&self) -> Vec<u8> {
+    pub(super) fn formatted(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head.len() + self.body.formatted.len());
         out.extend_from_slice(self.head.as_bytes());
         out.extend_from_slice(&self.body.formatted);
@@ -119,7 +119,7 @@ pub(super) struct EncodedBody {
 
 impl EncodedBody {
     /// The length of the body as lettre takes it.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.formatted.len()
     }
 }
