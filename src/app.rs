@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::calendar::rfc3339;
 use crate::config::{self, Config, Credentials, MailerConfig};
-use crate::engine::{DeliveryPolicy, Engine, Routing};
+use crate::engine::{DeliveryPolicy, Engine, PLUGIN_NAME, Routing};
 use crate::exit::Exit;
 use crate::logging::Logging;
 use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::metrics::Metrics;
+use crate::rules::RuleSet;
 use crate::shutdown;
 use crate::startup::{self, StartupError};
 use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
@@ -153,6 +154,7 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
     }
     let (client, cluster) = connect_teleport(&config, &metrics, &root).await?;
     let mailer = build_mailer(&config).await?;
+    let rules = Arc::new(RuleSet::new(PLUGIN_NAME));
     let engine = Arc::new(
         Engine::new(
             client.clone(),
@@ -165,7 +167,8 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
             },
         )
         .with_shutdown(root.clone())
-        .with_metrics(metrics.clone()),
+        .with_metrics(metrics.clone())
+        .with_rules(rules.clone(), Arc::new(client.clone())),
     );
     let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
     let reloads_stop = root.child_token();
@@ -185,6 +188,8 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         ready: hooks.ready.unwrap_or_else(|| watch::channel(false).0),
         reconcile: reconcile_rx,
         metrics,
+        rules: Some(rules),
+        plugin: PLUGIN_NAME,
     };
     let watcher_config = WatcherConfig {
         fail_fast,

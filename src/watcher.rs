@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::teleport::{TeleportClient, TeleportError, WatchEvent};
+use crate::rules::RuleSet;
+use crate::teleport::{ACCESS_MONITORING_RULE_KIND, TeleportClient, TeleportError, WatchEvent};
 
 /// A boxed future, as handlers return.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -67,6 +68,11 @@ pub struct Links {
     /// Each message asks for one more reconcile on the live watch (a reload fixed the mailer).
     pub reconcile: mpsc::Receiver<()>,
     pub metrics: Arc<Metrics>,
+    /// The Access Monitoring Rules to keep current: watched beside the requests and listed
+    /// afresh at every (re)connect. `None`: requests only.
+    pub rules: Option<Arc<RuleSet>>,
+    /// The plugin name rules must notify (`email`).
+    pub plugin: &'static str,
 }
 
 impl Links {
@@ -76,6 +82,8 @@ impl Links {
             ready: watch::channel(false).0,
             reconcile: mpsc::channel(1).1,
             metrics: Arc::default(),
+            rules: None,
+            plugin: "email",
         }
     }
 
@@ -145,9 +153,15 @@ async fn watch_once(
     announced: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), TeleportError> {
-    let mut stream = client.watch_access_requests().await?;
+    let mut stream = match &links.rules {
+        Some(_) => client.watch_requests_and_rules().await?,
+        None => client.watch_access_requests().await?,
+    };
     expect_init(&mut stream, config.init_timeout).await?;
     links.metrics.event("init");
+    if let Some(rules) = &links.rules {
+        load_rules(client, rules, links.plugin, stream.confirmed_kinds()).await?;
+    }
     backoff.reset();
     // This watch's own reconcile covers what was asked for while there was none.
     while links.reconcile.try_recv().is_ok() {}
@@ -175,10 +189,40 @@ async fn watch_once(
                 None => asks_open = false,
             },
             event = next_event(client, &mut stream, config.quiet_probe) => match event? {
-                Some(event) => dispatch(event, dispatcher, &links.metrics).await,
+                Some(event) => dispatch(event, dispatcher, links).await,
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// Lists the rules afresh when the server confirmed it will send their changes (or did not say);
+/// a role that may not read them routes by `role_to_recipients` alone, as the original does.
+async fn load_rules(
+    client: &TeleportClient,
+    rules: &RuleSet,
+    plugin: &str,
+    confirmed: Option<&[String]>,
+) -> Result<(), TeleportError> {
+    let watched = confirmed.is_none_or(|k| k.iter().any(|k| k == ACCESS_MONITORING_RULE_KIND));
+    let listed = match watched {
+        true => client.list_monitoring_rules(plugin).await,
+        false => Err(TeleportError::AccessDenied(
+            "the watch left out access_monitoring_rule".into(),
+        )),
+    };
+    match listed {
+        Ok(list) => {
+            rules.replace_all(list);
+            tracing::info!(count = rules.len(), "Access monitoring rules loaded");
+            Ok(())
+        }
+        Err(e @ (TeleportError::AccessDenied(_) | TeleportError::Unimplemented(_))) => {
+            rules.replace_all(Vec::new());
+            tracing::warn!(error = %e, "Access monitoring rules cannot be read (the plugin's role needs `read` and `list` on `access_monitoring_rule`); mail is routed by role_to_recipients only");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -236,7 +280,9 @@ async fn next_event(
     }
 }
 
-async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, metrics: &Metrics) {
+/// Hands a request's event to the handler; applies a rule's change before the next event.
+async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, links: &Links) {
+    let metrics = &links.metrics;
     match event {
         WatchEvent::Put(_) | WatchEvent::Delete { .. } => {
             metrics.event(if matches!(event, WatchEvent::Put(_)) {
@@ -250,10 +296,19 @@ async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, metrics: &Metrics)
             metrics.event("init");
             tracing::debug!("Ignoring a second INIT");
         }
-        // The rule cache is not wired yet (issue 18): the request-only opener never asks for rules.
-        event @ (WatchEvent::RulePut(_) | WatchEvent::RuleDelete { .. }) => {
-            metrics.event("other");
-            tracing::debug!(?event, "Ignoring a rule event");
+        WatchEvent::RulePut(rule) => {
+            metrics.event("rule");
+            tracing::info!(rule = %rule.name, "Access monitoring rule created or changed");
+            if let Some(rules) = &links.rules {
+                rules.put(*rule);
+            }
+        }
+        WatchEvent::RuleDelete { name } => {
+            metrics.event("rule");
+            tracing::info!(rule = %name, "Access monitoring rule deleted");
+            if let Some(rules) = &links.rules {
+                rules.delete(&name);
+            }
         }
         WatchEvent::Other(what) => {
             metrics.event("other");
@@ -403,6 +458,7 @@ mod tests {
             reviews: vec![],
             suggested_reviewers: vec![],
             promoted_to: None,
+            system_annotations: Default::default(),
         }))
     }
 

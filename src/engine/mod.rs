@@ -7,6 +7,7 @@
 //! last write of each request, as a first guess that the compare-and-swap then proves or refutes.
 
 mod delivery;
+mod monitoring;
 mod plugindata;
 mod recipients;
 mod round;
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use delivery::Fresh;
 pub use delivery::{CLOCK_TOLERANCE, Holder, holder};
+pub use monitoring::Directory;
+use monitoring::Monitoring;
 pub use plugindata::{Claim, PLUGIN_NAME, PluginData, Resolution, Thread};
 pub use recipients::{recipients_for, web_link};
 use stage::Stage;
@@ -34,6 +37,7 @@ use crate::config::RecipientMap;
 use crate::mail::render::RequestSummary;
 use crate::mail::{MailError, Mailer};
 use crate::metrics::Metrics;
+use crate::rules::RuleSet;
 use crate::teleport::{
     AccessRequest, ClusterInfo, RequestState, TeleportClient, TeleportError, WatchEvent,
 };
@@ -118,6 +122,8 @@ pub struct Engine {
     /// next start (or another replica), which the plugin data tells where to resume.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
+    /// The Access Monitoring Rules that route requests, when they are watched.
+    monitoring: Option<Monitoring>,
 }
 
 impl Engine {
@@ -145,7 +151,15 @@ impl Engine {
             policy,
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
+            monitoring: None,
         }
+    }
+
+    /// Routes requests by `rules` when any applies, reading requesters' traits from `directory`
+    /// when a rule's condition needs them.
+    pub fn with_rules(mut self, rules: Arc<RuleSet>, directory: Arc<dyn Directory>) -> Self {
+        self.monitoring = Some(Monitoring::new(rules, directory));
+        self
     }
 
     /// Stops retries when `token` is cancelled (graceful shutdown).
@@ -210,7 +224,7 @@ impl Engine {
     }
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
-        let recipients = recipients_for(&self.routing().recipients, req);
+        let recipients = self.recipients(req).await;
         // The plugin data is created by the first claim (one write, not two); a request created
         // moments ago almost certainly has none yet, so that write is tried without a read.
         let fresh = PluginData {

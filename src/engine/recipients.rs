@@ -83,6 +83,7 @@ mod tests {
             reviews: vec![],
             suggested_reviewers: reviewers.iter().map(|s| s.to_string()).collect(),
             promoted_to: None,
+            system_annotations: Default::default(),
         }
     }
 

@@ -56,6 +56,7 @@ fn request(id: &str) -> AccessRequest {
         reviews: vec![],
         suggested_reviewers: vec![],
         promoted_to: None,
+        system_annotations: Default::default(),
     }
 }
 

@@ -330,7 +330,7 @@ mod driver {
 }
 
 /// `call` within [`CALL_TIMEOUT`]; `method` names it in the error.
-async fn deadline<T>(
+pub(super) async fn deadline<T>(
     method: &str,
     call: impl Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, TeleportError> {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::client::{ACCESS_REQUEST_KIND, TeleportClient, WatchStream};
+use super::client::{ACCESS_REQUEST_KIND, CALL_TIMEOUT, TeleportClient, WatchStream, deadline};
 use super::error::TeleportError;
 use super::pb::proto::{GetUserRequest as LegacyGetUserRequest, Watch};
 use super::pb::teleport::accessmonitoringrules::v1::access_monitoring_rules_service_client::AccessMonitoringRulesServiceClient;
@@ -80,16 +80,16 @@ impl TeleportClient {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
-            let page = grpc
-                .list_access_monitoring_rules_with_filter(
-                    ListAccessMonitoringRulesWithFilterRequest {
-                        page_size: RULES_PAGE_SIZE,
-                        page_token: page_token.clone(),
-                        subjects: vec![ACCESS_REQUEST_KIND.into()],
-                        notification_name: plugin.into(),
-                        ..Default::default()
-                    },
-                )
+            let call = grpc.list_access_monitoring_rules_with_filter(
+                ListAccessMonitoringRulesWithFilterRequest {
+                    page_size: RULES_PAGE_SIZE,
+                    page_token: page_token.clone(),
+                    subjects: vec![ACCESS_REQUEST_KIND.into()],
+                    notification_name: plugin.into(),
+                    ..Default::default()
+                },
+            );
+            let page = deadline("ListAccessMonitoringRulesWithFilter", call)
                 .await?
                 .into_inner();
             out.extend(
@@ -120,24 +120,28 @@ impl TeleportClient {
                 "reading user traits: missing user name".into(),
             ));
         }
-        let resp = UsersServiceClient::new(self.channel())
-            .get_user(GetUserRequest {
-                name: user.into(),
-                ..Default::default()
-            })
-            .await;
+        let mut users = UsersServiceClient::new(self.channel());
+        let call = users.get_user(GetUserRequest {
+            name: user.into(),
+            ..Default::default()
+        });
+        let resp = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(resp) => resp,
+            Err(_) => return Err(deadline_passed("GetUser")),
+        };
         let found = match resp {
             Ok(r) => r.into_inner().user,
-            Err(s) if s.code() == tonic::Code::Unimplemented => Some(
-                self.auth()
-                    .get_user(LegacyGetUserRequest {
-                        name: user.into(),
-                        with_secrets: false,
-                    })
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                let mut auth = self.auth();
+                let call = auth.get_user(LegacyGetUserRequest {
+                    name: user.into(),
+                    with_secrets: false,
+                });
+                let legacy = tokio::time::timeout(CALL_TIMEOUT, call)
                     .await
-                    .map_err(|s| user_error(user, s))?
-                    .into_inner(),
-            ),
+                    .map_err(|_| deadline_passed("GetUser"))?;
+                Some(legacy.map_err(|s| user_error(user, s))?.into_inner())
+            }
             Err(s) => return Err(user_error(user, s)),
         };
         Ok(found.map(traits_of).unwrap_or_default())
@@ -157,9 +161,20 @@ impl TeleportClient {
                 .collect(),
             allow_partial_success: true,
         };
-        let stream = self.auth().watch_events(watch).await?.into_inner();
+        let mut auth = self.auth();
+        let stream = deadline("WatchEvents", auth.watch_events(watch))
+            .await?
+            .into_inner();
         Ok(WatchStream::new(stream))
     }
+}
+
+/// The error of a call that got no answer within [`CALL_TIMEOUT`].
+fn deadline_passed(method: &str) -> TeleportError {
+    TeleportError::Timeout(format!(
+        "{method}: no answer from Teleport within {}s",
+        CALL_TIMEOUT.as_secs()
+    ))
 }
 
 /// A GetUser failure, naming the user (the status text is Teleport's and holds no secret).

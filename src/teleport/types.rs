@@ -1,6 +1,7 @@
 //! The domain types the rest of the daemon sees, and their conversion from the wire types
 //! (Go's zero time means "unset"; unknown enum values are kept, not rejected).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::pb::proto::{Event, Operation, PingResponse, event};
@@ -96,6 +97,8 @@ pub struct AccessRequest {
     pub suggested_reviewers: Vec<String>,
     /// The Access List a promoted request was turned into (its title, else its name).
     pub promoted_to: Option<String>,
+    /// Annotations the cluster's roles attach to the request (Access Monitoring Rules read them).
+    pub system_annotations: BTreeMap<String, Vec<String>>,
 }
 
 impl From<AccessRequestV3> for AccessRequest {
@@ -116,6 +119,10 @@ impl From<AccessRequestV3> for AccessRequest {
                 .access_list
                 .map(|l| if l.title.is_empty() { l.name } else { l.title })
                 .filter(|s| !s.is_empty()),
+            system_annotations: spec
+                .system_annotations
+                .map(|a| a.values.into_iter().map(|(k, v)| (k, v.values)).collect())
+                .unwrap_or_default(),
         }
     }
 }

@@ -121,6 +121,8 @@ fn start(client: TeleportClient, handler: Arc<Gate>) -> Running {
         ready: ready_tx,
         reconcile: reconcile_rx,
         metrics: Arc::default(),
+        rules: None,
+        plugin: "email",
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(watcher::run(

@@ -256,6 +256,28 @@ impl FakeAuth {
         self.create_request_with_thresholds(user, roles, reason, reviewers, 1, 1)
     }
 
+    /// Creates a pending request carrying `annotations` as its system annotations (on a real
+    /// cluster the requester's roles put them there, `request.annotations`).
+    pub fn create_annotated_request(
+        &self,
+        user: &str,
+        roles: &[&str],
+        annotations: &[(&str, &[&str])],
+    ) -> String {
+        let values = annotations
+            .iter()
+            .map(|(k, v)| {
+                let values = v.iter().map(|s| s.to_string()).collect();
+                (
+                    k.to_string(),
+                    crate::teleport::pb::wrappers::StringValues { values },
+                )
+            })
+            .collect();
+        let annotations = crate::teleport::pb::wrappers::LabelValues { values };
+        self.create(user, roles, "", &[], (1, 1), Some(annotations))
+    }
+
     /// Creates a pending request that needs `approve` approvals or `deny` denials.
     pub fn create_request_with_thresholds(
         &self,
@@ -265,6 +287,18 @@ impl FakeAuth {
         reviewers: &[&str],
         approve: u32,
         deny: u32,
+    ) -> String {
+        self.create(user, roles, reason, reviewers, (approve, deny), None)
+    }
+
+    fn create(
+        &self,
+        user: &str,
+        roles: &[&str],
+        reason: &str,
+        reviewers: &[&str],
+        (approve, deny): (u32, u32),
+        system_annotations: Option<crate::teleport::pb::wrappers::LabelValues>,
     ) -> String {
         let req = AccessRequestV3 {
             metadata: Some(Metadata::default()),
@@ -279,6 +313,7 @@ impl FakeAuth {
                     approve,
                     deny,
                 }],
+                system_annotations,
                 ..Default::default()
             }),
             ..Default::default()

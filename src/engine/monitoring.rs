@@ -1,0 +1,130 @@
+//! Who a request's mails go to when Access Monitoring Rules route it: the recipients of every
+//! rule whose condition matches, instead of `role_to_recipients` and the suggested reviewers (as
+//! the original plugin since v17); no match, or no rule, leaves the usual routing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::Engine;
+use super::recipients::recipients_for;
+use crate::address;
+use crate::rules::RuleSet;
+use crate::rules::condition::Env;
+use crate::teleport::{AccessRequest, TeleportClient, TeleportError, Traits};
+
+/// How long a requester's traits are reused: a reconcile of many requests by the same users
+/// reads each user once, and a changed trait is seen within a minute.
+const TRAITS_TTL: Duration = Duration::from_secs(60);
+
+/// Requesters whose traits are remembered at once; the memory is simply emptied when full.
+const TRAITS_CACHE_MAX: usize = 1024;
+
+/// Where the requester's traits come from (`user.traits` in conditions).
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    async fn user_traits(&self, user: &str) -> Result<Traits, TeleportError>;
+}
+
+#[async_trait::async_trait]
+impl Directory for TeleportClient {
+    async fn user_traits(&self, user: &str) -> Result<Traits, TeleportError> {
+        TeleportClient::user_traits(self, user).await
+    }
+}
+
+/// The rules and what they need, as the engine holds them.
+pub(super) struct Monitoring {
+    pub(super) rules: Arc<RuleSet>,
+    pub(super) directory: Arc<dyn Directory>,
+    traits: Mutex<HashMap<String, (Instant, Traits)>>,
+}
+
+impl Monitoring {
+    pub(super) fn new(rules: Arc<RuleSet>, directory: Arc<dyn Directory>) -> Self {
+        Self {
+            rules,
+            directory,
+            traits: Mutex::default(),
+        }
+    }
+
+    /// The requester's traits; `None` when they cannot be read for a reason other than
+    /// permission (the original then skips the rules for this request).
+    async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
+        if let Some(t) = self.remembered(user) {
+            return Some(t);
+        }
+        match self.directory.user_traits(user).await {
+            Ok(t) => {
+                self.remember(user, &t);
+                Some(t)
+            }
+            Err(TeleportError::AccessDenied(e)) => {
+                tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
+                Some(Traits::default())
+            }
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; the access monitoring rules are skipped for this request");
+                None
+            }
+        }
+    }
+
+    fn remembered(&self, user: &str) -> Option<Traits> {
+        let cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, t) = cache.get(user)?;
+        (at.elapsed() < TRAITS_TTL).then(|| t.clone())
+    }
+
+    fn remember(&self, user: &str, traits: &Traits) {
+        let mut cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TRAITS_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user.to_owned(), (Instant::now(), traits.clone()));
+    }
+}
+
+impl Engine {
+    /// The addresses to mail about `req`: the matching rules' recipients, else
+    /// `role_to_recipients` and the suggested reviewers.
+    pub(super) async fn recipients(&self, req: &AccessRequest) -> Vec<String> {
+        match self.rule_recipients(req).await {
+            Some(to) if !to.is_empty() => to,
+            _ => recipients_for(&self.routing().recipients, req),
+        }
+    }
+
+    async fn rule_recipients(&self, req: &AccessRequest) -> Option<Vec<String>> {
+        let m = self.monitoring.as_ref().filter(|m| !m.rules.is_empty())?;
+        let user_traits = match m.rules.needs_user_traits() {
+            true => m.traits_of(&req.id, &req.user).await?,
+            false => Traits::default(),
+        };
+        let env = Env {
+            roles: req.roles.clone(),
+            suggested_reviewers: req.suggested_reviewers.clone(),
+            system_annotations: req.system_annotations.clone(),
+            user: req.user.clone(),
+            request_reason: req.reason.clone(),
+            creation_time: req.created.unwrap_or(SystemTime::UNIX_EPOCH),
+            expiry: req.expires.unwrap_or(SystemTime::UNIX_EPOCH),
+            requested_resources: Vec::new(),
+            user_traits,
+        };
+        let to = m.rules.recipients(&req.id, &env);
+        Some(to.into_iter().filter(|r| mailable(&req.id, r)).collect())
+    }
+}
+
+/// Whether a rule's recipient can be mailed and recorded; a WARN names the one that cannot.
+fn mailable(request_id: &str, recipient: &str) -> bool {
+    let ok = address::is_bare_address(recipient) && address::fits_thread_encoding(recipient);
+    if !ok {
+        tracing::warn!(request_id, recipient = %recipient.escape_debug(), "Skipping an access monitoring rule recipient that is not an email address");
+    }
+    ok
+}
