@@ -806,3 +806,66 @@ async fn a_hostile_review_count_written_mid_round_does_not_panic() {
     let outcome = run.await;
     assert!(outcome.is_ok(), "the handler panicked: {outcome:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-watch): each fails on the change under review.
+// ---------------------------------------------------------------------------------------------
+
+/// delivery.rs `run_stage` / round.rs `send_round` (the `stopping` branch): at SIGTERM the round
+/// records what was delivered and *releases the claim* at once (`record(.., keep = false)`),
+/// although a mail it handed over is still in flight (the module's own rule: "once handed over it
+/// is waited for"). Another replica polling for the claim (it got the same event) takes the
+/// request and sends that mail again; so does a new pod of a rolling update.
+#[tokio::test(start_paused = true)]
+async fn a_stop_does_not_release_the_claim_while_a_handed_over_mail_is_in_flight() {
+    let store = Arc::new(MemoryStore::default());
+    resumed(&store, "r1", &[]);
+    let mailer = Arc::new(ScriptedMailer::default());
+    // One recipient's mail goes at once; the other's is handed over and takes 10 s.
+    mailer.then([Answer::Accept, Answer::Slow(Duration::from_secs(10))]);
+    let stop = CancellationToken::new();
+    let a = Arc::new(
+        Arc::into_inner(engine(&store, &mailer, "a"))
+            .unwrap()
+            .with_shutdown(stop.clone()),
+    );
+    let b = engine(&store, &mailer, "b");
+    let run_a = spawn_put(&a, "r1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B got the same event: A holds the claim, so B waits for it.
+    let run_b = spawn_put(&b, "r1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel(); // SIGTERM on A, well within the grace period of the slow mail
+    run_a.await.unwrap();
+    run_b.await.unwrap();
+    assert_each_once(&mailer, 2);
+}
+
+/// delivery.rs `run_stage` / `claim`: once `stopping` is cancelled, events still queued in the
+/// dispatcher (up to 128, and a reconcile's) are handled as usual: each takes a claim and its
+/// round may hand mail over (`send_round`'s `select!` polls the sends and the stop in random
+/// order). That lengthens the shutdown past the grace period with mail in flight, which the next
+/// start then sends again; "the rest is left to the next start" says the field's doc.
+#[tokio::test(start_paused = true)]
+async fn after_the_stop_no_new_claim_is_taken_and_no_mail_handed_over() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let a = Arc::new(
+        Arc::into_inner(engine(&store, &mailer, "a"))
+            .unwrap()
+            .with_shutdown(stop.clone()),
+    );
+    for i in 0..10 {
+        let id = format!("r{i}");
+        resumed(&store, &id, &[]);
+        a.handle_event(put(&id)).await;
+    }
+    assert_eq!(
+        mailer.attempts(),
+        0,
+        "mail handed over after the stop: {:?}",
+        mailer.deliveries()
+    );
+}
