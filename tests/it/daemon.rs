@@ -101,3 +101,65 @@ async fn a_reload_quits_the_replaced_mailer_and_reconciles() {
     stop.cancel();
     assert_eq!(daemon.await.unwrap(), Exit::Success);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-watch): each fails on the change under review.
+// ---------------------------------------------------------------------------------------------
+
+/// app.rs `reload_loop`: the periodic re-read remembers a changed config whose reload was
+/// rejected and never tries it again, whatever the reason. A mailer health check that fails for
+/// a passing reason (the mail server restarting, a 421, a network blip while the kubelet swapped
+/// a rotated Secret in) therefore keeps the new config, and a rotated password with it, out of
+/// force until someone sends SIGHUP or the file changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_rejected_by_a_passing_health_check_failure_is_applied_later() {
+    let auth = FakeAuth::start_default().await;
+    let smtp = SmtpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
+    let path = dir.path().join("teleport-email.toml");
+    write_config(&path, &auth, &identity, smtp.port());
+    let config = teleport_email::config::load(&path).unwrap().config;
+    let (_signal, signals) = mpsc::channel(1);
+    let (ready_tx, mut ready) = watch::channel(false);
+    let hooks = Hooks {
+        reload: Some(Reload {
+            path: path.clone(),
+            debug: false,
+            logging: None,
+            signals,
+            file_check: Some(Duration::from_millis(100)),
+        }),
+        ready: Some(ready_tx),
+    };
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app::run_with(config, stop.clone(), hooks));
+    tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+        .await
+        .expect("the daemon becomes ready")
+        .unwrap();
+
+    // The mail server turns away the next connection (the reload's health check) with a 421.
+    let before = smtp.stats().connections;
+    smtp.refuse_next_connections(1);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("all@example.com", "new@example.com");
+    std::fs::write(&path, text).unwrap();
+    until("the reload's health check was tried", || {
+        smtp.stats().connections > before
+    })
+    .await;
+    // Many re-reads later, with the server answering again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let id = auth.create_request(REQUESTER, &["editor"], "after", &[]);
+    let got = smtp.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].data_text().contains(&id), "{}", got[0].data_text());
+    assert!(
+        got[0].rcpt_to.iter().any(|r| r.contains("new@example.com")),
+        "the changed config was never applied: mailed {:?}",
+        got[0].rcpt_to
+    );
+    stop.cancel();
+    assert_eq!(daemon.await.unwrap(), Exit::Success);
+}

@@ -269,3 +269,95 @@ async fn a_reconcile_can_be_asked_for_on_a_live_watch() {
     assert_eq!(auth.watcher_count(), 1, "on the same watch");
     w.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-watch): each fails on the change under review.
+// ---------------------------------------------------------------------------------------------
+
+/// Records `(id, state)` of every PUT; holds PUTs of pending requests until `open`.
+struct Order {
+    log: Mutex<Vec<(String, teleport_email::teleport::RequestState)>>,
+    entered: Mutex<HashSet<String>>,
+    open: watch::Receiver<bool>,
+}
+
+impl EventHandler for Order {
+    fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
+        Box::pin(async move {
+            let WatchEvent::Put(request) = event else {
+                return;
+            };
+            if request.state == teleport_email::teleport::RequestState::Pending {
+                self.entered.lock().unwrap().insert(request.id.clone());
+                let _ = self.open.clone().wait_for(|open| *open).await;
+            }
+            self.log.lock().unwrap().push((request.id, request.state));
+        })
+    }
+}
+
+/// watcher.rs `watch_once` / `reconcile`: the listing is read a page at a time while live events
+/// are dispatched, so a listed copy not yet handed over when a newer live event for the same
+/// request arrives is handled *after* it: the module's promise ("events of one request are
+/// handled one at a time in arrival order") no longer holds across the reconcile. Before this
+/// change the listing was handed over before the stream was read. (With a live DELETE, the stale
+/// PUT then writes plugin data of a deleted request: an ERROR for the operator.)
+#[tokio::test(start_paused = true)]
+async fn a_listed_copy_is_not_handled_after_a_newer_live_event() {
+    const N: usize = 300;
+    let (auth, client, _dir) = connected().await;
+    let existing = existing(&auth, N);
+    let (open_tx, open) = watch::channel(false);
+    let order = Arc::new(Order {
+        log: Mutex::default(),
+        entered: Mutex::default(),
+        open,
+    });
+    let (ready_tx, _ready) = watch::channel(false);
+    let (_asks, reconcile_rx) = mpsc::channel(1);
+    let links = Links {
+        ready: ready_tx,
+        reconcile: reconcile_rx,
+        metrics: Arc::default(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(watcher::run(
+        client,
+        order.clone(),
+        WatcherConfig::default(),
+        links,
+        stop.clone(),
+    ));
+    until("the reconcile's share is in use", || {
+        order.entered.lock().unwrap().len() >= 64
+    })
+    .await;
+    // A request listed but not handed over yet is approved: its live PUT is handled at once.
+    let entered = order.entered.lock().unwrap().clone();
+    let late = existing
+        .iter()
+        .find(|id| !entered.contains(*id))
+        .expect("a request beyond the reconcile's share")
+        .clone();
+    auth.resolve(&late, true, "ok");
+    until("the live approval is handled", || {
+        order.log.lock().unwrap().iter().any(|(id, _)| *id == late)
+    })
+    .await;
+    open_tx.send_replace(true);
+    until("every existing request is reconciled", || {
+        order.log.lock().unwrap().len() >= N + 1
+    })
+    .await;
+    let seen: Vec<_> = (order.log.lock().unwrap().iter())
+        .filter(|(id, _)| *id == late)
+        .map(|(_, state)| *state)
+        .collect();
+    assert_eq!(
+        seen.last(),
+        Some(&teleport_email::teleport::RequestState::Approved),
+        "{late}: handled in the order {seen:?}"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -153,3 +153,32 @@ async fn accept_errors_back_off() {
     stop.cancel();
     server.await.unwrap();
 }
+
+/// endpoint.rs `serve_with`: the cap counts connections that have not sent a byte, and each
+/// keeps its slot for the whole 5 s deadline. Sixteen idle connections, re-opened every 5 s
+/// (nothing for the client), turn every other request away unanswered: the kubelet's liveness
+/// probe on `/healthz` fails three times and the pod is restarted, again and again, each restart
+/// cutting rounds short. A request that arrives while idle connections hold the slots should
+/// still be answered (e.g. idle connections evicted, or a short deadline for the request head).
+#[tokio::test]
+async fn idle_connections_do_not_starve_the_liveness_probe() {
+    let limits = ServeLimits::default();
+    let (addr, stop) = start(limits.clone()).await;
+    let mut idle = Vec::new();
+    for _ in 0..limits.max_connections {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(1), get(addr, "/healthz"))
+        .await
+        .ok()
+        .flatten();
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "/healthz unanswered within the kubelet's 1 s probe timeout: {answer:?}"
+    );
+    drop(idle);
+    stop.cancel();
+}
