@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::calendar::rfc3339;
@@ -223,7 +224,8 @@ fn routing(config: &Config, mailer: &Arc<dyn Mailer>) -> Routing {
 /// Applies a new config on each SIGHUP, and when a periodic re-read finds that the config or a
 /// `*_file` secret changed (a rotated Kubernetes Secret): log settings, recipients, mailer and its
 /// secrets. A config that does not load, or a mailer that fails its health check, is rejected and
-/// the old one stays; the periodic re-read does not retry (nor log again) what it already rejected.
+/// the old one stays; the periodic re-read tries a rejected config again only after five periods
+/// (see [`retry_rejected`]).
 /// After a reload the watcher reconciles, so mail held back by a mailer-wide failure (a password
 /// now fixed) is picked up. Returns the mailer in force when `stop` is cancelled.
 async fn reload_loop(
@@ -233,8 +235,8 @@ async fn reload_loop(
     reconcile: mpsc::Sender<()>,
     stop: CancellationToken,
 ) -> Arc<dyn Mailer> {
-    // What the periodic re-read last rejected: the config, or why it did not load.
-    let mut rejected: Option<Result<Config, String>> = None;
+    // What the periodic re-read last rejected (the config, or why it did not load), and when.
+    let mut rejected: Option<(Result<Config, String>, Instant)> = None;
     loop {
         let signalled = tokio::select! {
             _ = stop.cancelled() => return current.mailer,
@@ -249,10 +251,13 @@ async fn reload_loop(
                 Ok(l) => Ok(l.config),
                 Err(e) => Err(e.to_string()),
             };
-            if rejected.as_ref() == Some(&seen) {
+            if let Some((before, at)) = &rejected
+                && *before == seen
+                && !retry_rejected(&seen, *at, reload.file_check)
+            {
                 continue;
             }
-            rejected = Some(seen);
+            rejected = Some((seen, Instant::now()));
             tracing::info!(config = %reload.path.display(), "The configuration or a secret file changed: reloading");
         }
         match reloaded(&reload, &current.config).await {
@@ -269,6 +274,14 @@ async fn reload_loop(
             }
         }
     }
+}
+
+/// Whether a changed config the periodic re-read rejected is tried again: never one that does
+/// not load (it is the same file), but one whose mailer failed its check after five periods —
+/// the failure may have passed (a restarting server), while a password the server refuses is
+/// not retried often enough to lock the account.
+fn retry_rejected(seen: &Result<Config, String>, at: Instant, period: Option<Duration>) -> bool {
+    seen.is_ok() && period.is_some_and(|p| at.elapsed() >= 5 * p)
 }
 
 /// Sleeps `period`, or forever when there is none.

@@ -5,7 +5,7 @@
 //! is not read (back-pressure). A reconcile may fill only half of those slots, so live events keep
 //! flowing while it runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -322,6 +322,7 @@ async fn reconcile(
     client: &TeleportClient,
     dispatcher: &Dispatcher,
 ) -> Result<usize, TeleportError> {
+    let _mark = dispatcher.reconciling();
     let mut pages = client.access_request_pages(None);
     let mut count = 0;
     while let Some(page) = pages.next_page().await? {
@@ -360,6 +361,19 @@ struct Dispatcher {
     reconcile_share: Arc<Semaphore>,
     capacity: usize,
     queues: Queues,
+    /// While a reconcile runs: the requests a live event came for since it started. A listed
+    /// copy of one of them is older than that event and is not handed over after it.
+    live_during_reconcile: Mutex<Option<HashSet<String>>>,
+}
+
+/// Marks a reconcile as running for as long as it lives (a reconcile cut short by a lost
+/// watch is dropped, and so is the mark).
+struct Reconciling<'a>(&'a Dispatcher);
+
+impl Drop for Reconciling<'_> {
+    fn drop(&mut self) {
+        *self.0.live_seen() = None;
+    }
 }
 
 impl Dispatcher {
@@ -370,11 +384,25 @@ impl Dispatcher {
             reconcile_share: Arc::new(Semaphore::new((capacity / 2).max(1))),
             capacity,
             queues: Arc::default(),
+            live_during_reconcile: Mutex::default(),
         }
+    }
+
+    fn live_seen(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+        (self.live_during_reconcile.lock()).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking live events for a reconcile.
+    fn reconciling(&self) -> Reconciling<'_> {
+        *self.live_seen() = Some(HashSet::new());
+        Reconciling(self)
     }
 
     /// Queues a live event; waits while `capacity` events are in flight.
     async fn submit(&self, event: WatchEvent) {
+        if let Some(seen) = self.live_seen().as_mut() {
+            seen.insert(key_of(&event).to_owned());
+        }
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
@@ -389,6 +417,12 @@ impl Dispatcher {
 
     /// Queues a reconciled event; waits while the reconcile's share is in use, or every slot.
     async fn submit_reconciled(&self, event: WatchEvent) {
+        let newer = |seen: &Option<HashSet<String>>| {
+            seen.as_ref().is_some_and(|s| s.contains(key_of(&event)))
+        };
+        if newer(&self.live_seen()) {
+            return;
+        }
         let Ok(share) = self.reconcile_share.clone().acquire_owned().await else {
             return;
         };

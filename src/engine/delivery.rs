@@ -124,6 +124,10 @@ impl Engine {
         let mut busy = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut told_operator = false;
         loop {
+            if self.stopping.is_cancelled() {
+                // Stopping: nothing new is claimed; the next start (or a replica) carries on.
+                return Ok(());
+            }
             let jobs = match self.claim(id, &stage, fresh.take()).await? {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(until) => {

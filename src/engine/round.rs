@@ -77,6 +77,10 @@ impl Engine {
         let mut next_renewal = Instant::now() + every;
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
         let mut interrupted = None;
+        if self.stopping.is_cancelled() {
+            interrupted = Some(Interrupted::Stopping);
+            hand_over.cancel();
+        }
         loop {
             tokio::select! {
                 next = sends.next() => match next {
@@ -114,7 +118,9 @@ impl Engine {
                 _ = self.stopping.cancelled(), if interrupted.is_none() => {
                     interrupted = Some(Interrupted::Stopping);
                     hand_over.cancel();
-                    if let Err(e) = self.record(id, stage, jobs, &sent, false).await {
+                    // The claim stays ours until the mail in flight is done: released now, another
+                    // instance could send that mail again.
+                    if let Err(e) = self.record(id, stage, jobs, &sent, true).await {
                         tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
                     }
                 }
