@@ -18,6 +18,7 @@ mod plugin;
 mod process;
 mod real;
 mod replicas;
+mod review_smtp;
 mod rules;
 mod smtp;
 mod smtp_session;
