@@ -3,6 +3,7 @@
 //! deadline for the whole exchange (a client trickling bytes is cut off), and a backoff when
 //! accepting fails (out of file descriptors) instead of a busy loop.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
@@ -23,7 +24,8 @@ const MAX_HEAD: usize = 4096;
 /// Limits that keep the endpoint cheap.
 #[derive(Debug, Clone)]
 pub struct ServeLimits {
-    /// Connections served at once; one more is closed as soon as it is accepted.
+    /// Connections served at once; one more makes room by closing the oldest (a client holding
+    /// connections open without asking cannot keep a probe out).
     pub max_connections: usize,
     /// From accepting a connection to the last byte of the answer.
     pub request_deadline: Duration,
@@ -72,7 +74,7 @@ pub async fn serve_with<L: Listener>(
     limits: ServeLimits,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut serving: VecDeque<AbortHandle> = VecDeque::new();
     let mut backoff = Backoff::accept_errors();
     loop {
         let accepted = tokio::select! {
@@ -93,19 +95,22 @@ pub async fn serve_with<L: Listener>(
                 }
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        serving.retain(|task| !task.is_finished());
+        if serving.len() >= limits.max_connections.max(1)
+            && let Some(oldest) = serving.pop_front()
+        {
             tracing::debug!(
                 max_connections = limits.max_connections,
-                "Metrics endpoint busy; connection closed"
+                "Metrics endpoint busy; its oldest connection closed"
             );
-            continue;
-        };
+            oldest.abort();
+        }
         let metrics = Arc::clone(&metrics);
         let deadline = limits.request_deadline;
-        tokio::spawn(async move {
-            let _slot = slot;
+        let task = tokio::spawn(async move {
             let _ = tokio::time::timeout(deadline, exchange(conn, &metrics)).await;
         });
+        serving.push_back(task.abort_handle());
     }
 }
 

@@ -376,7 +376,7 @@ impl RequestPages {
         let call = grpc.list_access_requests(ListAccessRequestsRequest {
             filter: Some(self.filter.clone()),
             limit: PAGE_SIZE,
-            start_key,
+            start_key: start_key.clone(),
             ..Default::default()
         });
         let page = match deadline("ListAccessRequests", call).await {
@@ -396,6 +396,12 @@ impl RequestPages {
             Err(e) => return Err(e),
         };
         if !page.next_key.is_empty() {
+            if page.next_key == start_key {
+                // A listing that does not move on would be read for ever.
+                return Err(TeleportError::Unavailable(format!(
+                    "ListAccessRequests returned its start key {start_key:?} as the next one"
+                )));
+            }
             self.next = Pager::Key(page.next_key);
         }
         let requests = page.access_requests.into_iter().map(AccessRequest::from);

@@ -39,6 +39,11 @@ pub(super) fn failure(server: &str, failure: Failure) -> MailError {
             server,
             reason: why.into(),
         },
+        Failure::Unexpected { step, code, text } => MailError::Protocol {
+            server,
+            reason: format!("unexpected reply {code} to {step}: {text}"),
+            transient: true,
+        },
         Failure::Unsupported { to, reason } => MailError::BadMessage {
             to,
             reason: reason.into(),
@@ -53,7 +58,8 @@ fn smtp(server: String, e: &SmtpError, step: SmtpStep) -> MailError {
     if let Some(code) = e.status() {
         let code = u16::from(code);
         let text = e.source().map(|s| s.to_string()).unwrap_or_default();
-        return if matches!(code, 534 | 535) {
+        // 530: authentication required (RFC 4954), at whichever command: the mailer's.
+        return if matches!(code, 530 | 534 | 535) {
             MailError::Auth {
                 server,
                 reason: format!("{code} {text}"),

@@ -78,6 +78,14 @@ pub(super) enum Failure {
     Injected(usize),
     /// AUTH would have sent the password in clear; why the connection is not encrypted.
     PlaintextAuth(&'static str),
+    /// A reply of the wrong kind for its command (a 3xx to MAIL, anything but 354 to DATA, no 2xx
+    /// to the final dot): the replies are out of step with the commands, so the connection is
+    /// dropped and nothing it said about this mail is believed.
+    Unexpected {
+        step: SmtpStep,
+        code: u16,
+        text: String,
+    },
     /// The server lacks an extension this mail needs (SMTPUTF8, 8BITMIME).
     Unsupported {
         to: String,
@@ -97,7 +105,7 @@ impl Failure {
     pub(super) fn is_network(&self) -> bool {
         match self {
             Self::Smtp(e, _) => e.status().is_none(),
-            Self::Io(_) | Self::Malformed(_) => true,
+            Self::Io(_) | Self::Malformed(_) | Self::Unexpected { .. } => true,
             _ => false,
         }
     }

@@ -37,6 +37,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::{Response, Severity};
 
 use super::super::SmtpStep;
 use super::Inner;
@@ -87,6 +88,10 @@ impl Inner {
             Ok(c) => c,
             Err(f) => return first.finish(Err(self.classify(f))),
         };
+        if first.done.is_closed() {
+            // Its caller gave up while the connection was being opened: not sent.
+            return self.keep(conn);
+        }
         if !(conn.pipelining && first.wire.pipelinable) {
             return self.deliver_one(conn, first).await;
         }
@@ -140,6 +145,11 @@ impl Inner {
                 conn.smtp.abort().await;
                 return current.finish(Err(self.classify(f)));
             }
+            if current.done.is_closed() {
+                // Its caller gave up; the server waits for the message after its 354: dropping
+                // the connection leaves it unsent (the next mail's group is not written yet).
+                return conn.smtp.abort().await;
+            }
             let next = self.next_pipelinable();
             let mut write =
                 String::with_capacity(current.wire.head.len() + current.wire.body.len() + 160);
@@ -149,9 +159,7 @@ impl Inner {
             }
             // The message's reply comes first; the next mail's follow.
             let sent = conn.smtp.command(Verbatim(&write)).await;
-            let sent = sent
-                .map(drop)
-                .map_err(|e| Failure::Smtp(e, SmtpStep::Message));
+            let sent = completed(sent, SmtpStep::Message);
             let broken = sent.as_ref().is_err_and(Failure::is_network);
             current.finish(sent.map_err(|f| self.classify(f)));
             match next {
@@ -163,7 +171,7 @@ impl Inner {
                     return self.retry_first(next);
                 }
                 Some(next) => {
-                    let mail = conn.smtp.read_response().await.map(drop);
+                    let mail = conn.smtp.read_response().await;
                     let recipients = next.wire.envelope.to().len();
                     started = read_replies(&mut conn.smtp, recipients, mail).await;
                     current = next;
@@ -176,7 +184,7 @@ impl Inner {
 /// Writes `envelope`'s group and reads its replies: the first refusal, or a broken connection.
 async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result<(), Failure> {
     // `command` writes the whole group and reads the first reply (MAIL's); the rest follow.
-    let mail = conn.command(Verbatim(&group(envelope))).await.map(drop);
+    let mail = conn.command(Verbatim(&group(envelope))).await;
     read_replies(conn, envelope.to().len(), mail).await
 }
 
@@ -186,24 +194,57 @@ async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result
 async fn read_replies(
     conn: &mut AsyncSmtpConnection,
     recipients: usize,
-    mail: Result<(), SmtpError>,
+    mail: Result<Response, SmtpError>,
 ) -> Result<(), Failure> {
-    let mut outcome = mail.map_err(|e| Failure::Smtp(e, SmtpStep::Session));
+    let mut outcome = completed(mail, SmtpStep::Session);
     for reply in 1..=recipients + 1 {
         if outcome.as_ref().is_err_and(Failure::is_network) {
             break;
         }
         let answer = conn.read_response().await;
-        if let (Ok(()), Err(e)) = (&outcome, answer) {
-            let step = if reply <= recipients {
-                SmtpStep::Recipient
-            } else {
-                SmtpStep::Message
-            };
-            outcome = Err(Failure::Smtp(e, step));
+        let checked = match reply <= recipients {
+            true => completed(answer, SmtpStep::Recipient),
+            false => go_ahead(answer),
+        };
+        if let (Ok(()), Err(f)) = (&outcome, checked) {
+            outcome = Err(f);
         }
     }
     outcome
+}
+
+/// A reply that must complete its command (2xx): a 3xx there means the replies are out of step.
+fn completed(reply: Result<Response, SmtpError>, step: SmtpStep) -> Result<(), Failure> {
+    expect(reply, step, |r| {
+        r.code().severity == Severity::PositiveCompletion
+    })
+}
+
+/// DATA's reply, which must be 354 ("start mail input").
+fn go_ahead(reply: Result<Response, SmtpError>) -> Result<(), Failure> {
+    expect(reply, SmtpStep::Message, |r| u16::from(r.code()) == 354)
+}
+
+fn expect(
+    reply: Result<Response, SmtpError>,
+    step: SmtpStep,
+    right: impl Fn(&Response) -> bool,
+) -> Result<(), Failure> {
+    match reply {
+        Ok(r) if right(&r) => Ok(()),
+        Ok(r) => Err(Failure::Unexpected {
+            step,
+            code: u16::from(r.code()),
+            text: r
+                .message()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(200)
+                .collect(),
+        }),
+        Err(e) => Err(Failure::Smtp(e, step)),
+    }
 }
 
 /// One mail, one command at a time, each refusal tagged with the command it answered: `MAIL`
@@ -212,18 +253,14 @@ async fn send_one(conn: &mut AsyncSmtpConnection, wire: &Wire) -> Result<(), Fai
     let envelope = &wire.envelope;
     let message = wire.formatted();
     let parameters = mail_parameters(conn, envelope, &message)?;
-    let tag = |step| move |e| Failure::Smtp(e, step);
     let mail = Mail::new(envelope.from().cloned(), parameters);
-    conn.command(mail).await.map_err(tag(SmtpStep::Session))?;
+    completed(conn.command(mail).await, SmtpStep::Session)?;
     for to in envelope.to() {
         let rcpt = Rcpt::new(to.clone(), Vec::new());
-        conn.command(rcpt).await.map_err(tag(SmtpStep::Recipient))?;
+        completed(conn.command(rcpt).await, SmtpStep::Recipient)?;
     }
-    conn.command(Data).await.map_err(tag(SmtpStep::Message))?;
-    conn.message(&message)
-        .await
-        .map_err(tag(SmtpStep::Message))?;
-    Ok(())
+    go_ahead(conn.command(Data).await)?;
+    completed(conn.message(&message).await, SmtpStep::Message)
 }
 
 /// SMTPUTF8 for non-ASCII addresses and 8BITMIME for a non-ASCII message, as lettre asks

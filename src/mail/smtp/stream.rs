@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use lettre::transport::smtp::client::AsyncTokioStream;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// A byte stream a session runs over: plain TCP or TLS, under a [`Deadline`].
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + fmt::Debug {}
@@ -29,12 +29,16 @@ pub(super) fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
 }
 
-/// A stream whose reads and writes fail with `TimedOut` after `limit` without progress.
+/// A stream whose writes fail with `TimedOut` after `limit` without progress, and whose reads
+/// fail when the answer to what was last written (a reply, however many lines) has taken
+/// longer than `limit`: a peer trickling a line now and then cannot hold a send.
 pub(super) struct Deadline<S> {
     inner: S,
     limit: Duration,
     read: Option<Pin<Box<Sleep>>>,
     write: Option<Pin<Box<Sleep>>>,
+    /// When the reading of the current answer began (reset by each write).
+    answer_since: Option<Instant>,
 }
 
 impl<S> Deadline<S> {
@@ -44,6 +48,7 @@ impl<S> Deadline<S> {
             limit,
             read: None,
             write: None,
+            answer_since: None,
         }
     }
 }
@@ -80,8 +85,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadline<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let since = *this.answer_since.get_or_insert_with(Instant::now);
+        let left = this.limit.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            this.read = None;
+            let what = format!("an answer taking more than {:?}: I/O", this.limit);
+            return Poll::Ready(Err(timed_out(&what)));
+        }
         let op = Pin::new(&mut this.inner).poll_read(cx, buf);
-        with_deadline(&mut this.read, this.limit, cx, op)
+        with_deadline(&mut this.read, left, cx, op)
     }
 }
 
@@ -93,6 +105,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadline<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let op = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(op, Poll::Ready(Ok(n)) if n > 0) {
+            // Something new was said: its answer gets a whole `limit` of its own.
+            this.answer_since = None;
+        }
         with_deadline(&mut this.write, this.limit, cx, op)
     }
 
@@ -134,7 +150,13 @@ pub(super) struct Handover {
     hello: Option<Vec<u8>>,
     /// lettre's EHLO line so far.
     taken: Vec<u8>,
+    /// Bytes of the server's current line so far (lettre buffers a line whole before it checks
+    /// its length).
+    line: usize,
 }
+
+/// The longest reply line taken from the server (RFC 5321 allows 512 octets).
+const MAX_REPLY_LINE: usize = 64 * 1024;
 
 impl Handover {
     /// A stream over `inner` that replays `greeting`, then `hello` once lettre sent EHLO.
@@ -145,6 +167,7 @@ impl Handover {
             replay: greeting,
             hello: Some(hello),
             taken: Vec::new(),
+            line: 0,
         }
     }
 
@@ -179,7 +202,20 @@ impl AsyncRead for Handover {
             let early = io::Error::other("lettre read a reply before sending EHLO");
             return Poll::Ready(Err(early));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            let new = &buf.filled()[before..];
+            this.line = match new.iter().rposition(|b| *b == b'\n') {
+                Some(end) => new.len() - end - 1,
+                None => this.line + new.len(),
+            };
+            if this.line > MAX_REPLY_LINE {
+                let long = format!("a reply line longer than {MAX_REPLY_LINE} bytes");
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, long)));
+            }
+        }
+        read
     }
 }
 
@@ -216,29 +252,29 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn a_silent_peer_times_out_and_progress_resets_the_clock() {
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_gets_the_limit_from_the_last_write_however_it_trickles() {
         let (client, mut server) = tokio::io::duplex(64);
         let limit = Duration::from_millis(300);
         let mut stream = Deadline::new(client, limit);
         let mut buf = [0u8; 4];
-
-        // Two reads each answered within the limit, though together they take longer.
         let writer = tokio::spawn(async move {
-            for _ in 0..2 {
+            for _ in 0..4 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 server.write_all(b"ok").await.unwrap();
             }
             server
         });
-        let started = tokio::time::Instant::now();
+        // Each answer follows a command of ours and comes within the limit.
+        for _ in 0..2 {
+            stream.write_all(b"NOOP\r\n").await.unwrap();
+            assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
+        }
+        // One answer trickling in two parts, together longer than the limit: TimedOut.
+        stream.write_all(b"NOOP\r\n").await.unwrap();
         assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
-        assert_eq!(stream.read(&mut buf).await.unwrap(), 2);
-        assert!(started.elapsed() > limit);
-        let _server = writer.await.unwrap();
-
-        // Nothing within the limit: TimedOut.
         let err = stream.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(writer);
     }
 }
