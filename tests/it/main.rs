@@ -12,6 +12,7 @@ mod helm;
 mod hostile;
 mod install;
 mod mailgun;
+mod monitoring;
 mod native_roots;
 mod ops;
 mod plugin;
