@@ -10,7 +10,7 @@ const ALL: &str = "all@example.com";
 
 /// The plugin's role in the fake, as it starts.
 fn plugin_role() -> Perms {
-    default_roles()["access-plugin"].clone()
+    default_roles()["access-plugin"]
 }
 
 fn rule(name: &str, condition: &str, to: &[&str]) -> MonitoringRule {
