@@ -8,7 +8,7 @@ use crate::config::{self, Config, MailerConfig};
 use crate::exit::Exit;
 use crate::mail::{self, MessageId, OutgoingMail, RenderedMail};
 use crate::startup;
-use crate::teleport::TeleportError;
+use crate::teleport::{TeleportClient, TeleportError};
 
 /// One checked item.
 struct Line {
@@ -152,7 +152,40 @@ async fn check_connection(config: &Config, r: &mut Report) -> bool {
         }
         Err(e) => r.fail("plugin data", e.to_string()),
     }
+    check_monitoring(&client, &info.user, r).await;
     true
+}
+
+/// What Access Monitoring Rule routing can see: the rules, and users' traits. Neither is needed
+/// (without them mail is routed by `role_to_recipients`, as with the original), so each is a
+/// pass that says what it means.
+async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
+    let rules = match client
+        .list_monitoring_rules(crate::engine::PLUGIN_NAME)
+        .await
+    {
+        Ok(rules) if rules.is_empty() => "none apply: mail is routed by role_to_recipients".into(),
+        Ok(rules) => {
+            let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
+            format!("{} apply ({})", rules.len(), names.join(", "))
+        }
+        Err(TeleportError::AccessDenied(_)) => "cannot be read (the role needs `read` and `list` \
+             on `access_monitoring_rule`): mail is routed by role_to_recipients"
+            .into(),
+        Err(TeleportError::Unimplemented(_)) => {
+            "not offered by this cluster: mail is routed by role_to_recipients".into()
+        }
+        Err(e) => return r.fail("monitoring rules", e.to_string()),
+    };
+    r.pass("monitoring rules", rules);
+    match client.user_traits(user).await {
+        Ok(_) | Err(TeleportError::NotFound(_)) => r.pass("users", "may read users' traits"),
+        Err(TeleportError::AccessDenied(_)) => r.pass(
+            "users",
+            "cannot read users (the role needs `read` on `user`): rule conditions on user.traits see none",
+        ),
+        Err(e) => r.fail("users", e.to_string()),
+    }
 }
 
 async fn check_mailer(config: &Config, send_test: Option<&str>, r: &mut Report) {

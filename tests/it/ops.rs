@@ -87,11 +87,30 @@ async fn check_passes_and_names_each_failure() {
         "teleport",
         "list",
         "plugin data",
+        "monitoring rules",
+        "users",
         "mailer",
         "test mail",
     ] {
         assert!(line(&out, what).starts_with('✓'), "{what}: {out}");
     }
+    assert!(
+        line(&out, "monitoring rules").contains("none apply"),
+        "{out}"
+    );
+    auth.put_monitoring_rule(&teleport_email::teleport::MonitoringRule {
+        name: "dev".into(),
+        subjects: vec!["access_request".into()],
+        states: vec![],
+        condition: "true".into(),
+        notification_name: "email".into(),
+        recipients: vec!["dev@example.com".into()],
+    });
+    let (_, out_rules) = check(&cfg, &[]).await;
+    assert!(
+        line(&out_rules, "monitoring rules").contains("1 apply (dev)"),
+        "{out_rules}"
+    );
     assert!(line(&out, "teleport").contains(auth.cluster()), "{out}");
     assert!(
         line(&out, "teleport").contains("direct to the Auth Service"),
