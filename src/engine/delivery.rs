@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::plugindata::{Claim, PluginData};
-use super::round::{Interrupted, Sent};
+use super::round::{Interrupted, Round, Sent};
 use super::stage::{Job, Stage};
 use super::store::{FirstGuess, Written};
 use super::{Engine, EngineError, now_ms};
@@ -60,6 +60,13 @@ pub fn holder(claim: Option<&Claim>, me: &str, now_ms: u64, lease: Duration) -> 
         Some(c) if c.until_ms <= now_ms || c.until_ms > horizon => Holder::Nobody,
         Some(c) => Holder::Other(c.until_ms),
     }
+}
+
+/// A stage's attempts so far: its retry deadline and backoff, and whether the operator has been
+/// told that the mailer itself is refused.
+struct Attempts {
+    retry: Retry,
+    told_operator: bool,
 }
 
 /// The failures of a round, sorted by what happens next.
@@ -119,10 +126,12 @@ impl Engine {
         mut fresh: Option<Fresh>,
     ) -> Result<(), EngineError> {
         let p = &self.policy;
-        let mut retry = Retry::new(p.min_backoff, p.max_backoff, p.retry_for);
+        let mut attempts = Attempts {
+            retry: Retry::new(p.min_backoff, p.max_backoff, p.retry_for),
+            told_operator: false,
+        };
         let mut routing_changed = self.routing_changed.subscribe();
         let mut busy = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        let mut told_operator = false;
         loop {
             if self.stopping.is_cancelled() {
                 // Stopping: nothing new is claimed; the next start (or a replica) carries on.
@@ -131,7 +140,10 @@ impl Engine {
             let jobs = match self.claim(id, &stage, fresh.take()).await? {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(until) => {
-                    if !self.wait_for_holder(id, until, &mut busy, &retry).await {
+                    if !self
+                        .wait_for_holder(id, until, &mut busy, &attempts.retry)
+                        .await
+                    {
                         return Ok(());
                     }
                     continue;
@@ -142,25 +154,8 @@ impl Engine {
             let round = self.send_round(id, &stage, mailer.as_ref(), &jobs).await;
             self.count_and_log(id, &stage, mailer.backend(), &jobs, &round.sent);
             let failures = Failures::sort(&jobs, &round.sent);
-            let interrupted = round.interrupted;
-            let settled = matches!(
-                interrupted,
-                Some(Interrupted::ClaimTaken | Interrupted::Stopping)
-            );
-            // More is owed after a failure worth retrying, or a round cut short by a claim we
-            // could not confirm. A wait beyond half a lease would let the claim run out.
-            let owed = !failures.retry.is_empty() || interrupted.is_some();
-            let wait = (owed && !settled)
-                .then(|| retry.next_wait(failures.retry_after(), p.lease / 2))
-                .flatten();
-            self.record_until_landed(id, &stage, &jobs, &round.sent, wait.is_some())
-                .await?;
-            self.log_failures(id, &stage, &failures, wait, &mut told_operator);
-            if let Some(why) = interrupted.filter(|_| settled) {
-                tracing::warn!(request_id = %id, stage = stage.name(), reason = ?why, "Sending stopped early; what was delivered is recorded, the rest is left to the claim's holder or the next start");
-                return Ok(());
-            }
-            let Some(wait) = wait else {
+            let outcome = (&jobs[..], &round, &failures);
+            let Some(wait) = self.settle(id, &stage, outcome, &mut attempts).await? else {
                 return failures.into_result(stage.name(), true);
             };
             self.metrics.retry();
@@ -168,6 +163,35 @@ impl Engine {
                 return Ok(());
             }
         }
+    }
+
+    /// Records a round's outcome and says how long to wait before the next attempt; `None`: no
+    /// next attempt (all done, given up, or the rest left to the claim's holder or the next start).
+    async fn settle(
+        &self,
+        id: &str,
+        stage: &Stage,
+        (jobs, round, failures): (&[Job], &Round, &Failures),
+        attempts: &mut Attempts,
+    ) -> Result<Option<Duration>, EngineError> {
+        let interrupted = round.interrupted;
+        let settled = matches!(
+            interrupted,
+            Some(Interrupted::ClaimTaken | Interrupted::Stopping)
+        );
+        // More is owed after a failure worth retrying, or a round cut short by a claim we could
+        // not confirm. A wait beyond half a lease would let the claim run out.
+        let owed = !failures.retry.is_empty() || interrupted.is_some();
+        let wait = (owed && !settled)
+            .then(|| (attempts.retry).next_wait(failures.retry_after(), self.policy.lease / 2))
+            .flatten();
+        self.record_until_landed(id, stage, jobs, &round.sent, wait.is_some())
+            .await?;
+        self.log_failures(id, stage, failures, wait, &mut attempts.told_operator);
+        if let Some(why) = interrupted.filter(|_| settled) {
+            tracing::warn!(request_id = %id, stage = stage.name(), reason = ?why, "Sending stopped early; what was delivered is recorded, the rest is left to the claim's holder or the next start");
+        }
+        Ok(wait.filter(|_| !settled))
     }
 
     /// Takes the request for `stage`, unless nothing is owed or another live instance holds it.

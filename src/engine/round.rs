@@ -12,13 +12,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::stage::Job;
+use super::stage::{Job, Stage};
 use super::{Engine, EngineError};
 use crate::mail::{MailError, Mailer, MessageId};
 
@@ -60,73 +61,106 @@ impl Engine {
     pub(super) async fn send_round(
         &self,
         id: &str,
-        stage: &super::stage::Stage,
+        stage: &Stage,
         mailer: &dyn Mailer,
         jobs: &[Job],
     ) -> Round {
         let hand_over = CancellationToken::new();
-        let mut sends: FuturesUnordered<_> = (jobs.iter().enumerate())
-            .map(|(i, job)| {
-                let stop = &hand_over;
-                async move { (i, send_job(mailer, job, stop).await) }
-            })
-            .collect();
+        let stop = &hand_over;
+        let send = |(i, job)| async move { (i, send_job(mailer, job, stop).await) };
+        let mut sends: FuturesUnordered<_> = jobs.iter().enumerate().map(send).collect();
         let mut sent = vec![Sent::default(); jobs.len()];
-        let every = self.policy.lease / 3;
-        let mut held_until = Instant::now() + self.policy.lease;
-        let mut next_renewal = Instant::now() + every;
+        let mut lease = Lease::new(self.policy.lease);
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
         let mut interrupted = None;
-        if self.stopping.is_cancelled() {
-            interrupted = Some(Interrupted::Stopping);
-            hand_over.cancel();
-        }
         loop {
             tokio::select! {
+                // A stop is seen before any mail is handed over.
+                biased;
+                _ = self.stopping.cancelled(), if interrupted.is_none() => {
+                    interrupted = Some(Interrupted::Stopping);
+                    hand_over.cancel();
+                    self.record_before_stop(id, stage, jobs, &sent).await;
+                }
                 next = sends.next() => match next {
                     Some((i, s)) => sent[i] = s,
                     None => break,
                 },
-                _ = sleep_until(next_renewal), if renewal.is_none() && interrupted.is_none() => {
-                    let started = Instant::now();
+                _ = sleep_until(lease.next_renewal), if renewal.is_none() && interrupted.is_none() => {
+                    let every = lease.every;
                     let renew = async move { timeout(every, self.renew(id)).await.ok() };
-                    renewal = Some((started, Box::pin(renew)));
+                    renewal = Some((Instant::now(), Box::pin(renew)));
                 }
-                outcome = poll_renewal(&mut renewal) => {
-                    let (started, outcome) = outcome;
+                (started, outcome) = poll_renewal(&mut renewal) => {
                     renewal = None;
-                    next_renewal = Instant::now() + every;
-                    match outcome {
-                        Some(Ok(true)) => held_until = started + self.policy.lease,
-                        Some(Ok(false)) => interrupted = Some(Interrupted::ClaimTaken),
-                        failed => {
-                            let why = failed.and_then(Result::err).map(|e| e.to_string());
-                            tracing::warn!(request_id = %id, error = why.as_deref().unwrap_or("timed out"), "Cannot renew the claim on the request");
-                            if Instant::now() + every >= held_until {
-                                interrupted = Some(Interrupted::ClaimUnconfirmed);
-                            }
-                        }
-                    }
-                    if interrupted.is_some() {
+                    if let Some(why) = lease.renewed(id, started, outcome) {
+                        interrupted.get_or_insert(why);
                         hand_over.cancel();
                     }
                 }
-                _ = sleep_until(held_until), if interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
+                _ = sleep_until(lease.held_until), if interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
                     // The claim has run out: stop waiting; the mailer drops what it has not started.
                     break;
-                }
-                _ = self.stopping.cancelled(), if interrupted.is_none() => {
-                    interrupted = Some(Interrupted::Stopping);
-                    hand_over.cancel();
-                    // The claim stays ours until the mail in flight is done: released now, another
-                    // instance could send that mail again.
-                    if let Err(e) = self.record(id, stage, jobs, &sent, true).await {
-                        tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
-                    }
                 }
             }
         }
         Round { sent, interrupted }
+    }
+}
+
+impl Engine {
+    /// At a stop, records at once what was delivered so far, so a forced exit does not send it
+    /// again. The claim stays ours until the mail in flight is done: released now, another
+    /// instance could send that mail again.
+    async fn record_before_stop(&self, id: &str, stage: &Stage, jobs: &[Job], sent: &[Sent]) {
+        if let Err(e) = self.record(id, stage, jobs, sent, true).await {
+            tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
+        }
+    }
+}
+
+/// Our claim's lease during a round: until when it is ours for sure, and when to renew it.
+struct Lease {
+    length: Duration,
+    every: Duration,
+    held_until: Instant,
+    next_renewal: Instant,
+}
+
+impl Lease {
+    /// A lease just written, of `length`, renewed every third of it.
+    fn new(length: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            length,
+            every: length / 3,
+            held_until: now + length,
+            next_renewal: now + length / 3,
+        }
+    }
+
+    /// Takes a renewal's outcome (`None`: it timed out); says why to stop handing mail over,
+    /// if it is time to: the claim is someone else's, or could not be confirmed in time.
+    fn renewed(
+        &mut self,
+        id: &str,
+        started: Instant,
+        outcome: Option<Result<bool, EngineError>>,
+    ) -> Option<Interrupted> {
+        self.next_renewal = Instant::now() + self.every;
+        match outcome {
+            // The lease runs from when the renewal was sent, not from when it was answered.
+            Some(Ok(true)) => self.held_until = started + self.length,
+            Some(Ok(false)) => return Some(Interrupted::ClaimTaken),
+            failed => {
+                let why = failed.and_then(Result::err).map(|e| e.to_string());
+                tracing::warn!(request_id = %id, error = why.as_deref().unwrap_or("timed out"), "Cannot renew the claim on the request");
+                if Instant::now() + self.every >= self.held_until {
+                    return Some(Interrupted::ClaimUnconfirmed);
+                }
+            }
+        }
+        None
     }
 }
 
