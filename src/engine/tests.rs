@@ -869,3 +869,169 @@ async fn after_the_stop_no_new_claim_is_taken_and_no_mail_handed_over() {
         mailer.deliveries()
     );
 }
+
+/// Review (AMR routing): where the recipients chosen by Access Monitoring Rules differ from the
+/// original plugin's (`integrations/access/accessmonitoring/access_monitoring_rules.go`,
+/// `lib/accessmonitoring/request_mapping.go`, `api/types/access_request.go`).
+mod amr_review {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::super::testing::{MemoryStore, ScriptedMailer};
+    use super::*;
+    use crate::rules::RuleSet;
+    use crate::teleport::pb::types::{AccessRequestSpecV3, AccessRequestV3, Metadata, ResourceId};
+    use crate::teleport::{MonitoringRule, TeleportError, Traits};
+
+    const FALLBACK: &str = "all@example.com";
+
+    /// A directory where every user exists and has no traits.
+    struct NoTraits;
+
+    #[async_trait::async_trait]
+    impl Directory for NoTraits {
+        async fn user_traits(&self, _user: &str) -> Result<Traits, TeleportError> {
+            Ok(Traits::default())
+        }
+    }
+
+    fn rule(name: &str, condition: &str, to: &[&str]) -> MonitoringRule {
+        MonitoringRule {
+            name: name.into(),
+            subjects: vec!["access_request".into()],
+            states: vec![],
+            condition: condition.into(),
+            notification_name: "email".into(),
+            recipients: to.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn engine_with(rules: Vec<MonitoringRule>) -> Engine {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let map = BTreeMap::from([("*".to_owned(), vec![FALLBACK.to_owned()])]);
+        let set = Arc::new(RuleSet::new("email"));
+        set.replace_all(rules);
+        Engine::with_store(
+            store,
+            ClusterInfo {
+                name: "cluster".into(),
+                server_version: "18.0.0".into(),
+                advanced_workflows: false,
+                proxy_public_addr: String::new(),
+            },
+            Routing {
+                recipients: RecipientMap::new(map),
+                mailer,
+            },
+            DeliveryPolicy::default(),
+        )
+        .with_rules(set, Arc::new(NoTraits))
+    }
+
+    fn ts(t: SystemTime) -> prost_types::Timestamp {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        prost_types::Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: 0,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// `has_labels(resources, k, v)` is true upstream only when every requested resource carries
+    /// the label; for a request of a node labelled `env=dev` the `env=prod` rule does not match
+    /// and the original mails `role_to_recipients`. Ours never fetches the requested resources, so
+    /// the condition sees none, `has_labels` is vacuously true, and the prod team is mailed about
+    /// a dev node (monitoring.rs `requested_resources: Vec::new()`).
+    #[tokio::test]
+    async fn a_resource_request_is_not_routed_by_labels_it_does_not_carry() {
+        let engine = engine_with(vec![rule(
+            "prod-nodes",
+            r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#,
+            &["prod-oncall@example.com"],
+        )]);
+        let wire = AccessRequestV3 {
+            metadata: Some(Metadata {
+                name: "r1".into(),
+                ..Default::default()
+            }),
+            spec: Some(AccessRequestSpecV3 {
+                user: "alice".into(),
+                roles: vec!["access".into()],
+                requested_resource_i_ds: vec![ResourceId {
+                    cluster_name: "cluster".into(),
+                    kind: "node".into(),
+                    name: "dev-node-labelled-env-dev".into(),
+                    sub_resource_name: String::new(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = AccessRequest::from(wire);
+        let to = engine.recipients(&req).await;
+        assert!(
+            !to.contains(&"prod-oncall@example.com".to_owned()),
+            "a rule on requested resources' labels matched a resource request whose resources \
+             were never looked at: {to:?}"
+        );
+    }
+
+    /// Upstream `access_request.spec.expiry` is `req.Expiry()`: the request resource's expiry
+    /// (`spec.resource_expiry`, else `metadata.expires`), not the access expiry `spec.expires`
+    /// (`GetAccessExpiry()`), which ours binds (monitoring.rs `expiry: req.expires`).
+    #[tokio::test]
+    async fn spec_expiry_is_the_request_resource_expiry_as_upstream() {
+        // Access would end at t=1000; the pending request itself expires at t=5000.
+        let engine = engine_with(vec![rule(
+            "long-lived-requests",
+            r#"access_request.spec.expiry.after(time.RFC3339("1970-01-01T00:50:00Z"))"#,
+            &["long@example.com"],
+        )]);
+        let wire = AccessRequestV3 {
+            metadata: Some(Metadata {
+                name: "r2".into(),
+                expires: Some(ts(at(5000))),
+                ..Default::default()
+            }),
+            spec: Some(AccessRequestSpecV3 {
+                user: "alice".into(),
+                roles: vec!["access".into()],
+                expires: Some(ts(at(1000))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = AccessRequest::from(wire.clone());
+        assert_eq!(
+            engine.recipients(&req).await,
+            ["long@example.com"],
+            "metadata.expires (t=5000) is after t=3000: the original matches"
+        );
+        // With resource_expiry set, that is what upstream's Expiry() returns.
+        let mut wire = wire;
+        if let Some(spec) = wire.spec.as_mut() {
+            spec.resource_expiry = Some(ts(at(6000)));
+        }
+        let req = AccessRequest::from(wire);
+        assert_eq!(engine.recipients(&req).await, ["long@example.com"]);
+    }
+
+    /// When a rule matches, the original mails its recipients and nobody else, even when none of
+    /// them is a valid address (`getRecipients` returns the non-empty rule set; the
+    /// FetchRecipientCallback does not validate). Ours drops the invalid ones and, left with none,
+    /// mails `role_to_recipients`: people the matching rule does not name.
+    #[tokio::test]
+    async fn a_matching_rule_with_only_bad_addresses_does_not_fall_back_to_role_to_recipients() {
+        let engine = engine_with(vec![rule("dev", "true", &["dev-team", "bob"])]);
+        let to = engine.recipients(&super::request("r3")).await;
+        assert!(
+            !to.contains(&FALLBACK.to_owned()),
+            "a matching rule's (unmailable) recipients replaced by role_to_recipients: {to:?}"
+        );
+    }
+}

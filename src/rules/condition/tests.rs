@@ -389,3 +389,60 @@ fn growing_values_are_bounded() {
         .unwrap_err();
     assert!(err.to_string().contains("larger than"), "{err}");
 }
+
+/// Review (AMR routing): hostile conditions and Go semantics.
+mod amr_review {
+    use super::super::{Condition, Env, MAX_VALUE_BYTES};
+
+    /// `MAX_VALUE_BYTES` is documented as the largest "string or set" one step may build, but it
+    /// is only checked per string: a set transform builds one near-limit string per member, so a
+    /// 64 KiB rule holding thousands of distinct members asks for gigabytes. Twenty-six members
+    /// (about 19 MB here) show the bound is not applied to the set.
+    #[test]
+    fn a_set_built_by_one_step_is_bounded_as_documented() {
+        let members: Vec<String> = ('a'..='z')
+            .map(|c| format!("{c:?}").replace('\'', "\""))
+            .collect();
+        let x = "x".repeat(600);
+        let y = "y".repeat(600);
+        let src = format!(
+            r#"strings.replaceall(strings.replaceall(set({}), "", "{x}"), "", "{y}").contains("a")"#,
+            members.join(", ")
+        );
+        assert!(src.len() < 64 * 1024);
+        let c = Condition::parse(&src).expect("parses");
+        let r = c.eval(&Env::default());
+        assert!(
+            r.is_err(),
+            "a step built a set of ~{} bytes (limit {MAX_VALUE_BYTES}) without error",
+            26 * (1201 + 1202 * 600)
+        );
+    }
+
+    /// Go's `strings.ToLower`/`ToUpper` use the simple one-rune mappings (`unicode.ToLower`):
+    /// `İ` (U+0130) lowers to `i`, `ᾀ` (U+1F80) uppers to `ᾈ` (U+1F88). Ours keeps a rune whose
+    /// full mapping has several runes, so these stay unchanged and the comparison differs.
+    #[test]
+    fn case_mapping_is_gos_simple_mapping() {
+        let env = Env {
+            user: "İlker".into(),
+            request_reason: "ᾀ".into(),
+            ..Env::default()
+        };
+        let lower = Condition::parse(r#"strings.lower(access_request.spec.user) == "ilker""#)
+            .expect("parses");
+        assert_eq!(
+            lower.eval(&env),
+            Ok(true),
+            "Go: strings.ToLower(\"İlker\") == \"ilker\""
+        );
+        let upper =
+            Condition::parse("strings.upper(access_request.spec.request_reason) == \"\u{1F88}\"")
+                .expect("parses");
+        assert_eq!(
+            upper.eval(&env),
+            Ok(true),
+            "Go: strings.ToUpper(\"ᾀ\") == \"ᾈ\""
+        );
+    }
+}
