@@ -1034,4 +1034,28 @@ mod amr_review {
             "a matching rule's (unmailable) recipients replaced by role_to_recipients: {to:?}"
         );
     }
+
+    /// A directory where no user exists.
+    struct NoUsers;
+
+    #[async_trait::async_trait]
+    impl Directory for NoUsers {
+        async fn user_traits(&self, user: &str) -> Result<Traits, TeleportError> {
+            Err(TeleportError::NotFound(format!("user {user:?} not found")))
+        }
+    }
+
+    /// The original reads the requester for every request (`newExpressionEnv` ->
+    /// `GetUserOrLoginState`); any error but access denied (a deleted user, an expired SSO user,
+    /// Auth unavailable) drops all rule recipients and the request goes to `role_to_recipients`.
+    /// Ours reads the user only when a condition uses `user.traits`, so the same request is mailed
+    /// to the rule's recipients instead.
+    #[tokio::test]
+    async fn a_requester_that_cannot_be_read_falls_back_as_upstream_even_without_trait_rules() {
+        let set = Arc::new(RuleSet::new("email"));
+        set.replace_all(vec![rule("all-requests", "true", &["rule@example.com"])]);
+        let engine = engine_with(vec![]).with_rules(set, Arc::new(NoUsers));
+        let to = engine.recipients(&super::request("r4")).await;
+        assert_eq!(to, [FALLBACK], "the original falls back when GetUser fails");
+    }
 }
