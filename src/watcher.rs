@@ -493,6 +493,8 @@ mod tests {
             suggested_reviewers: vec![],
             promoted_to: None,
             system_annotations: Default::default(),
+            requested_resources: 0,
+            request_expires: None,
         }))
     }
 

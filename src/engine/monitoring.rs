@@ -93,17 +93,18 @@ impl Engine {
     /// `role_to_recipients` and the suggested reviewers.
     pub(super) async fn recipients(&self, req: &AccessRequest) -> Vec<String> {
         match self.rule_recipients(req).await {
-            Some(to) if !to.is_empty() => to,
-            _ => recipients_for(&self.routing().recipients, req),
+            Some(to) => to,
+            None => recipients_for(&self.routing().recipients, req),
         }
     }
 
+    /// The matching rules' recipients that can be mailed (perhaps none: a matching rule replaces
+    /// the usual routing even then, as with the original); `None` when no rule matches, or the
+    /// requester cannot be read (the original reads the requester for every request, and skips
+    /// the rules when that fails for a reason other than permission).
     async fn rule_recipients(&self, req: &AccessRequest) -> Option<Vec<String>> {
         let m = self.monitoring.as_ref().filter(|m| !m.rules.is_empty())?;
-        let user_traits = match m.rules.needs_user_traits() {
-            true => m.traits_of(&req.id, &req.user).await?,
-            false => Traits::default(),
-        };
+        let user_traits = m.traits_of(&req.id, &req.user).await?;
         let env = Env {
             roles: req.roles.clone(),
             suggested_reviewers: req.suggested_reviewers.clone(),
@@ -111,11 +112,13 @@ impl Engine {
             user: req.user.clone(),
             request_reason: req.reason.clone(),
             creation_time: req.created.unwrap_or(SystemTime::UNIX_EPOCH),
-            expiry: req.expires.unwrap_or(SystemTime::UNIX_EPOCH),
+            expiry: req.request_expires.unwrap_or(SystemTime::UNIX_EPOCH),
             requested_resources: Vec::new(),
             user_traits,
         };
-        let to = m.rules.recipients(&req.id, &env);
+        let to = m
+            .rules
+            .recipients(&req.id, &env, req.requested_resources > 0)?;
         Some(to.into_iter().filter(|r| mailable(&req.id, r)).collect())
     }
 }

@@ -57,6 +57,8 @@ fn request(id: &str) -> AccessRequest {
         suggested_reviewers: vec![],
         promoted_to: None,
         system_annotations: Default::default(),
+        requested_resources: 0,
+        request_expires: None,
     }
 }
 

@@ -89,31 +89,56 @@ impl RuleSet {
     }
 
     /// The recipients of every rule whose condition holds for `env`, in rule-name order, each
-    /// once. A condition that does not parse or evaluate is no match (with a WARN naming the
-    /// rule), as with the original.
-    pub fn recipients(&self, request_id: &str, env: &Env) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+    /// once; `None` when no rule matches. A condition that does not parse or evaluate is no match
+    /// (with a WARN naming the rule), as with the original. `resources_unseen`: the request names
+    /// resources whose labels were not read, so a rule about them cannot be decided and is
+    /// skipped (the original reads them; mail then goes by `role_to_recipients`).
+    pub fn recipients(
+        &self,
+        request_id: &str,
+        env: &Env,
+        resources_unseen: bool,
+    ) -> Option<Vec<String>> {
+        let mut out: Option<Vec<String>> = None;
         for (name, rule) in self.snapshot().iter() {
-            let matched = match rule.condition.as_ref().map_err(Clone::clone) {
-                Ok(c) => c.eval(env),
-                Err(e) => Err(e),
-            };
-            let matched = match matched {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(request_id, rule = %name, error = %e, "The condition of an access monitoring rule cannot be evaluated; the rule is skipped");
-                    false
-                }
-            };
-            if matched {
-                for r in &rule.recipients {
-                    if !out.contains(r) {
-                        out.push(r.clone());
-                    }
+            if !rule_matches(request_id, name, rule, env, resources_unseen) {
+                continue;
+            }
+            let out = out.get_or_insert_with(Vec::new);
+            for r in &rule.recipients {
+                if !out.contains(r) {
+                    out.push(r.clone());
                 }
             }
         }
         out
+    }
+}
+
+fn rule_matches(
+    request_id: &str,
+    name: &str,
+    rule: &Compiled,
+    env: &Env,
+    resources_unseen: bool,
+) -> bool {
+    let condition = match &rule.condition {
+        Ok(c) if resources_unseen && c.needs_requested_resources() => {
+            tracing::warn!(request_id, rule = %name, "The rule's condition reads the requested resources, which this plugin does not look up; the rule is skipped for this request");
+            return false;
+        }
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(request_id, rule = %name, error = %e, "The condition of an access monitoring rule does not parse; the rule is skipped");
+            return false;
+        }
+    };
+    match condition.eval(env) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(request_id, rule = %name, error = %e, "The condition of an access monitoring rule cannot be evaluated; the rule is skipped");
+            false
+        }
     }
 }
 
@@ -177,18 +202,16 @@ mod tests {
             },
         ]);
         assert_eq!(set.len(), 4, "the slack rule does not apply");
-        assert_eq!(set.recipients("r1", &env(&["dev"])), ["all@x", "dev@x"]);
-        assert_eq!(set.recipients("r1", &env(&["ops"])), ["all@x"]);
+        let to = |roles: &[&str]| set.recipients("r1", &env(roles), false);
+        assert_eq!(to(&["dev"]).unwrap(), ["all@x", "dev@x"]);
+        assert_eq!(to(&["ops"]).unwrap(), ["all@x"]);
         set.delete("a-all");
-        assert!(set.recipients("r1", &env(&["ops"])).is_empty());
+        assert_eq!(to(&["ops"]), None);
         set.put(MonitoringRule {
             notification_name: "slack".into(),
             ..rule("b-dev", "true", &["dev@x"])
         });
-        assert!(
-            set.recipients("r1", &env(&["dev"])).is_empty(),
-            "no longer ours"
-        );
+        assert_eq!(to(&["dev"]), None, "no longer ours");
     }
 
     #[test]

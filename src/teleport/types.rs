@@ -99,13 +99,20 @@ pub struct AccessRequest {
     pub promoted_to: Option<String>,
     /// Annotations the cluster's roles attach to the request (Access Monitoring Rules read them).
     pub system_annotations: BTreeMap<String, Vec<String>>,
+    /// How many resources (rather than roles) the request names.
+    pub requested_resources: usize,
+    /// When the request itself expires (`spec.resource_expiry`, else `metadata.expires`), as
+    /// Teleport's `Expiry()`; not when the access it grants would end (`expires`).
+    pub request_expires: Option<SystemTime>,
 }
 
 impl From<AccessRequestV3> for AccessRequest {
     fn from(r: AccessRequestV3) -> Self {
         let spec = r.spec.unwrap_or_default();
+        let metadata = r.metadata.unwrap_or_default();
+        let request_expires = time(spec.resource_expiry).or(time(metadata.expires));
         Self {
-            id: r.metadata.map(|m| m.name).unwrap_or_default(),
+            id: metadata.name,
             user: spec.user,
             roles: spec.roles,
             state: RequestState::from_wire(spec.state),
@@ -123,6 +130,8 @@ impl From<AccessRequestV3> for AccessRequest {
                 .system_annotations
                 .map(|a| a.values.into_iter().map(|(k, v)| (k, v.values)).collect())
                 .unwrap_or_default(),
+            requested_resources: spec.requested_resource_i_ds.len(),
+            request_expires,
         }
     }
 }

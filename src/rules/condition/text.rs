@@ -13,11 +13,20 @@ pub(super) fn transform(
 ) -> Result<Value, String> {
     match input {
         Value::Str(s) => f(&s).map(Value::Str),
-        Value::Set(s) => s
-            .iter()
-            .map(|v| f(v))
-            .collect::<Result<_, _>>()
-            .map(Value::Set),
+        Value::Set(s) => {
+            // The whole set one step builds is bounded, not only each member.
+            let mut total = 0usize;
+            let mut out = BTreeSet::new();
+            for v in &s {
+                let v = f(v)?;
+                total = total.saturating_add(v.len());
+                if total > MAX_VALUE_BYTES {
+                    return Err(too_big());
+                }
+                out.insert(v);
+            }
+            Ok(Value::Set(out))
+        }
         v => Err(format!(
             "{name} expects a string or a set, got {}",
             v.type_name()
@@ -34,9 +43,28 @@ pub(super) fn simple_case(s: &str, upper: bool) -> String {
             } else {
                 c.to_lowercase().collect()
             };
-            if m.len() == 1 { m.remove(0) } else { c }
+            if m.len() == 1 {
+                m.remove(0)
+            } else {
+                simple_special(c, upper)
+            }
         })
         .collect()
+}
+
+/// The one-rune (simple) mapping of the few runes whose full mapping has several: `İ` lowers
+/// to `i`; the Greek letters with ypogegrammeni upper to their titlecase forms; the rest (`ß`,
+/// ligatures, …) have no simple mapping and stay.
+fn simple_special(c: char, upper: bool) -> char {
+    let shifted = |c: char, by: u32| char::from_u32(c as u32 + by).unwrap_or(c);
+    match (upper, c) {
+        (false, '\u{130}') => 'i',
+        (true, '\u{1F80}'..='\u{1F87}' | '\u{1F90}'..='\u{1F97}' | '\u{1FA0}'..='\u{1FA7}') => {
+            shifted(c, 8)
+        }
+        (true, '\u{1FB3}' | '\u{1FC3}' | '\u{1FF3}') => shifted(c, 9),
+        _ => c,
+    }
 }
 
 fn too_big() -> String {
