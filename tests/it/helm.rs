@@ -368,6 +368,27 @@ fn smtp_relay_without_starttls_or_auth() {
     assert!(!s.implicit_tls);
 }
 
+/// `smtp.allowPlaintextAuth` renders the key the daemon needs for AUTH without TLS to a remote
+/// relay (without it such a config is refused at start).
+#[test]
+fn smtp_plaintext_auth_needs_the_operators_consent() {
+    let r = Rendered::new("smtp-plaintext-auth-values.yaml");
+    assert!(
+        r.toml().contains("allow_plaintext_auth = true"),
+        "{}",
+        r.toml()
+    );
+    let (loaded, _dir) = r.load(&[("password", "relay-password")]);
+    let s = smtp(&loaded.config);
+    assert_eq!(s.starttls, StartTlsPolicy::Disabled);
+    assert!(s.allow_plaintext_auth);
+    assert!(
+        !Rendered::new("smtp-values.yaml")
+            .toml()
+            .contains("allow_plaintext_auth")
+    );
+}
+
 #[test]
 fn smtp_password_from_an_existing_secret() {
     let r = Rendered::new("smtp-password-from-secret-values.yaml");
