@@ -267,6 +267,16 @@ impl Engine {
 
     /// Extends our claim; `false` when it is no longer ours.
     pub(super) async fn renew(&self, id: &str) -> Result<bool, EngineError> {
+        self.set_own_claim(id, Some(self.lease())).await
+    }
+
+    /// Drops our claim on the request, if we hold it.
+    pub(super) async fn release(&self, id: &str) -> Result<(), EngineError> {
+        self.set_own_claim(id, None).await.map(drop)
+    }
+
+    /// Replaces our claim with `claim` if it is still ours; `false` when it is not.
+    async fn set_own_claim(&self, id: &str, claim: Option<Claim>) -> Result<bool, EngineError> {
         let me = &self.policy.instance;
         let written = self
             .store
@@ -274,7 +284,7 @@ impl Engine {
                 let d = old?;
                 if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
                     let mut d = d.clone();
-                    d.claim = Some(self.lease());
+                    d.claim = claim.clone();
                     Some(d)
                 } else {
                     None
@@ -365,24 +375,6 @@ impl Engine {
                 false
             }
         }
-    }
-
-    /// Drops our claim on the request, if we hold it.
-    pub(super) async fn release(&self, id: &str) -> Result<(), EngineError> {
-        let me = &self.policy.instance;
-        self.store
-            .modify(id, FirstGuess::LastWrite, |old| {
-                let d = old?;
-                if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
-                    let mut d = d.clone();
-                    d.claim = None;
-                    Some(d)
-                } else {
-                    None
-                }
-            })
-            .await?;
-        Ok(())
     }
 
     pub(super) fn lease(&self) -> Claim {
