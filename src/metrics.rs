@@ -105,15 +105,24 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let mut s = String::new();
+        self.render_events(&mut s);
+        self.render_mails(&mut s);
+        for (name, kind, text, value) in self.scalars() {
+            help(&mut s, name, kind, text);
+            let _ = writeln!(s, "{name} {value}");
+        }
+        s
+    }
+
+    fn render_events(&self, s: &mut String) {
         let events = self
             .events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mails = self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut s = String::new();
         help(
-            &mut s,
+            s,
             "teleport_email_events_total",
             "counter",
             "Watch events received, by kind.",
@@ -121,6 +130,11 @@ impl Metrics {
         for (kind, n) in &events {
             let _ = writeln!(s, "teleport_email_events_total{{kind=\"{kind}\"}} {n}");
         }
+    }
+
+    /// One counter for sent mails and one for failed ones, each by backend and stage.
+    fn render_mails(&self, s: &mut String) {
+        let mails = self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, wanted, text) in [
             (
                 "teleport_email_mails_sent_total",
@@ -133,16 +147,20 @@ impl Metrics {
                 "Mail attempts that failed, by backend and stage.",
             ),
         ] {
-            help(&mut s, name, "counter", text);
+            help(s, name, "counter", text);
             for ((backend, stage, outcome), n) in &mails {
                 if *outcome == wanted {
                     let _ = writeln!(s, "{name}{{backend=\"{backend}\",stage=\"{stage}\"}} {n}");
                 }
             }
         }
+    }
+
+    /// The unlabelled metrics: (name, type, help, value).
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, String); 5] {
         let last = self.last_event_ms.load(Ordering::Relaxed);
         let since = self.started.elapsed().as_secs_f64() - last as f64 / 1000.0;
-        let scalars = [
+        [
             (
                 "teleport_email_retries_total",
                 "counter",
@@ -173,12 +191,7 @@ impl Metrics {
                 "1 when the watch is initialised and the mailer is healthy.",
                 u8::from(self.is_ready()).to_string(),
             ),
-        ];
-        for (name, kind, text, value) in scalars {
-            help(&mut s, name, kind, text);
-            let _ = writeln!(s, "{name} {value}");
-        }
-        s
+        ]
     }
 }
 
