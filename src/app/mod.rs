@@ -1,11 +1,10 @@
 //! The one place that wires concrete parts together and runs them until shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::calendar::rfc3339;
@@ -21,85 +20,101 @@ use crate::startup::{self, StartupError};
 use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
 use crate::watcher::{self, BoxFuture, EventHandler, Links, WatcherConfig};
 
+mod reload;
+
+use reload::{Current, reload_loop};
+pub use reload::{DEFAULT_FILE_CHECK, FILE_CHECK_ENV, Reload, file_check_from_env};
+
 /// `teleport-email start`: load the config, set up logging, run until stopped.
 pub fn start(config_path: &Path, debug: bool) -> Exit {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let logging = Logging::init();
-    let loaded = match config::load(config_path) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "Terminating with fatal error: invalid configuration");
-            return Exit::Config;
-        }
-    };
-    if let Some(Err(e)) = logging.as_ref().map(|l| l.apply(&loaded.config.log, debug)) {
-        tracing::error!(error = %e, "Terminating with fatal error: cannot set up logging");
-        return Exit::Config;
-    }
-    tracing::debug!("DEBUG logging enabled");
-    for warning in &loaded.warnings {
-        tracing::warn!(config = %config_path.display(), "{warning}");
-    }
-    // One thread: a notifier waits on the network nearly all the time, and one core sends
-    // thousands of mails a second; a single thread spends less CPU per mail than a pool
-    // (no work stealing, no cross-thread wake-ups, one malloc arena). DNS lookups still run on
-    // tokio's blocking threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "Terminating with fatal error: cannot start the runtime");
-            return Exit::Runtime;
-        }
-    };
-    let file_check = match file_check_from_env() {
-        Ok(period) => period,
-        Err(e) => {
-            tracing::error!(error = %e, "Terminating with fatal error: invalid configuration");
-            return Exit::Config;
-        }
-    };
-    runtime.block_on(async {
-        let root = CancellationToken::new();
-        let reloads = match shutdown::install(root.clone()) {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!(error = %e, "Terminating with fatal error: cannot install signal handlers");
-                return Exit::Runtime;
-            }
-        };
-        let hooks = Hooks {
-            reload: Some(Reload {
+    match prepare(config_path, debug, logging.as_ref()) {
+        Ok((config, runtime, file_check)) => {
+            runtime.block_on(run_until_signalled(config, |signals| Reload {
                 path: config_path.to_owned(),
                 debug,
                 logging,
-                signals: reloads,
+                signals,
                 file_check,
-            }),
-            ready: None,
-        };
-        tokio::select! {
-            exit = run_with(loaded.config, root.clone(), hooks) => exit,
-            _ = shutdown::grace_expired(root, shutdown::GRACE_PERIOD) => {
-                tracing::error!("In-flight work did not finish within the grace period; exiting");
-                Exit::Forced
-            }
+            }))
         }
-    })
+        Err(exit) => exit,
+    }
 }
 
-/// Where a SIGHUP reload gets its new config, and what it applies it to.
-pub struct Reload {
-    pub path: PathBuf,
-    pub debug: bool,
-    pub logging: Option<Logging>,
-    /// One `()` per SIGHUP.
-    pub signals: mpsc::Receiver<()>,
-    /// How often the config and its `*_file` secrets are re-read to notice a change without a
-    /// SIGHUP; never when `None`.
-    pub file_check: Option<Duration>,
+/// What `start` needs before it runs: the config (with logging set up as it says), the runtime,
+/// and how often the files are re-read.
+fn prepare(
+    config_path: &Path,
+    debug: bool,
+    logging: Option<&Logging>,
+) -> Result<(Config, tokio::runtime::Runtime, Option<Duration>), Exit> {
+    let config = load_config(config_path, debug, logging)?;
+    let runtime = build_runtime()?;
+    let file_check = file_check_from_env().map_err(|e| {
+        tracing::error!(error = %e, "Terminating with fatal error: invalid configuration");
+        Exit::Config
+    })?;
+    Ok((config, runtime, file_check))
+}
+
+/// The config at `path`, with logging set up as it says and its warnings logged.
+fn load_config(path: &Path, debug: bool, logging: Option<&Logging>) -> Result<Config, Exit> {
+    let loaded = config::load(path).map_err(|e| {
+        tracing::error!(error = %e, "Terminating with fatal error: invalid configuration");
+        Exit::Config
+    })?;
+    if let Some(Err(e)) = logging.map(|l| l.apply(&loaded.config.log, debug)) {
+        tracing::error!(error = %e, "Terminating with fatal error: cannot set up logging");
+        return Err(Exit::Config);
+    }
+    tracing::debug!("DEBUG logging enabled");
+    for warning in &loaded.warnings {
+        tracing::warn!(config = %path.display(), "{warning}");
+    }
+    Ok(loaded.config)
+}
+
+/// One thread: a notifier waits on the network nearly all the time, and one core sends
+/// thousands of mails a second; a single thread spends less CPU per mail than a pool
+/// (no work stealing, no cross-thread wake-ups, one malloc arena). DNS lookups still run on
+/// tokio's blocking threads.
+fn build_runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            tracing::error!(error = %e, "Terminating with fatal error: cannot start the runtime");
+            Exit::Runtime
+        })
+}
+
+/// Runs until a signal stops it; exits at once when in-flight work outlasts the grace period.
+/// `reload` makes the SIGHUP reload from the signal receiver.
+async fn run_until_signalled(
+    config: Config,
+    reload: impl FnOnce(mpsc::Receiver<()>) -> Reload,
+) -> Exit {
+    let root = CancellationToken::new();
+    let signals = match shutdown::install(root.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "Terminating with fatal error: cannot install signal handlers");
+            return Exit::Runtime;
+        }
+    };
+    let hooks = Hooks {
+        reload: Some(reload(signals)),
+        ready: None,
+    };
+    tokio::select! {
+        exit = run_with(config, root.clone(), hooks) => exit,
+        _ = shutdown::grace_expired(root, shutdown::GRACE_PERIOD) => {
+            tracing::error!("In-flight work did not finish within the grace period; exiting");
+            Exit::Forced
+        }
+    }
 }
 
 /// What a caller may attach to a run.
@@ -139,50 +154,25 @@ fn fatal(e: StartupError) -> Fatal {
 async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Result<(), Fatal> {
     let fail_fast = fail_fast_from_env().map_err(|e| (Exit::Config, e))?;
     let metrics = Arc::new(Metrics::default());
-    if let Some(addr) = config.metrics {
-        let listener = crate::metrics::bind(addr).await.map_err(|e| {
-            (
-                Exit::Config,
-                format!("metrics.listen: cannot listen on {addr}: {e}"),
-            )
-        })?;
-        tracing::info!(%addr, "Serving /metrics, /healthz and /readyz");
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            metrics.clone(),
-            root.child_token(),
-        ));
-    }
+    serve_metrics(config.metrics, &metrics, &root).await?;
     let (client, cluster) = connect_teleport(&config, &metrics, &root).await?;
     let mailer = build_mailer(&config).await?;
     let rules = Arc::new(RuleSet::new(PLUGIN_NAME));
-    let engine = Arc::new(
-        Engine::new(
-            client.clone(),
-            cluster,
-            routing(&config, &mailer),
-            DeliveryPolicy {
-                retry_for: config.delivery.retry_timeout,
-                id_host: message_id_host(&config.delivery.sender),
-                ..DeliveryPolicy::default()
-            },
-        )
-        .with_shutdown(root.clone())
-        .with_metrics(metrics.clone())
-        .with_rules(rules.clone(), Arc::new(client.clone())),
-    );
+    let engine = build_engine(&config, &client, cluster, &mailer, &metrics, &rules, &root);
     let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
     let reloads_stop = root.child_token();
     let reloads = hooks.reload.map(|reload| {
+        let current = Current {
+            config: config.clone(),
+            mailer: mailer.clone(),
+        };
+        let stop = reloads_stop.clone();
         tokio::spawn(reload_loop(
             reload,
-            Current {
-                config: config.clone(),
-                mailer: mailer.clone(),
-            },
+            current,
             engine.clone(),
             reconcile_tx,
-            reloads_stop.clone(),
+            stop,
         ))
     });
     let links = Links {
@@ -206,10 +196,50 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
     watched.map_err(|e| (Exit::Runtime, e.to_string()))
 }
 
-/// The config and mailer in force.
-struct Current {
-    config: Config,
-    mailer: Arc<dyn Mailer>,
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `root` is cancelled.
+async fn serve_metrics(
+    listen: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+    root: &CancellationToken,
+) -> Result<(), Fatal> {
+    let Some(addr) = listen else {
+        return Ok(());
+    };
+    let listener = crate::metrics::bind(addr).await.map_err(|e| {
+        (
+            Exit::Config,
+            format!("metrics.listen: cannot listen on {addr}: {e}"),
+        )
+    })?;
+    tracing::info!(%addr, "Serving /metrics, /healthz and /readyz");
+    tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        root.child_token(),
+    ));
+    Ok(())
+}
+
+/// The engine, routing to `mailer` and stopping with `root`.
+fn build_engine(
+    config: &Config,
+    client: &TeleportClient,
+    cluster: ClusterInfo,
+    mailer: &Arc<dyn Mailer>,
+    metrics: &Arc<Metrics>,
+    rules: &Arc<RuleSet>,
+    root: &CancellationToken,
+) -> Arc<Engine> {
+    let policy = DeliveryPolicy {
+        retry_for: config.delivery.retry_timeout,
+        id_host: message_id_host(&config.delivery.sender),
+        ..DeliveryPolicy::default()
+    };
+    let engine = Engine::new(client.clone(), cluster, routing(config, mailer), policy)
+        .with_shutdown(root.clone())
+        .with_metrics(metrics.clone())
+        .with_rules(rules.clone(), Arc::new(client.clone()));
+    Arc::new(engine)
 }
 
 /// The engine's routing: the config's recipients, and `mailer`, whose pooled connections are
@@ -219,117 +249,6 @@ fn routing(config: &Config, mailer: &Arc<dyn Mailer>) -> Routing {
         recipients: config.recipients.clone(),
         mailer: Arc::new(CloseWhenDropped(mailer.clone())),
     }
-}
-
-/// Applies a new config on each SIGHUP, and when a periodic re-read finds that the config or a
-/// `*_file` secret changed (a rotated Kubernetes Secret): log settings, recipients, mailer and its
-/// secrets. A config that does not load, or a mailer that fails its health check, is rejected and
-/// the old one stays; the periodic re-read tries a rejected config again only after five periods
-/// (see [`retry_rejected`]).
-/// After a reload the watcher reconciles, so mail held back by a mailer-wide failure (a password
-/// now fixed) is picked up. Returns the mailer in force when `stop` is cancelled.
-async fn reload_loop(
-    mut reload: Reload,
-    mut current: Current,
-    engine: Arc<Engine>,
-    reconcile: mpsc::Sender<()>,
-    stop: CancellationToken,
-) -> Arc<dyn Mailer> {
-    // What the periodic re-read last rejected (the config, or why it did not load), and when.
-    let mut rejected: Option<(Result<Config, String>, Instant)> = None;
-    loop {
-        let signalled = tokio::select! {
-            _ = stop.cancelled() => return current.mailer,
-            signal = reload.signals.recv() => if signal.is_none() { return current.mailer } else { true },
-            _ = after(reload.file_check) => false,
-        };
-        if signalled {
-            tracing::info!(config = %reload.path.display(), "SIGHUP: reloading the configuration");
-        } else {
-            let seen = match config::load(&reload.path) {
-                Ok(l) if l.config == current.config => continue,
-                Ok(l) => Ok(l.config),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Some((before, at)) = &rejected
-                && *before == seen
-                && !retry_rejected(&seen, *at, reload.file_check)
-            {
-                continue;
-            }
-            rejected = Some((seen, Instant::now()));
-            tracing::info!(config = %reload.path.display(), "The configuration or a secret file changed: reloading");
-        }
-        match reloaded(&reload, &current.config).await {
-            Ok(next) => {
-                engine.set_routing(routing(&next.config, &next.mailer));
-                current = next;
-                rejected = None;
-                tracing::info!("Configuration reloaded");
-                // A full channel: a reconcile is already asked for.
-                let _ = reconcile.try_send(());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Configuration reload rejected; the previous configuration stays in force");
-            }
-        }
-    }
-}
-
-/// Whether a changed config the periodic re-read rejected is tried again: never one that does
-/// not load (it is the same file), but one whose mailer failed its check after five periods —
-/// the failure may have passed (a restarting server), while a password the server refuses is
-/// not retried often enough to lock the account.
-fn retry_rejected(seen: &Result<Config, String>, at: Instant, period: Option<Duration>) -> bool {
-    seen.is_ok() && period.is_some_and(|p| at.elapsed() >= 5 * p)
-}
-
-/// Sleeps `period`, or forever when there is none.
-async fn after(period: Option<Duration>) {
-    match period {
-        Some(period) => tokio::time::sleep(period).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The default of [`FILE_CHECK_ENV`]: about the kubelet's own sync period for Secret volumes.
-pub const DEFAULT_FILE_CHECK: Duration = Duration::from_secs(60);
-
-/// The environment variable that sets how often the config and secret files are re-read to
-/// notice a change without a SIGHUP: a Go duration, `0` to turn it off.
-pub const FILE_CHECK_ENV: &str = "TELEPORT_EMAIL_FILE_CHECK_INTERVAL";
-
-/// [`FILE_CHECK_ENV`], or its default; an unreadable value is an error naming it.
-pub fn file_check_from_env() -> Result<Option<Duration>, String> {
-    match std::env::var(FILE_CHECK_ENV) {
-        Err(_) => Ok(Some(DEFAULT_FILE_CHECK)),
-        Ok(v) => match config::parse_go_duration(&v) {
-            Ok(d) if d.is_zero() => Ok(None),
-            Ok(d) => Ok(Some(d)),
-            Err(e) => Err(format!("{FILE_CHECK_ENV}={v:?}: {e}")),
-        },
-    }
-}
-
-/// The config at `reload.path` with its mailer checked and its log settings applied.
-async fn reloaded(reload: &Reload, current: &Config) -> Result<Current, String> {
-    let loaded = config::load(&reload.path).map_err(|e| e.to_string())?;
-    let config = loaded.config;
-    let mailer = build_mailer(&config).await.map_err(|(_, e)| e)?;
-    if let Some(Err(e)) = reload
-        .logging
-        .as_ref()
-        .map(|l| l.apply(&config.log, reload.debug))
-    {
-        return Err(e.to_string());
-    }
-    for warning in &loaded.warnings {
-        tracing::warn!(config = %reload.path.display(), "{warning}");
-    }
-    if config.teleport != current.teleport {
-        tracing::warn!("The [teleport] section changed: it takes effect at the next restart");
-    }
-    Ok(Current { config, mailer })
 }
 
 /// Keeps the identity-expiry gauge current (the identity file may be renewed under us).
