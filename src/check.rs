@@ -8,7 +8,7 @@ use crate::config::{self, Config, MailerConfig};
 use crate::exit::Exit;
 use crate::mail::{self, MessageId, OutgoingMail, RenderedMail};
 use crate::startup;
-use crate::teleport::{TeleportClient, TeleportError};
+use crate::teleport::{ClusterInfo, TeleportClient, TeleportError};
 
 /// One checked item.
 struct Line {
@@ -90,11 +90,22 @@ async fn check_teleport(config: &Config, r: &mut Report) {
 
 /// Everything about Teleport; `false` when it stopped before the permission checks.
 async fn check_connection(config: &Config, r: &mut Report) -> bool {
+    let Some((client, user)) = connect(config, r).await else {
+        return false;
+    };
+    check_list(&client, r).await;
+    check_plugin_data(&client, r).await;
+    check_monitoring(&client, &user, r).await;
+    true
+}
+
+/// The credentials and the connection, a line each: the client and the user it acts as.
+async fn connect(config: &Config, r: &mut Report) -> Option<(TeleportClient, String)> {
     let store = match startup::credentials(config) {
         Ok((_, store)) => store,
         Err(e) => {
             r.fail("credentials", e.to_string());
-            return false;
+            return None;
         }
     };
     let info = store.current().info.clone();
@@ -108,31 +119,37 @@ async fn check_connection(config: &Config, r: &mut Report) -> bool {
             rfc3339(info.not_after)
         ),
     );
-    let (client, c) = match startup::connect(config, store).await {
+    let (client, cluster) = match startup::connect(config, store).await {
         Ok(connected) => connected,
         Err(e) => {
             r.fail("teleport", e.to_string());
-            return false;
+            return None;
         }
     };
-    r.pass(
-        "teleport",
-        format!(
-            "cluster {} (Teleport {}), {}; advanced workflows: {}{}",
-            c.name,
-            c.server_version,
-            client
-                .dial_path()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            if c.advanced_workflows { "yes" } else { "no" },
-            if c.proxy_public_addr.is_empty() {
-                String::new()
-            } else {
-                format!(", proxy {}", c.proxy_public_addr)
-            }
-        ),
-    );
+    r.pass("teleport", describe_cluster(&client, &cluster));
+    Some((client, info.user))
+}
+
+/// The cluster as the `teleport` line shows it: name, version, how we reached it.
+fn describe_cluster(client: &TeleportClient, c: &ClusterInfo) -> String {
+    format!(
+        "cluster {} (Teleport {}), {}; advanced workflows: {}{}",
+        c.name,
+        c.server_version,
+        client
+            .dial_path()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        if c.advanced_workflows { "yes" } else { "no" },
+        if c.proxy_public_addr.is_empty() {
+            String::new()
+        } else {
+            format!(", proxy {}", c.proxy_public_addr)
+        }
+    )
+}
+
+async fn check_list(client: &TeleportClient, r: &mut Report) {
     match client.list_access_requests(None).await {
         Ok(list) => r.pass(
             "list",
@@ -140,7 +157,10 @@ async fn check_connection(config: &Config, r: &mut Report) -> bool {
         ),
         Err(e) => r.fail("list", e.to_string()),
     }
-    // A write to a request that cannot exist: allowed roles get NotFound, others AccessDenied.
+}
+
+/// A write to a request that cannot exist: allowed roles get NotFound, others AccessDenied.
+async fn check_plugin_data(client: &TeleportClient, r: &mut Report) {
     let probe = "00000000-0000-4000-8000-000000000000";
     let set = [("probe".to_owned(), "1".to_owned())].into();
     match client
@@ -152,8 +172,6 @@ async fn check_connection(config: &Config, r: &mut Report) -> bool {
         }
         Err(e) => r.fail("plugin data", e.to_string()),
     }
-    check_monitoring(&client, &info.user, r).await;
-    true
 }
 
 /// What Access Monitoring Rule routing can see: the rules, and users' traits. Neither is needed

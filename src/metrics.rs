@@ -105,15 +105,24 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let mut s = String::new();
+        self.render_events(&mut s);
+        self.render_mails(&mut s);
+        for (name, kind, text, value) in self.scalars() {
+            help(&mut s, name, kind, text);
+            let _ = writeln!(s, "{name} {value}");
+        }
+        s
+    }
+
+    fn render_events(&self, s: &mut String) {
         let events = self
             .events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mails = self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut s = String::new();
         help(
-            &mut s,
+            s,
             "teleport_email_events_total",
             "counter",
             "Watch events received, by kind.",
@@ -121,6 +130,11 @@ impl Metrics {
         for (kind, n) in &events {
             let _ = writeln!(s, "teleport_email_events_total{{kind=\"{kind}\"}} {n}");
         }
+    }
+
+    /// One counter for sent mails and one for failed ones, each by backend and stage.
+    fn render_mails(&self, s: &mut String) {
+        let mails = self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, wanted, text) in [
             (
                 "teleport_email_mails_sent_total",
@@ -133,16 +147,20 @@ impl Metrics {
                 "Mail attempts that failed, by backend and stage.",
             ),
         ] {
-            help(&mut s, name, "counter", text);
+            help(s, name, "counter", text);
             for ((backend, stage, outcome), n) in &mails {
                 if *outcome == wanted {
                     let _ = writeln!(s, "{name}{{backend=\"{backend}\",stage=\"{stage}\"}} {n}");
                 }
             }
         }
+    }
+
+    /// The unlabelled metrics: (name, type, help, value).
+    fn scalars(&self) -> [(&'static str, &'static str, &'static str, String); 5] {
         let last = self.last_event_ms.load(Ordering::Relaxed);
         let since = self.started.elapsed().as_secs_f64() - last as f64 / 1000.0;
-        let scalars = [
+        [
             (
                 "teleport_email_retries_total",
                 "counter",
@@ -173,15 +191,72 @@ impl Metrics {
                 "1 when the watch is initialised and the mailer is healthy.",
                 u8::from(self.is_ready()).to_string(),
             ),
-        ];
-        for (name, kind, text, value) in scalars {
-            help(&mut s, name, kind, text);
-            let _ = writeln!(s, "{name} {value}");
-        }
-        s
+        ]
     }
 }
 
 fn help(s: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(s, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole exposition, line by line; the one clock-dependent value is masked.
+    #[test]
+    fn render_is_the_prometheus_text_in_a_fixed_order() {
+        let m = Metrics::default();
+        m.event("put");
+        m.event("init");
+        m.event("put");
+        m.mail("smtp", "new", true);
+        m.mail("mailgun", "resolved", false);
+        m.mail("smtp", "new", true);
+        m.retry();
+        m.reconnect();
+        m.reconnect();
+        m.set_identity_expiry(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        );
+        m.set_ready(true);
+        m.set_mailer_ok(true);
+        let text: Vec<String> = m
+            .render()
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some(("teleport_email_seconds_since_last_event", _)) => {
+                    "teleport_email_seconds_since_last_event <masked>".to_owned()
+                }
+                _ => l.to_owned(),
+            })
+            .collect();
+        let expected = "\
+# HELP teleport_email_events_total Watch events received, by kind.
+# TYPE teleport_email_events_total counter
+teleport_email_events_total{kind=\"init\"} 1
+teleport_email_events_total{kind=\"put\"} 2
+# HELP teleport_email_mails_sent_total Mails accepted by the mail server, by backend and stage.
+# TYPE teleport_email_mails_sent_total counter
+teleport_email_mails_sent_total{backend=\"smtp\",stage=\"new\"} 2
+# HELP teleport_email_mails_failed_total Mail attempts that failed, by backend and stage.
+# TYPE teleport_email_mails_failed_total counter
+teleport_email_mails_failed_total{backend=\"mailgun\",stage=\"resolved\"} 1
+# HELP teleport_email_retries_total Delivery rounds retried after a transient failure.
+# TYPE teleport_email_retries_total counter
+teleport_email_retries_total 1
+# HELP teleport_email_watch_reconnects_total Times the watch on access requests was re-established.
+# TYPE teleport_email_watch_reconnects_total counter
+teleport_email_watch_reconnects_total 2
+# HELP teleport_email_seconds_since_last_event Seconds since the last watch event (since start before the first).
+# TYPE teleport_email_seconds_since_last_event gauge
+teleport_email_seconds_since_last_event <masked>
+# HELP teleport_email_identity_expiry_timestamp_seconds When the client certificate in use expires (Unix time).
+# TYPE teleport_email_identity_expiry_timestamp_seconds gauge
+teleport_email_identity_expiry_timestamp_seconds 1800000000
+# HELP teleport_email_ready 1 when the watch is initialised and the mailer is healthy.
+# TYPE teleport_email_ready gauge
+teleport_email_ready 1";
+        assert_eq!(text, expected.lines().collect::<Vec<_>>());
+    }
 }

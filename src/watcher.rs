@@ -153,15 +153,7 @@ async fn watch_once(
     announced: &mut bool,
     backoff: &mut Backoff,
 ) -> Result<(), TeleportError> {
-    let mut stream = match &links.rules {
-        Some(_) => client.watch_requests_and_rules().await?,
-        None => client.watch_access_requests().await?,
-    };
-    expect_init(&mut stream, config.init_timeout).await?;
-    links.metrics.event("init");
-    if let Some(rules) = &links.rules {
-        load_rules(client, rules, links.plugin, stream.confirmed_kinds()).await?;
-    }
+    let mut stream = open_stream(client, config, links).await?;
     backoff.reset();
     // This watch's own reconcile covers what was asked for while there was none.
     while links.reconcile.try_recv().is_ok() {}
@@ -194,6 +186,24 @@ async fn watch_once(
             },
         }
     }
+}
+
+/// A watch stream past its INIT event, with the rules listed afresh when they are watched too.
+async fn open_stream(
+    client: &TeleportClient,
+    config: &WatcherConfig,
+    links: &Links,
+) -> Result<crate::teleport::WatchStream, TeleportError> {
+    let mut stream = match &links.rules {
+        Some(_) => client.watch_requests_and_rules().await?,
+        None => client.watch_access_requests().await?,
+    };
+    expect_init(&mut stream, config.init_timeout).await?;
+    links.metrics.event("init");
+    if let Some(rules) = &links.rules {
+        load_rules(client, rules, links.plugin, stream.confirmed_kinds()).await?;
+    }
+    Ok(stream)
 }
 
 /// Lists the rules afresh when the server confirmed it will send their changes (or did not say);

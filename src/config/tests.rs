@@ -609,3 +609,103 @@ fn plain_http_api_base_only_to_loopback() {
         "{p:?}"
     );
 }
+
+// --- exact findings, pinned so that reshaping the readers cannot change them ---
+
+const RECIPIENTS: &str =
+    "[delivery]\nsender = \"s@example.com\"\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n";
+
+#[test]
+fn teleport_credential_findings_are_exact() {
+    let l = ok(&format!(
+        "[teleport]\nidentity = \"/id\"\nrefresh_identity = true\nroot_cas = \"/ca\"\nclient_crt = \"/c\"\n{MAILGUN}{RECIPIENTS}"
+    ));
+    assert_eq!(
+        l.config.teleport.credentials,
+        Some(Credentials::IdentityFile {
+            path: "/id".into(),
+            refresh: Some(Duration::from_secs(60))
+        })
+    );
+    assert_eq!(
+        l.warnings,
+        ["teleport.identity is set, so teleport.client_crt, teleport.root_cas is ignored"]
+    );
+
+    let l = ok(&format!(
+        "[teleport]\nrefresh_identity = true\nclient_crt = \"/c\"\nclient_key = \"/k\"\nroot_cas = \"/ca\"\n{MAILGUN}{RECIPIENTS}"
+    ));
+    assert_eq!(
+        l.config.teleport.credentials,
+        Some(Credentials::KeyPair {
+            cert: "/c".into(),
+            key: "/k".into(),
+            root_cas: "/ca".into()
+        })
+    );
+    assert_eq!(
+        l.warnings,
+        ["teleport.refresh_identity only applies to teleport.identity and is ignored"]
+    );
+
+    let p = problems(&format!(
+        "[teleport]\nrefresh_identity_interval = \"0s\"\nroot_cas = \"/ca\"\nclient_key = \"/k\"\n{MAILGUN}{RECIPIENTS}"
+    ));
+    assert_eq!(
+        p,
+        [
+            "teleport.refresh_identity_interval: must be greater than zero",
+            "teleport: client_crt, client_key and root_cas go together: client_key, root_cas given, client_crt missing",
+        ]
+    );
+}
+
+#[test]
+fn recipient_findings_are_exact() {
+    let p = problems(&format!(
+        "{MAILGUN}[role_to_recipients]\ndev = [\"Dev <d@example.com>\", \"a/b@example.com\"]\n\"db admin\" = \"x\"\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "role_to_recipients: missing required value role_to_recipients[*]: the \"*\" entry lists who gets requests for roles without an entry of their own",
+            "role_to_recipients.\"db admin\": invalid email address \"x\" (a bare address such as ops@example.com, without a display name)",
+            "role_to_recipients.dev: invalid email address \"Dev <d@example.com>\" (a bare address such as ops@example.com, without a display name)",
+            "role_to_recipients.dev: email address \"a/b@example.com\" contains '/', which the plugin data cannot store",
+        ]
+    );
+
+    let l = ok(&format!(
+        "{MAILGUN}[delivery]\nsender = \"s@example.com\"\nrecipients = []\n[role_to_recipients]\n\"*\" = \"a@example.com\"\n"
+    ));
+    assert_eq!(
+        l.warnings,
+        ["delivery.recipients is deprecated and empty here; it is ignored"]
+    );
+}
+
+#[test]
+fn log_findings_are_exact() {
+    let l = ok(&format!(
+        "{MAILGUN}{RECIPIENTS}[log]\noutput = \"syslog\"\nseverity = \"WARNING\"\nformat = \"JSON\"\n"
+    ));
+    assert_eq!(l.config.log.output, LogOutput::Stderr);
+    assert_eq!(l.config.log.severity, LogSeverity::Warn);
+    assert_eq!(l.config.log.format, LogFormat::Json);
+    assert_eq!(
+        l.warnings,
+        [
+            "log.output = \"syslog\" is not supported; logging to stderr (journald collects it under systemd)"
+        ]
+    );
+    let p = problems(&format!(
+        "{MAILGUN}{RECIPIENTS}[log]\noutput = \"/var/log/x\"\nseverity = \"loud\"\nformat = \"xml\"\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            "log.severity: unsupported logger severity \"loud\" (use trace, debug, info, warn or error)",
+            "log.format: unsupported log output format \"xml\" (use text or json)",
+        ]
+    );
+}

@@ -69,38 +69,8 @@ impl MailgunMailer {
         health_recipients: Vec<String>,
         options: MailgunOptions,
     ) -> Result<Self, MailError> {
-        let setup = |reason: String| MailError::Setup {
-            backend: "mailgun",
-            reason,
-        };
-        if config.domain.is_empty()
-            || config.domain.contains(|c: char| {
-                DOMAIN_FORBIDDEN.contains(&c) || c.is_whitespace() || c.is_control()
-            })
-        {
-            return Err(setup(format!(
-                "mailgun.domain {:?} is not a domain",
-                config.domain
-            )));
-        }
-        if config.private_key.expose().is_empty() {
-            return Err(setup("mailgun.private_key is empty".into()));
-        }
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Losing a race with another installer is fine: either way a provider is in place.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let mut client = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout);
-        if config.api_base.starts_with("http://") {
-            // Plain HTTP is allowed only to this machine; through a proxy (HTTP_PROXY) the key
-            // would cross the network in clear.
-            client = client.no_proxy();
-        }
-        let client = client
-            .build()
-            .map_err(|e| setup(format!("HTTP client: {}", describe(&e))))?;
+        check_config(config)?;
+        let client = http_client(config, &options)?;
         Ok(Self {
             client,
             endpoint: format!(
@@ -182,6 +152,54 @@ impl MailgunMailer {
             MailError::Connect { server, reason }
         }
     }
+}
+
+/// A [`MailError::Setup`] of this backend.
+fn setup(reason: String) -> MailError {
+    MailError::Setup {
+        backend: "mailgun",
+        reason,
+    }
+}
+
+/// A usable domain and a non-empty key, checked again here for callers that build the config.
+fn check_config(config: &MailgunConfig) -> Result<(), MailError> {
+    if config.domain.is_empty()
+        || config.domain.contains(|c: char| {
+            DOMAIN_FORBIDDEN.contains(&c) || c.is_whitespace() || c.is_control()
+        })
+    {
+        return Err(setup(format!(
+            "mailgun.domain {:?} is not a domain",
+            config.domain
+        )));
+    }
+    if config.private_key.expose().is_empty() {
+        return Err(setup("mailgun.private_key is empty".into()));
+    }
+    Ok(())
+}
+
+/// The HTTP client, with the deadline of `options` on connect and on each whole call.
+fn http_client(
+    config: &MailgunConfig,
+    options: &MailgunOptions,
+) -> Result<reqwest::Client, MailError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: either way a provider is in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let mut client = reqwest::Client::builder()
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout);
+    if config.api_base.starts_with("http://") {
+        // Plain HTTP is allowed only to this machine; through a proxy (HTTP_PROXY) the key
+        // would cross the network in clear.
+        client = client.no_proxy();
+    }
+    client
+        .build()
+        .map_err(|e| setup(format!("HTTP client: {}", describe(&e))))
 }
 
 #[async_trait::async_trait]
@@ -303,6 +321,20 @@ mod tests {
                 .unwrap();
             assert!(err.to_string().contains("mailgun.domain"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_empty_key_is_a_setup_error() {
+        let mut c = config("mg.example.com");
+        c.private_key = Secret::new("");
+        let err = MailgunMailer::new(&c, "a@b", vec![], MailgunOptions::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, MailError::Setup { backend: "mailgun", reason } if reason == "mailgun.private_key is empty"),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
     }
 
     #[test]

@@ -122,6 +122,57 @@ fn start_with_broken_config_lists_every_problem() {
     }
 }
 
+/// What `start` does before it connects, in order: the config's warnings are logged through its
+/// `[log]` settings, then an unreadable file-check interval stops it with exit 3, naming the
+/// variable; a log file that cannot be opened stops it with exit 3 before anything else.
+#[test]
+fn start_reports_what_stops_it_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |log: &str| {
+        format!(
+            "[teleport]\naddr = \"127.0.0.1:1\"\nidentity = \"/nonexistent/identity\"\nspare = 1\n\
+             [smtp]\nhost = \"127.0.0.1\"\nport = 2\nstarttls_policy = \"disabled\"\n\
+             [delivery]\nsender = \"a@example.com\"\n[role_to_recipients]\n\"*\" = \"b@example.com\"\n\
+             [log]\nformat = \"json\"\noutput = \"{log}\"\n"
+        )
+    };
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, config("stderr")).unwrap();
+    let out = bin()
+        .args(["start", "-c", path.to_str().unwrap()])
+        .env("TELEPORT_EMAIL_FILE_CHECK_INTERVAL", "often")
+        .output()
+        .expect("the binary runs");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("a JSON line: {l}")))
+        .collect();
+    let (fatal, before) = lines.split_last().expect("log lines");
+    assert!(
+        before
+            .iter()
+            .any(|l| l["level"] == "WARN" && l.to_string().contains("teleport.spare")),
+        "{stderr}"
+    );
+    assert_eq!(fatal["level"], "ERROR", "{stderr}");
+    assert!(
+        fatal
+            .to_string()
+            .contains("TELEPORT_EMAIL_FILE_CHECK_INTERVAL=\\\"often\\\""),
+        "{stderr}"
+    );
+
+    let path = dir.path().join("bad-log.toml");
+    std::fs::write(&path, config("/nonexistent/dir/plugin.log")).unwrap();
+    let out = run(&["start", "-c", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("cannot set up logging"), "{stderr}");
+    assert!(!stderr.contains("teleport.spare"), "{stderr}");
+}
+
 /// `start` with a valid config applies its `[log]` settings and logs through them (text and
 /// JSON) until the fatal error, rather than panicking in the logging layer.
 #[test]
