@@ -84,11 +84,6 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// The mailer's health check result.
-    pub fn set_mailer_ok(&self, ok: bool) {
-        self.mailer_ok.store(ok, Ordering::Relaxed);
-    }
-
     /// When the client certificate in use expires.
     pub fn set_identity_expiry(&self, at: SystemTime) {
         let secs = at
@@ -220,7 +215,6 @@ mod tests {
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
         );
         m.set_ready(true);
-        m.set_mailer_ok(true);
         let text: Vec<String> = m
             .render()
             .lines()

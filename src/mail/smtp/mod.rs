@@ -138,11 +138,6 @@ impl SmtpMailer {
         })
     }
 
-    /// `host:port` of the server.
-    pub fn server(&self) -> &str {
-        &self.inner.server
-    }
-
     #[cfg(test)]
     fn wire(&self, mail: &OutgoingMail) -> Result<Wire, MailError> {
         self.inner.wire(mail)
