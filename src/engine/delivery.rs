@@ -188,7 +188,8 @@ impl Engine {
         self.record_until_landed(id, stage, jobs, &round.sent, wait.is_some())
             .await?;
         self.log_failures(id, stage, failures, wait, &mut attempts.told_operator);
-        if let Some(why) = interrupted.filter(|_| settled) {
+        let unsent = (jobs.iter().zip(&round.sent)).any(|(j, s)| s.handled.len() < j.mails.len());
+        if let Some(why) = interrupted.filter(|_| settled && unsent) {
             tracing::warn!(request_id = %id, stage = stage.name(), reason = ?why, "Sending stopped early; what was delivered is recorded, the rest is left to the claim's holder or the next start");
         }
         Ok(wait.filter(|_| !settled))
