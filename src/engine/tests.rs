@@ -1037,6 +1037,18 @@ mod amr_review {
         );
     }
 
+    /// Upstream `getRecipients` falls back to `role_to_recipients` when the matching rules give an
+    /// empty recipient set (`recipientSet.Len() != 0` check); a rule with `notification.name:
+    /// email` and no recipients (e.g. one that exists for `automatic_review`) contributes nothing.
+    /// Ours returns `Some(vec![])` for any match (set.rs `out.get_or_insert_with`), so nobody is
+    /// mailed.
+    #[tokio::test]
+    async fn a_matching_rule_without_recipients_falls_back_to_role_to_recipients_as_upstream() {
+        let engine = engine_with(vec![rule("no-recipients", "true", &[])]);
+        let to = engine.recipients(&super::request("r5")).await;
+        assert_eq!(to, [FALLBACK], "a matching rule with no recipients silenced routing");
+    }
+
     /// A directory where no user exists.
     struct NoUsers;
 
