@@ -439,6 +439,12 @@ impl Dispatcher {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
+        // Again after the wait, under the lock a live event is recorded with: one that came
+        // meanwhile is newer, and one that comes later is queued after this copy.
+        let seen = self.live_seen();
+        if newer(&seen) {
+            return;
+        }
         self.enqueue(
             event,
             Slot {
@@ -446,6 +452,7 @@ impl Dispatcher {
                 _share: Some(share),
             },
         );
+        drop(seen);
     }
 
     fn enqueue(&self, event: WatchEvent, slot: Slot) {

@@ -101,7 +101,11 @@ impl RuleSet {
     ) -> Option<Vec<String>> {
         let mut out: Option<Vec<String>> = None;
         for (name, rule) in self.snapshot().iter() {
-            if !rule_matches(request_id, name, rule, env, resources_unseen) {
+            // A rule that names no recipients (one kept for automatic reviews, say) routes
+            // nothing, as with the original: it neither adds nor replaces.
+            if rule.recipients.is_empty()
+                || !rule_matches(request_id, name, rule, env, resources_unseen)
+            {
                 continue;
             }
             let out = out.get_or_insert_with(Vec::new);

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::super::SmtpStep;
 use super::opening::{self, Opened, StartTls};
-use super::stream::{Deadline, Handover, Io, timed_out};
+use super::stream::{AnswerClock, Deadline, Handover, Io, timed_out};
 
 /// The AUTH mechanisms we use, in order of preference.
 const MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
@@ -120,7 +120,8 @@ impl Dialer {
             .map_err(|_| timed_out("connect"))??;
         tcp.set_nodelay(true)?;
         let peer = tcp.peer_addr()?;
-        let plain = Deadline::new(tcp, self.timeout);
+        let clock = AnswerClock::default();
+        let plain = Deadline::with_clock(tcp, self.timeout, &clock);
         let opened = self.open(plain).await?;
         let encrypted = opened.encrypted || matches!(self.security, Security::Implicit(_));
         let pipelining = opened.hello.offers("PIPELINING");
@@ -138,7 +139,11 @@ impl Dialer {
             self.authenticate(&mut smtp, credentials, encrypted, peer.ip())
                 .await?;
         }
-        Ok(Connection { smtp, pipelining })
+        Ok(Connection {
+            smtp,
+            pipelining,
+            clock,
+        })
     }
 
     /// TLS first when implicit, then the session's start as the policy wants it.
@@ -196,6 +201,8 @@ pub(super) struct Connection {
     pub smtp: AsyncSmtpConnection,
     /// The server takes MAIL, RCPT and DATA in one go (RFC 2920).
     pub pipelining: bool,
+    /// Restarts the answer deadline between pipelined replies.
+    pub clock: AnswerClock,
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ impl Inner {
     /// Writes `first`'s group and reads its replies; a trusted pooled connection found dead
     /// is replaced by a fresh one first.
     async fn start(&self, mut conn: Connection, trusted: bool, first: &Queued) -> Start {
-        let started = commands(&mut conn.smtp, &first.wire.envelope).await;
+        let started = commands(&mut conn, &first.wire.envelope).await;
         if !(trusted && started.as_ref().is_err_and(Failure::is_network)) {
             return Start::Ready(conn, started);
         }
@@ -124,7 +124,7 @@ impl Inner {
         conn.smtp.abort().await;
         match self.dialer.dial().await {
             Ok(mut conn) if conn.pipelining => {
-                let started = commands(&mut conn.smtp, &first.wire.envelope).await;
+                let started = commands(&mut conn, &first.wire.envelope).await;
                 Start::Ready(conn, started)
             }
             Ok(conn) => {
@@ -171,9 +171,10 @@ impl Inner {
                     return self.retry_first(next);
                 }
                 Some(next) => {
+                    conn.clock.next_answer();
                     let mail = conn.smtp.read_response().await;
                     let recipients = next.wire.envelope.to().len();
-                    started = read_replies(&mut conn.smtp, recipients, mail).await;
+                    started = read_replies(&mut conn, recipients, mail).await;
                     current = next;
                 }
             }
@@ -182,9 +183,9 @@ impl Inner {
 }
 
 /// Writes `envelope`'s group and reads its replies: the first refusal, or a broken connection.
-async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result<(), Failure> {
+async fn commands(conn: &mut Connection, envelope: &Envelope) -> Result<(), Failure> {
     // `command` writes the whole group and reads the first reply (MAIL's); the rest follow.
-    let mail = conn.command(Verbatim(&group(envelope))).await;
+    let mail = conn.smtp.command(Verbatim(&group(envelope))).await;
     read_replies(conn, envelope.to().len(), mail).await
 }
 
@@ -192,7 +193,7 @@ async fn commands(conn: &mut AsyncSmtpConnection, envelope: &Envelope) -> Result
 /// then DATA's. Keeps the first failure, tagged with the command it answered (replies come
 /// in the order of the commands); stops when the connection broke.
 async fn read_replies(
-    conn: &mut AsyncSmtpConnection,
+    conn: &mut Connection,
     recipients: usize,
     mail: Result<Response, SmtpError>,
 ) -> Result<(), Failure> {
@@ -201,7 +202,9 @@ async fn read_replies(
         if outcome.as_ref().is_err_and(Failure::is_network) {
             break;
         }
-        let answer = conn.read_response().await;
+        // Each reply gets the whole timeout, however many follow one write.
+        conn.clock.next_answer();
+        let answer = conn.smtp.read_response().await;
         let checked = match reply <= recipients {
             true => completed(answer, SmtpStep::Recipient),
             false => go_ahead(answer),

@@ -11,6 +11,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,16 +41,39 @@ pub(super) struct Deadline<S> {
     write: Option<Pin<Box<Sleep>>>,
     /// When the reading of the current answer began (reset by each write).
     answer_since: Option<Instant>,
+    /// Bumped by the session when one reply is complete and the next is awaited (several
+    /// pipelined replies follow one write): each then gets a whole `limit`.
+    next_answer: Arc<AtomicU64>,
+    seen_answer: u64,
+}
+
+/// The session's hold on a [`Deadline`]'s answer clock.
+#[derive(Debug, Clone, Default)]
+pub(super) struct AnswerClock(Arc<AtomicU64>);
+
+impl AnswerClock {
+    /// The reply just read is complete: the next one gets a whole limit of its own.
+    pub(super) fn next_answer(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl<S> Deadline<S> {
+    #[cfg(test)]
     pub(super) fn new(inner: S, limit: Duration) -> Self {
+        Self::with_clock(inner, limit, &AnswerClock::default())
+    }
+
+    /// A deadline whose answer clock `clock` can restart.
+    pub(super) fn with_clock(inner: S, limit: Duration, clock: &AnswerClock) -> Self {
         Self {
             inner,
             limit,
             read: None,
             write: None,
             answer_since: None,
+            next_answer: Arc::clone(&clock.0),
+            seen_answer: 0,
         }
     }
 }
@@ -85,6 +110,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadline<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let answer = this.next_answer.load(Ordering::Relaxed);
+        if answer != this.seen_answer {
+            this.seen_answer = answer;
+            this.answer_since = None;
+        }
         let since = *this.answer_since.get_or_insert_with(Instant::now);
         let left = this.limit.saturating_sub(since.elapsed());
         if left.is_zero() {
