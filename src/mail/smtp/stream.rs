@@ -307,4 +307,29 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         drop(writer);
     }
+
+    /// In `chain`, the message and the next mail's MAIL/RCPT/DATA go in one write; the message's
+    /// reply comes after the server has taken the message (slow: content scanning), the group's
+    /// replies after that. All share one `limit`: a final-dot reply at 0.8 of the limit leaves
+    /// the next mail's three replies 0.2, and a server answering each within the limit fails it.
+    #[tokio::test(start_paused = true)]
+    async fn pipelined_replies_each_within_the_limit_are_not_timed_out() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let limit = Duration::from_millis(1000);
+        let mut stream = Deadline::new(client, limit);
+        let mut buf = [0u8; 16];
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            server.write_all(b"250 queued\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.write_all(b"250 ok\r\n").await.unwrap();
+            server
+        });
+        stream.write_all(b"...\r\n.\r\nMAIL FROM:<a@b>\r\n").await.unwrap();
+        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        // The next mail's MAIL reply, 300 ms after the message's: no write in between.
+        let r = stream.read(&mut buf).await;
+        assert!(r.is_ok(), "the next mail's reply, 300 ms after the previous one: {r:?}");
+        drop(writer);
+    }
 }
