@@ -1046,7 +1046,11 @@ mod amr_review {
     async fn a_matching_rule_without_recipients_falls_back_to_role_to_recipients_as_upstream() {
         let engine = engine_with(vec![rule("no-recipients", "true", &[])]);
         let to = engine.recipients(&super::request("r5")).await;
-        assert_eq!(to, [FALLBACK], "a matching rule with no recipients silenced routing");
+        assert_eq!(
+            to,
+            [FALLBACK],
+            "a matching rule with no recipients silenced routing"
+        );
     }
 
     /// A directory where no user exists.

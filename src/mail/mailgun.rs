@@ -192,7 +192,11 @@ fn http_client(
     let mut client = reqwest::Client::builder()
         .timeout(options.timeout)
         .connect_timeout(options.timeout);
-    if config.api_base.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+    if config
+        .api_base
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
         // Plain HTTP is allowed only to this machine; through a proxy (HTTP_PROXY) the key
         // would cross the network in clear.
         client = client.no_proxy();

@@ -316,7 +316,8 @@ mod tests {
     async fn pipelined_replies_each_within_the_limit_are_not_timed_out() {
         let (client, mut server) = tokio::io::duplex(64);
         let limit = Duration::from_millis(1000);
-        let mut stream = Deadline::new(client, limit);
+        let clock = AnswerClock::default();
+        let mut stream = Deadline::with_clock(client, limit, &clock);
         let mut buf = [0u8; 16];
         let writer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(800)).await;
@@ -325,11 +326,19 @@ mod tests {
             server.write_all(b"250 ok\r\n").await.unwrap();
             server
         });
-        stream.write_all(b"...\r\n.\r\nMAIL FROM:<a@b>\r\n").await.unwrap();
+        stream
+            .write_all(b"...\r\n.\r\nMAIL FROM:<a@b>\r\n")
+            .await
+            .unwrap();
         assert!(stream.read(&mut buf).await.unwrap() > 0);
-        // The next mail's MAIL reply, 300 ms after the message's: no write in between.
+        // The next mail's MAIL reply, 300 ms after the message's: no write in between, but the
+        // session says a new reply is awaited (pipeline.rs does before each pipelined reply).
+        clock.next_answer();
         let r = stream.read(&mut buf).await;
-        assert!(r.is_ok(), "the next mail's reply, 300 ms after the previous one: {r:?}");
+        assert!(
+            r.is_ok(),
+            "the next mail's reply, 300 ms after the previous one: {r:?}"
+        );
         drop(writer);
     }
 }
