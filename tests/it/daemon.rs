@@ -18,6 +18,27 @@ const REQUESTER: &str = "requester-oss@example.com";
 const R1: &str = "reviewer1@example.com";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Hooks that reload `path` on each message of the returned sender (and every `file_check`),
+/// with the ready signal.
+fn reloading(
+    path: &Path,
+    file_check: Option<Duration>,
+) -> (mpsc::Sender<()>, watch::Receiver<bool>, Hooks) {
+    let (reload, signals) = mpsc::channel(1);
+    let (ready_tx, ready) = watch::channel(false);
+    let hooks = Hooks {
+        reload: Some(Reload {
+            path: path.to_owned(),
+            debug: false,
+            logging: None,
+            signals,
+            file_check,
+        }),
+        ready: Some(ready_tx),
+    };
+    (reload, ready, hooks)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_smtp_connections_get_quit_at_shutdown() {
     let mut h = Harness::start(Backend::Smtp, FakeAuthOptions::default()).await;
@@ -61,18 +82,7 @@ async fn a_reload_quits_the_replaced_mailer_and_reconciles() {
     let path = dir.path().join("teleport-email.toml");
     write_config(&path, &auth, &identity, old.port());
     let config = teleport_email::config::load(&path).unwrap().config;
-    let (reload, signals) = mpsc::channel(1);
-    let (ready_tx, mut ready) = watch::channel(false);
-    let hooks = Hooks {
-        reload: Some(Reload {
-            path: path.clone(),
-            debug: false,
-            logging: None,
-            signals,
-            file_check: None,
-        }),
-        ready: Some(ready_tx),
-    };
+    let (reload, mut ready, hooks) = reloading(&path, None);
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(app::run_with(config, stop.clone(), hooks));
     tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
@@ -120,18 +130,7 @@ async fn a_change_rejected_by_a_passing_health_check_failure_is_applied_later() 
     let path = dir.path().join("teleport-email.toml");
     write_config(&path, &auth, &identity, smtp.port());
     let config = teleport_email::config::load(&path).unwrap().config;
-    let (_signal, signals) = mpsc::channel(1);
-    let (ready_tx, mut ready) = watch::channel(false);
-    let hooks = Hooks {
-        reload: Some(Reload {
-            path: path.clone(),
-            debug: false,
-            logging: None,
-            signals,
-            file_check: Some(Duration::from_millis(100)),
-        }),
-        ready: Some(ready_tx),
-    };
+    let (_signal, mut ready, hooks) = reloading(&path, Some(Duration::from_millis(100)));
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(app::run_with(config, stop.clone(), hooks));
     tokio::time::timeout(WAIT, ready.wait_for(|r| *r))

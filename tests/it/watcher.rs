@@ -24,6 +24,17 @@ async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: still waiting after {GUARD:?}"))
 }
 
+/// The watcher's links for these tests: requests only, fresh metrics.
+fn links(ready: watch::Sender<bool>, reconcile: mpsc::Receiver<()>) -> Links {
+    Links {
+        ready,
+        reconcile,
+        metrics: Arc::default(),
+        rules: None,
+        plugin: "email",
+    }
+}
+
 /// The fake, and a client of it as the plugin user.
 async fn connected() -> (Arc<FakeAuth>, TeleportClient, tempfile::TempDir) {
     let auth = FakeAuth::start_default().await;
@@ -117,13 +128,7 @@ struct Running {
 fn start(client: TeleportClient, handler: Arc<Gate>) -> Running {
     let (ready_tx, ready) = watch::channel(false);
     let (reconcile, reconcile_rx) = mpsc::channel(1);
-    let links = Links {
-        ready: ready_tx,
-        reconcile: reconcile_rx,
-        metrics: Arc::default(),
-        rules: None,
-        plugin: "email",
-    };
+    let links = links(ready_tx, reconcile_rx);
     let stop = CancellationToken::new();
     let task = tokio::spawn(watcher::run(
         client,
@@ -315,13 +320,7 @@ async fn a_listed_copy_is_not_handled_after_a_newer_live_event() {
     });
     let (ready_tx, _ready) = watch::channel(false);
     let (_asks, reconcile_rx) = mpsc::channel(1);
-    let links = Links {
-        ready: ready_tx,
-        reconcile: reconcile_rx,
-        metrics: Arc::default(),
-        rules: None,
-        plugin: "email",
-    };
+    let links = links(ready_tx, reconcile_rx);
     let stop = CancellationToken::new();
     let task = tokio::spawn(watcher::run(
         client,
