@@ -899,14 +899,7 @@ mod amr_review {
     }
 
     fn rule(name: &str, condition: &str, to: &[&str]) -> MonitoringRule {
-        MonitoringRule {
-            name: name.into(),
-            subjects: vec!["access_request".into()],
-            states: vec![],
-            condition: condition.into(),
-            notification_name: "email".into(),
-            recipients: to.iter().map(|s| s.to_string()).collect(),
-        }
+        MonitoringRule::for_email(name, condition, to)
     }
 
     fn engine_with(rules: Vec<MonitoringRule>) -> Engine {

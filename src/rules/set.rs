@@ -162,14 +162,7 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, condition: &str, to: &[&str]) -> MonitoringRule {
-        MonitoringRule {
-            name: name.into(),
-            subjects: vec!["access_request".into()],
-            states: vec![],
-            condition: condition.into(),
-            notification_name: "email".into(),
-            recipients: to.iter().map(|s| s.to_string()).collect(),
-        }
+        MonitoringRule::for_email(name, condition, to)
     }
 
     fn env(roles: &[&str]) -> Env {

@@ -43,6 +43,20 @@ impl MonitoringRule {
     pub fn applies_to(&self, plugin: &str) -> bool {
         self.notification_name == plugin && self.subjects.iter().any(|s| s == ACCESS_REQUEST_KIND)
     }
+
+    /// A rule that notifies the email plugin about access requests matching `condition` (for
+    /// tests and the fakes).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn for_email(name: &str, condition: &str, recipients: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            subjects: vec![ACCESS_REQUEST_KIND.into()],
+            states: vec![],
+            condition: condition.into(),
+            notification_name: "email".into(),
+            recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 impl From<AccessMonitoringRule> for MonitoringRule {

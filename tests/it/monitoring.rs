@@ -14,14 +14,7 @@ fn plugin_role() -> Perms {
 }
 
 fn rule(name: &str, condition: &str, to: &[&str]) -> MonitoringRule {
-    MonitoringRule {
-        name: name.into(),
-        subjects: vec!["access_request".into()],
-        states: vec![],
-        condition: condition.into(),
-        notification_name: "email".into(),
-        recipients: to.iter().map(|s| s.to_string()).collect(),
-    }
+    MonitoringRule::for_email(name, condition, to)
 }
 
 /// By role, by the requester's trait and by a system annotation; a rule for another plugin is

@@ -98,14 +98,9 @@ async fn check_passes_and_names_each_failure() {
         line(&out, "monitoring rules").contains("none apply"),
         "{out}"
     );
-    auth.put_monitoring_rule(&teleport_email::teleport::MonitoringRule {
-        name: "dev".into(),
-        subjects: vec!["access_request".into()],
-        states: vec![],
-        condition: "true".into(),
-        notification_name: "email".into(),
-        recipients: vec!["dev@example.com".into()],
-    });
+    let rule =
+        teleport_email::teleport::MonitoringRule::for_email("dev", "true", &["dev@example.com"]);
+    auth.put_monitoring_rule(&rule);
     let (_, out_rules) = check(&cfg, &[]).await;
     assert!(
         line(&out_rules, "monitoring rules").contains("1 apply (dev)"),
