@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
-use crate::teleport::{ACCESS_MONITORING_RULE_KIND, TeleportClient, TeleportError, WatchEvent};
+use crate::teleport::{
+    ACCESS_MONITORING_RULE_KIND, AccessRequest, TeleportClient, TeleportError, WatchEvent,
+};
 
 /// A boxed future, as handlers return.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -27,6 +29,22 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one PUT or DELETE of one request.
     fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture;
+
+    /// Before a reconcile lists the requests: a look at all of them at once that tells which
+    /// need nothing, so that those are not handed over one by one. `None`: nothing is known,
+    /// every listed request is handed over.
+    fn survey(self: Arc<Self>) -> SurveyFuture {
+        Box::pin(async { None })
+    }
+}
+
+/// What [`EventHandler::survey`] returns.
+pub type SurveyFuture = Pin<Box<dyn Future<Output = Option<Box<dyn Settled>>> + Send>>;
+
+/// Which listed requests need nothing from the handler.
+pub trait Settled: Send + Sync {
+    /// `true` only when handling `request` as listed would change nothing.
+    fn owes_nothing(&self, request: &AccessRequest) -> bool;
 }
 
 /// Watcher settings.
@@ -142,7 +160,7 @@ pub async fn run(
     result
 }
 
-type Reconcile<'a> = Pin<Box<dyn Future<Output = Result<usize, TeleportError>> + Send + 'a>>;
+type Reconcile<'a> = Pin<Box<dyn Future<Output = Result<Reconciled, TeleportError>> + Send + 'a>>;
 
 /// One watch stream from open to loss. `Err` says why it ended.
 async fn watch_once(
@@ -168,8 +186,8 @@ async fn watch_once(
         tokio::select! {
             done = OptionFuture::from(reconciling.as_mut()), if reconciling.is_some() => {
                 reconciling = std::mem::take(&mut again).then(start);
-                if let Some(count) = done.transpose()? {
-                    tracing::debug!(count, "Reconciled the existing access requests");
+                if let Some(done) = done.transpose()? {
+                    tracing::debug!(listed = done.listed, settled = done.settled, "Reconciled the existing access requests");
                 }
                 if !*links.ready.borrow() {
                     caught_up(links, announced);
@@ -327,23 +345,38 @@ async fn dispatch(event: WatchEvent, dispatcher: &Dispatcher, links: &Links) {
     }
 }
 
-/// Hands every existing request to the handler as if it had just been PUT, a page at a time.
+/// Hands every existing request to the handler as if it had just been PUT, a page at a time,
+/// except those the handler's survey (read before the listing) says need nothing.
 async fn reconcile(
     client: &TeleportClient,
     dispatcher: &Dispatcher,
-) -> Result<usize, TeleportError> {
+) -> Result<Reconciled, TeleportError> {
     let _mark = dispatcher.reconciling();
+    let settled = dispatcher.handler.clone().survey().await;
+    let owes_nothing = |r: &AccessRequest| settled.as_ref().is_some_and(|s| s.owes_nothing(r));
     let mut pages = client.access_request_pages(None);
-    let mut count = 0;
+    let mut done = Reconciled::default();
     while let Some(page) = pages.next_page().await? {
-        count += page.len();
+        done.listed += page.len();
         for request in page {
+            if owes_nothing(&request) {
+                done.settled += 1;
+                continue;
+            }
             dispatcher
                 .submit_reconciled(WatchEvent::Put(Box::new(request)))
                 .await;
         }
     }
-    Ok(count)
+    Ok(done)
+}
+
+/// What a reconcile did.
+#[derive(Debug, Default)]
+struct Reconciled {
+    listed: usize,
+    /// Listed, but owing nothing: not handed over.
+    settled: usize,
 }
 
 fn key_of(event: &WatchEvent) -> &str {

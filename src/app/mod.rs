@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::calendar::rfc3339;
 use crate::config::{self, Config, Credentials, MailerConfig};
-use crate::engine::{DeliveryPolicy, Engine, PLUGIN_NAME, Routing};
+use crate::engine::{DeliveryPolicy, Engine, PLUGIN_NAME, Routing, Survey};
 use crate::exit::Exit;
 use crate::logging::Logging;
 use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
@@ -17,8 +17,8 @@ use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::shutdown;
 use crate::startup::{self, StartupError};
-use crate::teleport::{ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
-use crate::watcher::{self, BoxFuture, EventHandler, Links, WatcherConfig};
+use crate::teleport::{AccessRequest, ClusterInfo, CredentialStore, TeleportClient, WatchEvent};
+use crate::watcher::{self, BoxFuture, EventHandler, Links, Settled, SurveyFuture, WatcherConfig};
 
 mod reload;
 
@@ -321,6 +321,19 @@ async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
 impl EventHandler for Engine {
     fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
         Box::pin(async move { self.handle_event(event).await })
+    }
+
+    fn survey(self: Arc<Self>) -> SurveyFuture {
+        Box::pin(async move {
+            let survey = Engine::survey(&self).await?;
+            Some(Box::new(survey) as Box<dyn Settled>)
+        })
+    }
+}
+
+impl Settled for Survey {
+    fn owes_nothing(&self, request: &AccessRequest) -> bool {
+        Survey::owes_nothing(self, request)
     }
 }
 

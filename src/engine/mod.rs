@@ -13,6 +13,7 @@ mod recipients;
 mod round;
 mod stage;
 mod store;
+mod survey;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
@@ -31,7 +32,8 @@ pub use plugindata::{Claim, PLUGIN_NAME, PluginData, Resolution, Thread};
 pub use recipients::{recipients_for, web_link};
 use stage::Stage;
 use store::PluginStore;
-pub use store::{MAX_CAS_TRIES, PluginDataStore, RawPluginData};
+pub use store::{EachRecord, MAX_CAS_TRIES, PluginDataStore, RawPluginData};
+pub use survey::Survey;
 
 use crate::config::RecipientMap;
 use crate::mail::render::RequestSummary;
@@ -197,6 +199,26 @@ impl Engine {
             Ok(()) | Err(EngineError::Mail { .. }) => {}
             Err(e) => {
                 tracing::error!(request_id = %id, error = %e, "Failed to handle the access request event");
+            }
+        }
+    }
+
+    /// Before a reconcile: every request's plugin data read in one call, to tell which listed
+    /// requests owe nothing. `None` (each listed request is then read on its own) when Teleport
+    /// cannot answer that call.
+    pub async fn survey(&self) -> Option<Survey> {
+        match self.store.survey().await {
+            Ok((survey, read)) => {
+                tracing::debug!(
+                    read,
+                    settled = survey.len(),
+                    "Read every request's plugin data in one call"
+                );
+                Some(survey)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own");
+                None
             }
         }
     }

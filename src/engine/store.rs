@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use super::EngineError;
 use super::plugindata::{PINNED_KEYS, PLUGIN_NAME, PluginData};
+use super::survey::Survey;
 use crate::backoff::Backoff;
 use crate::teleport::{TeleportClient, TeleportError};
 
 /// Plugin data as stored: key → value.
 pub type RawPluginData = BTreeMap<String, String>;
+
+/// What [`PluginDataStore::scan`] hands each record to: `(request id, data)`.
+pub type EachRecord<'a> = dyn FnMut(&str, RawPluginData) + Send + 'a;
 
 /// Compare-and-swap attempts before giving up (the original tries 5 times; replicas contend more).
 pub const MAX_CAS_TRIES: usize = 10;
@@ -33,6 +37,15 @@ pub trait PluginDataStore: Send + Sync {
         set: &RawPluginData,
         expect: &RawPluginData,
     ) -> Result<(), TeleportError>;
+
+    /// Every request's data, handed to `each` one at a time, in one call; returns how many
+    /// records were read. Stores that cannot do it say [`TeleportError::Unimplemented`].
+    async fn scan(&self, each: &mut EachRecord<'_>) -> Result<usize, TeleportError> {
+        let _ = each;
+        Err(TeleportError::Unimplemented(
+            "reading every request's plugin data at once".into(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -48,6 +61,10 @@ impl PluginDataStore for TeleportClient {
         expect: &RawPluginData,
     ) -> Result<(), TeleportError> {
         self.update_plugin_data(id, PLUGIN_NAME, set, expect).await
+    }
+
+    async fn scan(&self, each: &mut EachRecord<'_>) -> Result<usize, TeleportError> {
+        self.scan_plugin_data(PLUGIN_NAME, each).await
     }
 }
 
@@ -80,6 +97,15 @@ impl PluginStore {
             backend,
             written: Mutex::default(),
         }
+    }
+
+    /// Every request's plugin data in one call, boiled down to what a reconcile needs.
+    pub(super) async fn survey(&self) -> Result<(Survey, usize), TeleportError> {
+        let mut survey = Survey::default();
+        let read = (self.backend)
+            .scan(&mut |id, raw| survey.note(id, &PluginData::decode(&raw)))
+            .await?;
+        Ok((survey, read))
     }
 
     /// Changes a request's plugin data by compare-and-swap. `update` sees the current data

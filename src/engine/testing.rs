@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::store::{PluginDataStore, RawPluginData};
+use super::store::{EachRecord, PluginDataStore, RawPluginData};
 use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::teleport::TeleportError;
 
@@ -41,6 +41,7 @@ pub(super) struct MemoryStore {
     data: Mutex<HashMap<String, RawPluginData>>,
     reads: AtomicUsize,
     writes: AtomicUsize,
+    scans: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -96,6 +97,13 @@ impl PluginDataStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn scan(&self, each: &mut EachRecord<'_>) -> Result<usize, TeleportError> {
+        self.scans.fetch_add(1, Ordering::SeqCst);
+        let data = self.data.lock().unwrap().clone();
+        let stored = data.into_iter().filter(|(_, d)| !d.is_empty());
+        Ok(stored.map(|(id, d)| each(&id, d)).count())
     }
 }
 

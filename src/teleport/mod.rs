@@ -8,6 +8,7 @@ mod error;
 pub mod identity;
 pub(crate) mod pb;
 mod rules;
+mod scan;
 mod types;
 mod version;
 pub mod websocket;

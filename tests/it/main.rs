@@ -21,6 +21,7 @@ mod real;
 mod replicas;
 mod review_smtp;
 mod rules;
+mod scale;
 mod smtp;
 mod smtp_session;
 mod support;

@@ -391,6 +391,33 @@ impl FakeAuth {
             .expect("plugin data accepted");
     }
 
+    /// Stores `count` requests at once without announcing them, as a (re)connecting plugin finds
+    /// a cluster's history: request `i` is pending when `pending(i)`, approved otherwise, and
+    /// gets `data(id, pending)` as its `email` plugin data (none when empty). Returns the ids.
+    pub fn seed_requests(
+        &self,
+        count: usize,
+        pending: impl Fn(usize) -> bool,
+        data: impl Fn(&str, bool) -> BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let now = SystemTime::now();
+        let mut state = self.shared.lock();
+        (0..count)
+            .map(|i| {
+                let pending = pending(i);
+                let id = state.seed(i, pending, now);
+                let data = data(&id, pending);
+                if !data.is_empty() {
+                    let entries = BTreeMap::from([("email".to_owned(), data)]);
+                    state
+                        .plugin_data
+                        .insert(("access_request".to_owned(), id.clone()), entries);
+                }
+                id
+            })
+            .collect()
+    }
+
     /// Makes the next `n` plugin-data writes fail with a compare error.
     pub fn fail_next_plugin_data_writes(&self, n: u32) {
         self.shared.lock().forced_compare_failures = n;

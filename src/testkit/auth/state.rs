@@ -150,6 +150,38 @@ impl State {
         Ok(req)
     }
 
+    /// Stores request number `i` of a seeded history (see `FakeAuth::seed_requests`), unannounced.
+    pub(super) fn seed(&mut self, i: usize, pending: bool, now: SystemTime) -> String {
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", i >> 16, i);
+        let state = match pending {
+            true => RequestState::Pending,
+            false => RequestState::Approved,
+        };
+        let req = AccessRequestV3 {
+            kind: "access_request".into(),
+            version: "v3".into(),
+            metadata: Some(Metadata {
+                name: id.clone(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            spec: Some(AccessRequestSpecV3 {
+                user: format!("user{}", i % 100),
+                roles: vec!["editor".into()],
+                state: state as i32,
+                request_reason: "seeded".into(),
+                created: Some(timestamp(now)),
+                expires: Some(timestamp(now + DEFAULT_ACCESS_TTL)),
+                max_duration: Some(go_zero_time()),
+                session_ttl: Some(go_zero_time()),
+                ..Default::default()
+            }),
+            sub_kind: String::new(),
+        };
+        self.requests.insert(id.clone(), req);
+        id
+    }
+
     fn get_mut(&mut self, id: &str) -> Result<&mut AccessRequestV3, Status> {
         self.requests.get_mut(id).ok_or_else(|| not_found(id))
     }
@@ -391,14 +423,8 @@ impl State {
         Ok(range
             .filter(|((k, r), _)| k == kind && (resource.is_empty() || r == resource))
             .filter(|(_, entries)| plugin.is_empty() || entries.contains_key(plugin))
-            .map(|((_, r), entries)| {
-                let entries = entries
-                    .iter()
-                    .filter(|(p, _)| plugin.is_empty() || *p == plugin)
-                    .map(|(p, d)| (p.clone(), d.clone()))
-                    .collect();
-                (r.clone(), entries)
-            })
+            // Like Teleport, a record that matches comes whole, other plugins' data included.
+            .map(|((_, r), entries)| (r.clone(), entries.clone()))
             .collect())
     }
 }
