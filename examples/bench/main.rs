@@ -13,6 +13,7 @@
 mod limit;
 mod load;
 mod process;
+mod scale;
 mod sink;
 mod table;
 
@@ -52,6 +53,12 @@ struct Args {
     /// Rounds of every column, interleaved; the table shows each column's best round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Cluster sizes for the reconnect rows (e.g. `10000,100000`): only those rows are run.
+    #[arg(long, value_delimiter = ',')]
+    reconnect: Vec<usize>,
+    /// Burst sizes for the growth rows (e.g. `1000,10000,100000`): only those rows are run.
+    #[arg(long, value_delimiter = ',')]
+    growth: Vec<usize>,
     /// Connections (and sends in flight) of the limit's lettre pool.
     #[arg(long, default_value_t = 8)]
     limit_connections: u32,
@@ -93,6 +100,13 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
 
+    if !args.reconnect.is_empty() || !args.growth.is_empty() {
+        scale::run(&ours_bin, dir.path(), &args.reconnect, &args.growth).await?;
+        if args.keep {
+            eprintln!("bench: configs and logs kept in {}", dir.keep().display());
+        }
+        return Ok(());
+    }
     let mut rounds: [Vec<Column>; 4] = Default::default();
     for round in 1..=args.rounds {
         eprintln!("bench: round {round} of {}: ours (SMTP) …", args.rounds);
@@ -208,13 +222,7 @@ async fn try_daemon_column(
         (Which::Ours, Mailer::Mailgun) => "ours-mailgun",
         (Which::Original, _) => "original",
     };
-    // The `--format=tls` trio rather than an identity file: the Go client insists on an SSH
-    // certificate in an identity file (`ssh: no key found`), and the fake's has none.
-    let trio = auth
-        .pki()
-        .write_tls_trio(&dir.join(stem), "access-plugin", &["access-plugin"]);
-    let config = dir.join(format!("{stem}.toml"));
-    std::fs::write(&config, config_text(&auth, &trio, &sink))?;
+    let config = write_config(&auth, &sink, dir, stem)?;
     let daemon = Daemon::start(bin, &config, dir.join(format!("{stem}.log"))).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = daemon.status_bytes("VmRSS");
@@ -330,4 +338,16 @@ async fn try_limit_column(
         )),
         absent: None,
     })
+}
+
+/// Writes the credentials and the config of a daemon called `stem` into `dir`; returns the
+/// config's path. The `--format=tls` trio rather than an identity file: the Go client insists
+/// on an SSH certificate in an identity file (`ssh: no key found`), and the fake's has none.
+fn write_config(auth: &FakeAuth, sink: &Sink, dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
+    let trio = auth
+        .pki()
+        .write_tls_trio(&dir.join(stem), "access-plugin", &["access-plugin"]);
+    let config = dir.join(format!("{stem}.toml"));
+    std::fs::write(&config, config_text(auth, &trio, sink))?;
+    Ok(config)
 }

@@ -93,6 +93,11 @@ impl Daemon {
         ))
     }
 
+    /// Whether the log holds `text` by now.
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(text))
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
