@@ -148,9 +148,6 @@ async fn main() -> anyhow::Result<()> {
         rounds: args.rounds,
     };
     println!("{}", run.render());
-    if args.keep {
-        eprintln!("bench: configs and logs kept in {}", dir.keep().display());
-    }
     if args.smoke {
         let ok = run.ours_correct();
         println!(
@@ -164,6 +161,10 @@ async fn main() -> anyhow::Result<()> {
         if !ok {
             std::process::exit(1);
         }
+        scale::smoke(&ours_bin, dir.path()).await?;
+    }
+    if args.keep {
+        eprintln!("bench: configs and logs kept in {}", dir.keep().display());
     }
     Ok(())
 }

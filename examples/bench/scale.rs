@@ -257,3 +257,22 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// `--smoke`: a reconnect to a cluster of 2,000 finished requests sends nothing again, reads
+/// their plugin data in one call, and mails the live request (correctness, never timings).
+pub async fn smoke(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let row = reconnect(bin, dir, 2000).await?;
+    println!("{}", render_reconnect(std::slice::from_ref(&row)));
+    // The live request may cost a read or two of its own; reading per request would be 2,000.
+    let ok = row.mails == RECIPIENTS.len() && row.calls.data_reads <= 4;
+    println!(
+        "smoke: {}",
+        match ok {
+            true => "a reconnect read every plugin data at once and mailed only the live request",
+            false =>
+                "FAILED: the reconnect re-sent mail, missed the live request or read per request",
+        }
+    );
+    anyhow::ensure!(ok, "reconnect smoke failed");
+    Ok(())
+}
