@@ -114,7 +114,9 @@ impl MailError {
     pub fn is_message_specific(&self) -> bool {
         match self {
             Self::BadMessage { .. } => true,
-            Self::Rejected { step, .. } => *step != SmtpStep::Session,
+            Self::Rejected {
+                step, code, reason, ..
+            } => refusal_blames_message(*step, *code, reason),
             // Mailgun answers 400 also for a bad sender or domain: those are the mailer's.
             Self::Http {
                 status: 400,
@@ -143,6 +145,41 @@ impl MailError {
             _ => None,
         }
     }
+}
+
+/// Whether a permanent SMTP refusal speaks of this recipient or message rather than of us. The
+/// enhanced status code (RFC 3463), when the server gives one, says which: at `RCPT TO` only
+/// X.1.x (the address) and X.2.x (the mailbox) are the recipient's, and at the end of the
+/// message anything but X.4.x, X.5.x and X.7.x (routing, protocol, and the security or policy
+/// class: relaying denied, sender not allowed, SPF/DKIM/DMARC, authentication). Without one, the
+/// basic codes 550–553 at `RCPT TO` speak of the mailbox, and a refused message is its own.
+/// When in doubt the failure is the mailer's: retried with an ERROR, never written off.
+fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
+    let subject = enhanced_subject(text);
+    match step {
+        SmtpStep::Session => false,
+        SmtpStep::Recipient => match subject {
+            Some(subject) => matches!(subject, 1 | 2),
+            None => (550..=553).contains(&code),
+        },
+        SmtpStep::Message => !matches!(subject, Some(4 | 5 | 7)),
+    }
+}
+
+/// The subject of the enhanced status code (`class.subject.detail`, RFC 3463) a reply's text
+/// starts with, if it does.
+fn enhanced_subject(text: &str) -> Option<u16> {
+    let first = text.split_whitespace().next()?;
+    let mut parts = first.splitn(3, '.');
+    let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+    let number = |s: &str, max: usize| {
+        (!s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u16>().ok())
+            .flatten()
+    };
+    let class = number(class, 1)?;
+    let detail_ok = number(detail, 3).is_some();
+    (matches!(class, 2 | 4 | 5) && detail_ok).then_some(number(subject, 3)?)
 }
 
 #[cfg(test)]
@@ -252,5 +289,23 @@ mod tests {
             .to_string(),
             "mail:25: the server does not offer STARTTLS, which smtp.starttls_policy \"mandatory\" requires"
         );
+    }
+
+    #[test]
+    fn enhanced_status_codes_are_read_only_where_they_stand() {
+        for (text, subject) in [
+            ("5.1.1 No such user", Some(1)),
+            ("5.7.1 Relay access denied", Some(7)),
+            ("  4.2.2 Mailbox full", Some(2)),
+            ("5.7.26 Unauthenticated", Some(7)),
+            ("5.1 short", None),
+            ("5.1.1000 too long a detail", None),
+            ("3.1.1 not a class", None),
+            ("5.x.1 not a number", None),
+            ("mailbox 5.1.1 later in the text", None),
+            ("", None),
+        ] {
+            assert_eq!(enhanced_subject(text), subject, "{text:?}");
+        }
     }
 }

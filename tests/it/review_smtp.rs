@@ -427,3 +427,79 @@ fn proxy_child() {
         sent.unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Which refusals at RCPT TO and at the end of the message are the recipient's.
+
+/// A refusal is written off as the recipient's for good only when it speaks of the recipient
+/// (RFC 3463: 5.1.x the address, 5.2.x the mailbox, 5.3.4/5.6.x this message). A relay refused,
+/// a sender not allowed, a policy or authentication failure (5.7.x) are the mailer's: fixing
+/// the config must send those mails, so they are retried, never recorded as failed. Both with
+/// PIPELINING (replies read in a batch) and without (one command at a time).
+#[tokio::test]
+async fn only_refusals_that_speak_of_the_recipient_are_the_recipients() {
+    let cases = [
+        (
+            Stage::RcptTo,
+            "550 5.1.1 <to@example.com>: Recipient address rejected: User unknown",
+            true,
+        ),
+        (Stage::RcptTo, "552 5.2.2 Mailbox full", true),
+        (
+            Stage::RcptTo,
+            "550 Requested action not taken: mailbox unavailable",
+            true,
+        ),
+        (Stage::RcptTo, "553 mailbox name not allowed", true),
+        (
+            Stage::RcptTo,
+            "554 5.7.1 <to@example.com>: Relay access denied",
+            false,
+        ),
+        (Stage::RcptTo, "550 5.7.1 Unable to relay", false),
+        (
+            Stage::RcptTo,
+            "553 5.7.1 <noreply@example.com>: Sender address rejected: not owned by user",
+            false,
+        ),
+        (Stage::RcptTo, "554 Transaction failed", false),
+        (
+            Stage::Data,
+            "552 5.3.4 Message size exceeds fixed limit",
+            true,
+        ),
+        (Stage::Data, "554 5.6.0 Message content rejected", true),
+        (Stage::Data, "550 Message rejected", true),
+        (
+            Stage::Data,
+            "550 5.7.26 Unauthenticated email from example.com is not accepted",
+            false,
+        ),
+        (
+            Stage::Data,
+            "554 5.7.1 Rejected by policy: sender domain has no SPF",
+            false,
+        ),
+    ];
+    for pipelining in [true, false] {
+        let receiver = SmtpReceiver::builder()
+            .pipelining(pipelining)
+            .start()
+            .await
+            .unwrap();
+        let mailer = smtp_mailer(
+            &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
+            None,
+        );
+        for (stage, reply, recipients) in &cases {
+            receiver.inject(*stage, reply, 1);
+            let err = mailer.send(&new_thread_mail()).await.unwrap_err();
+            assert_eq!(
+                err.is_message_specific(),
+                *recipients,
+                "pipelining {pipelining}: {reply:?} gave {err:?}"
+            );
+            assert!(!err.is_transient(), "{err:?}");
+        }
+    }
+}

@@ -54,13 +54,16 @@ async fn each_refusal_is_tagged_with_the_command_it_answered() {
                 SmtpStep::Recipient,
                 true,
             ),
-            (Stage::DataCommand, "554 5.5.1 No", SmtpStep::Message, true),
-            (Stage::Data, "554 5.7.1 Spam", SmtpStep::Message, true),
+            // A protocol (5.5.x) or policy (5.7.x) refusal is the mailer's; only what speaks
+            // of the message itself is the message's (review_smtp.rs has the table).
+            (Stage::DataCommand, "554 5.5.1 No", SmtpStep::Message, false),
+            (Stage::Data, "554 5.7.1 Spam", SmtpStep::Message, false),
+            (Stage::Data, "552 5.3.4 Too big", SmtpStep::Message, true),
             (
                 Stage::RcptTo,
                 "452 4.5.3 Too many",
                 SmtpStep::Recipient,
-                true,
+                false,
             ),
         ] {
             receiver.inject(stage, reply, 1);
