@@ -117,14 +117,20 @@ impl MailError {
             Self::Rejected {
                 step, code, reason, ..
             } => refusal_blames_message(*step, *code, reason),
-            // Mailgun answers 400 also for a bad sender or domain: those are the mailer's.
+            // Mailgun answers 400 for a bad recipient ("'to' parameter is not a valid address")
+            // and for anything else wrong with the call (sender, domain, parameters): only the
+            // first is the recipient's; in doubt it is the mailer's (retried, never written off).
             Self::Http {
                 status: 400,
                 message,
                 ..
             } => {
                 let m = message.to_ascii_lowercase();
-                !(m.contains("from") || m.contains("domain") || m.contains("sender"))
+                let names_recipient = ["'to'", "\"to\"", "to parameter", "recipient"]
+                    .iter()
+                    .any(|w| m.contains(w));
+                let names_ours = ["from", "sender", "domain"].iter().any(|w| m.contains(w));
+                names_recipient && !names_ours
             }
             Self::Http { status, .. } => matches!(status, 413 | 422),
             Self::Setup { .. }
@@ -243,7 +249,23 @@ mod tests {
             step: SmtpStep::Session,
         };
         assert!(!session.is_message_specific());
-        assert!(http(400).is_message_specific());
+        let bad_recipient = |message: &str| MailError::Http {
+            url: "https://api.example/v3/d/messages".into(),
+            status: 400,
+            message: message.into(),
+            retry_after: None,
+        };
+        assert!(
+            bad_recipient("'to' parameter is not a valid address. please check documentation")
+                .is_message_specific()
+        );
+        for ours in [
+            "need at least one of 'text' or 'html' parameters specified",
+            "Sandbox subdomains are for test purposes only. Please add your own domain or add the address to authorized recipients in Account Settings.",
+            "x",
+        ] {
+            assert!(!bad_recipient(ours).is_message_specific(), "{ours}");
+        }
         let bad_sender = MailError::Http {
             url: "https://api.example/v3/d/messages".into(),
             status: 400,
