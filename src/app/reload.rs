@@ -138,8 +138,19 @@ async fn reloaded(reload: &Reload, current: &Config) -> Result<Current, String> 
     for warning in &loaded.warnings {
         tracing::warn!(config = %reload.path.display(), "{warning}");
     }
-    if config.teleport != current.teleport {
-        tracing::warn!("The [teleport] section changed: it takes effect at the next restart");
+    let restart_only = [
+        (
+            "The [teleport] section",
+            config.teleport != current.teleport,
+        ),
+        (
+            "delivery.retry_timeout",
+            config.delivery.retry_timeout != current.delivery.retry_timeout,
+        ),
+        ("[metrics] listen", config.metrics != current.metrics),
+    ];
+    for (what, _) in restart_only.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!("{what} changed: it takes effect at the next restart");
     }
     Ok(Current { config, mailer })
 }

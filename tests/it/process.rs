@@ -430,3 +430,40 @@ async fn changed_files_are_reloaded_without_a_signal() {
     assert!(tally(&smtp).contains_key(&(b, "editors@example.com".to_owned(), "new")));
     assert_eq!(d.stop().await, 0);
 }
+
+/// Settings a reload cannot apply to a running daemon are named in a WARN, so the operator
+/// knows to restart: `delivery.retry_timeout` and `[metrics] listen`, beside `[teleport]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_the_settings_that_wait_for_a_restart() {
+    let p = Peers::start().await;
+    let write = |retry: &str, metrics: &str| {
+        let text = format!(
+            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+             starttls_policy = \"disabled\"\n[delivery]\nsender = \"noreply@example.com\"\n\
+             retry_timeout = \"{retry}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n{metrics}",
+            p.auth.addr(),
+            p.dir.path().join("identity").display(),
+            p.smtp.port()
+        );
+        std::fs::write(p.config(), text).unwrap();
+    };
+    write("10m", "");
+    let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
+    write("10m", "");
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 1).await;
+    assert!(!d.log_text().contains("next restart"), "{}", d.log_text());
+
+    write("2m", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 2).await;
+    let log = d.log_text();
+    for key in ["delivery.retry_timeout", "[metrics] listen"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" WARN ") && l.contains(key) && l.contains("next restart")),
+            "no WARN naming {key}:\n{log}"
+        );
+    }
+    assert_eq!(d.stop().await, 0);
+}
