@@ -216,6 +216,7 @@ impl TeleportClient {
                 ..Default::default()
             },
             next: Pager::Key(String::new()),
+            keys_seen: Default::default(),
         }
     }
 }
@@ -348,6 +349,8 @@ pub struct RequestPages {
     client: TeleportClient,
     filter: AccessRequestFilter,
     next: Pager,
+    /// The page keys read so far (one per page): a key coming round again ends the listing.
+    keys_seen: std::collections::HashSet<String>,
 }
 
 enum Pager {
@@ -396,10 +399,12 @@ impl RequestPages {
             Err(e) => return Err(e),
         };
         if !page.next_key.is_empty() {
-            if page.next_key == start_key {
+            self.keys_seen.insert(start_key);
+            if self.keys_seen.contains(&page.next_key) {
                 // A listing that does not move on would be read for ever.
                 return Err(TeleportError::Unavailable(format!(
-                    "ListAccessRequests returned its start key {start_key:?} as the next one"
+                    "ListAccessRequests returned a page key it had already returned ({:?}): the listing goes round in a circle",
+                    page.next_key
                 )));
             }
             self.next = Pager::Key(page.next_key);

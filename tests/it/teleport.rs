@@ -544,3 +544,22 @@ async fn the_fake_keeps_state_across_restart() {
         Some("alice@example.com")
     );
 }
+
+/// A listing whose page keys come round again (A → B → A) ends with an error naming the
+/// problem, instead of being read for ever (a reconcile that never ends holds half the slots).
+#[tokio::test]
+async fn a_listing_that_goes_round_in_a_circle_is_an_error() {
+    let auth = FakeAuth::start(FakeAuthOptions {
+        list_in_a_circle: true,
+        ..Default::default()
+    })
+    .await;
+    auth.seed_requests(1600, |_| true, |_, _| Default::default());
+    let (client, _dir) = plugin_client(&auth).await;
+    let err = tokio::time::timeout(Duration::from_secs(20), client.list_access_requests(None))
+        .await
+        .expect("the listing ends")
+        .unwrap_err();
+    assert!(err.to_string().contains("circle"), "{err}");
+    assert!(auth.list_calls() <= 4, "{} pages read", auth.list_calls());
+}

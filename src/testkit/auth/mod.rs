@@ -51,6 +51,9 @@ pub struct FakeAuthOptions {
     /// Serve users only through the older `/proto.AuthService/GetUser`, as servers before
     /// `teleport.users.v1.UsersService` existed (that service then answers UNIMPLEMENTED).
     pub legacy_users_only: bool,
+    /// A broken or hostile listing: the third page's next key is the second page's start key,
+    /// so ListAccessRequests goes round in a circle (A → B → A).
+    pub list_in_a_circle: bool,
 }
 
 impl Default for FakeAuthOptions {
@@ -65,6 +68,7 @@ impl Default for FakeAuthOptions {
             alpn: vec!["h2".into()],
             list_unimplemented: false,
             legacy_users_only: false,
+            list_in_a_circle: false,
         }
     }
 }

@@ -434,13 +434,25 @@ impl AuthService for Service {
             .map(|(_, req)| req.clone())
             .take(limit + 1)
             .collect();
-        let next_key = if page.len() > limit {
+        let mut next_key = if page.len() > limit {
             page.pop()
                 .and_then(|r| r.metadata.map(|m| m.name))
                 .unwrap_or_default()
         } else {
             String::new()
         };
+        if self.shared.options.list_in_a_circle && !r.start_key.is_empty() {
+            // Back to the start of the second page, whatever comes after this one.
+            let second = state
+                .requests
+                .keys()
+                .nth(limit)
+                .cloned()
+                .unwrap_or_default();
+            if r.start_key != second {
+                next_key = second;
+            }
+        }
         Ok(Response::new(ListAccessRequestsResponse {
             access_requests: page,
             next_key,
