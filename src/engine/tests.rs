@@ -1186,3 +1186,60 @@ async fn the_survey_skips_only_requests_the_engine_would_leave_alone() {
     assert!(settled > 500, "only {settled} states were found settled");
     eprintln!("settled {settled}, idle but handed over {idle_but_handed_over}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-scan): each fails on the change under review.
+// ---------------------------------------------------------------------------------------------
+
+/// A request whose mails are all out, with the claim of a replica that died (lease long over)
+/// still stored: the survey says it owes nothing, yet the engine, handed it, writes (it drops
+/// the dead claim). `Settled::owes_nothing` promises "handling `request` as listed would change
+/// nothing", and `the_survey_skips_only_requests_the_engine_would_leave_alone` checks exactly
+/// that, but never stores a claim. (No mail is lost: a claim past its lease is nobody's. The
+/// same holds for a live claim of another replica, or our own, on finished data.)
+#[tokio::test(start_paused = true)]
+async fn review_scan_a_dead_claim_on_finished_data_is_written_off_by_the_engine_the_survey_skips() {
+    let (a, b) = ("a@example.com", "b@example.com");
+    let thread = |e: &str| Thread {
+        email: e.into(),
+        timestamp: "2026-01-01T00:00:00Z".into(),
+        message_id: format!("<{e}.new@example.com>"),
+    };
+    let now = super::now_ms();
+    let finished = PluginData {
+        user: "alice".into(),
+        roles: vec!["editor".into()],
+        request_reason: "please".into(),
+        intended: Some(vec![a.into(), b.into()]),
+        threads: vec![thread(a), thread(b)],
+        resolution: Some(Resolution::Approved),
+        resolution_sent: Some(vec![a.into(), b.into()]),
+        claim: Some(Claim {
+            owner: "replica-that-died".into(),
+            until_ms: now - 60_000,
+        }),
+        ..Default::default()
+    };
+    let id = "00000000-0000-4000-8000-00000000c1a1";
+    let store = Arc::new(MemoryStore::default());
+    store.put(
+        id,
+        (finished.encode().into_iter())
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
+    );
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    let survey = engine.survey().await.expect("the memory store scans");
+    let req = with_reviews(id, RequestState::Approved, 0);
+    assert!(survey.owes_nothing(&req), "the survey skips it");
+    let writes = store.writes();
+    engine.handle_event(WatchEvent::Put(Box::new(req))).await;
+    assert_eq!(mailer.attempts(), 0);
+    assert_eq!(
+        store.writes(),
+        writes,
+        "skipped, but the engine writes: {:?}",
+        store.raw(id)
+    );
+}

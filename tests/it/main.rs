@@ -22,6 +22,7 @@ mod replicas;
 mod review_smtp;
 mod rules;
 mod scale;
+mod scan_wire;
 mod smtp;
 mod smtp_session;
 mod support;
