@@ -43,7 +43,8 @@ pub type SurveyFuture = Pin<Box<dyn Future<Output = Option<Box<dyn Settled>>> + 
 
 /// Which listed requests need nothing from the handler.
 pub trait Settled: Send + Sync {
-    /// `true` only when handling `request` as listed would change nothing.
+    /// `true` only when handling `request` as listed would send nothing (nor record anything
+    /// that leads to a send later: at most a lapsed claim would be tidied away).
     fn owes_nothing(&self, request: &AccessRequest) -> bool;
 }
 

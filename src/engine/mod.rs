@@ -19,6 +19,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -126,6 +127,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// The Access Monitoring Rules that route requests, when they are watched.
     monitoring: Option<Monitoring>,
+    /// A survey (the bulk read before a reconcile) has failed already: later failures are
+    /// logged at DEBUG.
+    survey_refused: AtomicBool,
 }
 
 impl Engine {
@@ -154,6 +158,7 @@ impl Engine {
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
             monitoring: None,
+            survey_refused: AtomicBool::new(false),
         }
     }
 
@@ -217,7 +222,12 @@ impl Engine {
                 Some(survey)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own");
+                // Said once at WARN: a server that refuses it will refuse it at every reconnect.
+                if self.survey_refused.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own");
+                } else {
+                    tracing::warn!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own (said once)");
+                }
                 None
             }
         }

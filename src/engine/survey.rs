@@ -13,6 +13,12 @@ use std::collections::HashMap;
 use super::plugindata::PluginData;
 use crate::teleport::{AccessRequest, RequestState};
 
+/// The most requests a survey notes (about 80 MB): far beyond any cluster's, and a bound on
+/// what a server could make it hold.
+const MAX_NOTED: usize = 2_000_000;
+/// The longest request name noted that is not a UUID (Teleport's are all UUIDs).
+const MAX_OTHER_NAME: usize = 128;
+
 /// Per request: how far its mails have gone, for the requests that owe no new thread.
 #[derive(Default)]
 pub struct Survey {
@@ -32,15 +38,25 @@ struct Done {
 }
 
 impl Survey {
-    /// Notes one request's plugin data, as read.
+    /// Notes one request's plugin data, as read. Past [`MAX_NOTED`] requests, or for a name
+    /// that is neither a UUID nor short, nothing is noted: those requests are handed over as
+    /// they would be without a survey (memory stays bounded whatever the server sends).
     pub(super) fn note(&mut self, id: &str, data: &PluginData) {
+        if self.len() >= MAX_NOTED {
+            return;
+        }
         let Some(done) = done(data) else {
             return;
         };
         match uuid(id) {
-            Some(key) => self.by_uuid.insert(key, done),
-            None => self.others.insert(id.into(), done),
-        };
+            Some(key) => {
+                self.by_uuid.insert(key, done);
+            }
+            None if id.len() <= MAX_OTHER_NAME => {
+                self.others.insert(id.into(), done);
+            }
+            None => {}
+        }
     }
 
     /// How many requests are known to owe no new thread.
@@ -52,8 +68,10 @@ impl Survey {
         self.len() == 0
     }
 
-    /// Whether `request`, as listed, owes no mail: the engine would neither send nor write for
-    /// it. `false` whenever in doubt.
+    /// Whether `request`, as listed, owes no mail: the engine would send nothing for it, and
+    /// write nothing but the removal of a claim left on finished data (a claim is not looked at:
+    /// one past its lease is nobody's, and a live one's holder finishes its own work). `false`
+    /// whenever in doubt.
     pub fn owes_nothing(&self, request: &AccessRequest) -> bool {
         let found = match uuid(&request.id) {
             Some(key) => self.by_uuid.get(&key),
@@ -112,4 +130,45 @@ fn uuid(id: &str) -> Option<u128> {
         return None;
     }
     u128::from_str_radix(&hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::teleport::AccessRequest;
+
+    fn listed(id: &str) -> AccessRequest {
+        AccessRequest {
+            id: id.into(),
+            user: "alice".into(),
+            roles: vec!["editor".into()],
+            state: RequestState::Pending,
+            reason: String::new(),
+            resolve_reason: String::new(),
+            created: None,
+            expires: None,
+            reviews: vec![],
+            suggested_reviewers: vec![],
+            promoted_to: None,
+            system_annotations: Default::default(),
+            requested_resources: 0,
+            request_expires: None,
+        }
+    }
+
+    #[test]
+    fn names_are_keyed_exactly_and_long_odd_ones_are_not_kept() {
+        let mut survey = Survey::default();
+        let lower = "0123abcd-0000-4000-8000-00000000cafe";
+        let upper = "0123ABCD-0000-4000-8000-00000000CAFE";
+        let long = "x".repeat(MAX_OTHER_NAME + 1);
+        for id in [lower, "not-a-uuid", long.as_str()] {
+            survey.note(id, &PluginData::default());
+        }
+        assert_eq!(survey.len(), 2);
+        assert!(survey.owes_nothing(&listed(lower)));
+        assert!(survey.owes_nothing(&listed("not-a-uuid")));
+        assert!(!survey.owes_nothing(&listed(upper)), "a different name");
+        assert!(!survey.owes_nothing(&listed(&long)), "handed over, not kept");
+    }
 }

@@ -21,4 +21,5 @@ pub use credentials::CredentialStore;
 pub use dial::{DialError, DialOptions, DialPath, UpgradeMode};
 pub use error::TeleportError;
 pub use rules::{ACCESS_MONITORING_RULE_KIND, MonitoringRule, RULES_PAGE_SIZE, Traits};
+pub use scan::{HEADERS_TIMEOUT, SCAN_TIMEOUT};
 pub use types::{AccessRequest, ClusterInfo, RequestState, Review, WatchEvent};

@@ -6,6 +6,8 @@
 //! speaks gRPC over the channel itself and decodes the records one by one from the bytes as they
 //! come: memory stays at one record and one HTTP/2 frame, whatever the size of the cluster.
 
+use std::time::Duration;
+
 use http_body_util::BodyExt as _;
 use prost::Message as _;
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -25,65 +27,106 @@ const SEQ_FIELD: u64 = 1;
 
 impl TeleportClient {
     /// Every request's data of `plugin`, handed to `each` as `(request id, data)` one at a time.
-    /// Returns how many records were read. A server that sends nothing for `CALL_TIMEOUT`
-    /// while the answer is under way counts as gone ([`TeleportError::Timeout`]).
+    /// Returns how many records were read. Teleport answers only once it has read every record,
+    /// so the answer may take up to [`HEADERS_TIMEOUT`] to start; then a server silent for
+    /// [`CALL_TIMEOUT`], or an answer not over within [`SCAN_TIMEOUT`], counts as gone
+    /// ([`TeleportError::Timeout`]). Success needs `grpc-status: 0` after exactly one message.
     pub async fn scan_plugin_data(
         &self,
         plugin: &str,
         each: &mut (dyn FnMut(&str, PluginData) + Send + '_),
     ) -> Result<usize, TeleportError> {
+        let over = tokio::time::Instant::now() + SCAN_TIMEOUT;
         let filter = PluginDataFilter {
             kind: ACCESS_REQUEST_KIND.into(),
             resource: String::new(),
             plugin: plugin.into(),
         };
-        let response = timed(self.channel().oneshot(request(&filter)))
-            .await?
-            .map_err(|e| TeleportError::Unavailable(format!("GetPluginData: {e}")))?;
-        if let Some(status) = failed(response.headers()) {
-            return Err(status.into());
+        let response = timed(
+            HEADERS_TIMEOUT,
+            over,
+            self.channel().oneshot(request(&filter)),
+        )
+        .await?
+        .map_err(|e| TeleportError::Unavailable(format!("GetPluginData: {e}")))?;
+        let mut status = StatusSeen::default();
+        status.check(response.headers())?;
+        if response.status() != http::StatusCode::OK {
+            return Err(TeleportError::Unavailable(format!(
+                "GetPluginData: HTTP {} instead of a gRPC answer",
+                response.status()
+            )));
         }
         let mut body = response.into_body();
         let mut reader = Reader::default();
         let mut count = 0;
-        loop {
-            let frame = timed(body.frame()).await?;
-            match frame {
-                None => break,
-                Some(Err(status)) => return Err(status.into()),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        for record in reader.feed(data)? {
-                            if let Some((id, data)) = entry(record, plugin) {
-                                each(&id, data);
-                            }
-                            count += 1;
-                        }
-                    }
-                    Err(frame) => {
-                        let trailers = frame.into_trailers().unwrap_or_default();
-                        if let Some(status) = failed(&trailers) {
-                            return Err(status.into());
-                        }
-                    }
-                },
+        while let Some(frame) = timed(CALL_TIMEOUT, over, body.frame()).await? {
+            let frame = frame.map_err(TeleportError::from)?;
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    status.check(&frame.into_trailers().unwrap_or_default())?;
+                    continue;
+                }
+            };
+            for record in reader.feed(data)? {
+                if let Some((id, data)) = entry(record, plugin) {
+                    each(&id, data);
+                }
+                count += 1;
             }
+        }
+        if !status.ok {
+            // hyper ends a reset stream like a finished one: only the status says it finished.
+            return Err(bad("the answer ended without a gRPC status"));
         }
         reader.finish()?;
         Ok(count)
     }
 }
 
-/// `future`, unless Teleport stays silent for [`CALL_TIMEOUT`].
-async fn timed<T>(future: impl Future<Output = T>) -> Result<T, TeleportError> {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .map_err(|_| {
-            TeleportError::Timeout(format!(
+/// How long Teleport may take to start its answer (it reads and encodes every record first).
+pub const HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the whole answer may take.
+pub const SCAN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Whether the answer's `grpc-status` (in its headers or its trailers) said OK.
+#[derive(Default)]
+struct StatusSeen {
+    ok: bool,
+}
+
+impl StatusSeen {
+    /// A header block's status: an error ends the call; OK is remembered.
+    fn check(&mut self, headers: &http::HeaderMap) -> Result<(), TeleportError> {
+        match Status::from_header_map(headers) {
+            Some(s) if s.code() == tonic::Code::Ok => self.ok = true,
+            Some(s) => return Err(s.into()),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// `future`, unless Teleport stays silent for `idle` or the call runs past `over`.
+async fn timed<T>(
+    idle: Duration,
+    over: tokio::time::Instant,
+    future: impl Future<Output = T>,
+) -> Result<T, TeleportError> {
+    let until = over.min(tokio::time::Instant::now() + idle);
+    tokio::time::timeout_at(until, future).await.map_err(|_| {
+        TeleportError::Timeout(match tokio::time::Instant::now() >= over {
+            true => format!(
+                "GetPluginData: the answer was not over within {}s",
+                SCAN_TIMEOUT.as_secs()
+            ),
+            false => format!(
                 "GetPluginData: no answer from Teleport within {}s",
-                CALL_TIMEOUT.as_secs()
-            ))
+                idle.as_secs()
+            ),
         })
+    })
 }
 
 fn request(filter: &PluginDataFilter) -> http::Request<tonic::body::Body> {
@@ -103,11 +146,6 @@ fn request(filter: &PluginDataFilter) -> http::Request<tonic::body::Body> {
     );
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     request
-}
-
-/// The error a header block (a trailers-only answer, or the trailers) carries, if any.
-fn failed(headers: &http::HeaderMap) -> Option<Status> {
-    Status::from_header_map(headers).filter(|s| s.code() != tonic::Code::Ok)
 }
 
 /// The data of `plugin` in one record, with the request it belongs to.
