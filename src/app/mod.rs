@@ -248,6 +248,7 @@ fn routing(config: &Config, mailer: &Arc<dyn Mailer>) -> Routing {
     Routing {
         recipients: config.recipients.clone(),
         mailer: Arc::new(CloseWhenDropped(mailer.clone())),
+        notify_requester: config.delivery.notify_requester,
     }
 }
 

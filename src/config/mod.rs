@@ -112,6 +112,8 @@ pub struct DeliveryConfig {
     pub sender: String,
     /// How long a mail that failed for a transient reason is retried before an ERROR.
     pub retry_timeout: Duration,
+    /// `notify_requester` (ours): the requester gets a confirmation and the outcome.
+    pub notify_requester: bool,
 }
 
 /// The default of `delivery.retry_timeout`.

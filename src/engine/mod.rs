@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use delivery::Fresh;
 pub use delivery::{CLOCK_TOLERANCE, Holder, holder};
 pub use monitoring::Directory;
-use monitoring::Monitoring;
-pub use plugindata::{Claim, PLUGIN_NAME, PluginData, Resolution, Thread};
+use monitoring::{Monitoring, Users};
+pub use plugindata::{Claim, PLUGIN_NAME, PluginData, RequesterThread, Resolution, Thread};
 pub use recipients::{recipients_for, web_link};
 use stage::Stage;
 use store::PluginStore;
@@ -68,6 +68,8 @@ pub enum EngineError {
 pub struct Routing {
     pub recipients: RecipientMap,
     pub mailer: Arc<dyn Mailer>,
+    /// `delivery.notify_requester`: the requester gets a confirmation and the outcome.
+    pub notify_requester: bool,
 }
 
 /// How hard delivery tries.
@@ -127,6 +129,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// The Access Monitoring Rules that route requests, when they are watched.
     monitoring: Option<Monitoring>,
+    /// Where users' traits are read (rules' conditions, the requester's `email` trait).
+    users: Option<Arc<Users>>,
     /// A survey (the bulk read before a reconcile) has failed already: later failures are
     /// logged at DEBUG.
     survey_refused: AtomicBool,
@@ -158,6 +162,7 @@ impl Engine {
             stopping: CancellationToken::new(),
             metrics: Arc::default(),
             monitoring: None,
+            users: None,
             survey_refused: AtomicBool::new(false),
         }
     }
@@ -165,7 +170,20 @@ impl Engine {
     /// Routes requests by `rules` when any applies, reading requesters' traits from `directory`
     /// when a rule's condition needs them.
     pub fn with_rules(mut self, rules: Arc<RuleSet>, directory: Arc<dyn Directory>) -> Self {
-        self.monitoring = Some(Monitoring::new(rules, directory));
+        let users = Arc::new(Users::new(directory));
+        self.monitoring = Some(Monitoring {
+            rules,
+            users: users.clone(),
+        });
+        self.users = Some(users);
+        self
+    }
+
+    /// Reads users' traits from `directory` (the requester's `email` trait), when no rules do.
+    pub fn with_directory(mut self, directory: Arc<dyn Directory>) -> Self {
+        if self.users.is_none() {
+            self.users = Some(Arc::new(Users::new(directory)));
+        }
         self
     }
 
@@ -252,11 +270,43 @@ impl Engine {
             reason: req.resolve_reason.clone(),
             access_list: req.promoted_to.clone(),
         };
-        earlier.and(self.run_stage(&req.id, resolution, None).await)
+        let resolved = self.run_stage(&req.id, resolution, None).await;
+        let requester = self
+            .tell_requester(&req.id, tag, &req.resolve_reason, req.promoted_to.clone())
+            .await;
+        earlier.and(resolved).and(requester)
+    }
+
+    /// The outcome in the requester's thread, when they are mailed.
+    async fn tell_requester(
+        &self,
+        id: &str,
+        tag: Resolution,
+        reason: &str,
+        access_list: Option<String>,
+    ) -> Result<(), EngineError> {
+        if !self.routing().notify_requester {
+            return Ok(());
+        }
+        let outcome = Stage::RequesterOutcome {
+            tag,
+            reason: reason.to_owned(),
+            access_list,
+        };
+        self.run_stage(id, outcome, None).await
     }
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
-        let recipients = self.recipients(req).await;
+        let mut recipients = self.recipients(req).await;
+        let notify_requester = self.routing().notify_requester;
+        let requester = match notify_requester && self.requester_owed(&req.id) {
+            true => self.requester_address(req).await,
+            false => None,
+        };
+        // The requester hears about their request as its requester, not as a reviewer.
+        if let Some(me) = requester.as_deref().filter(|a| !a.is_empty()) {
+            recipients.retain(|r| r != me);
+        }
         // The plugin data is created by the first claim (one write, not two); a request created
         // moments ago almost certainly has none yet, so that write is tried without a read.
         let fresh = PluginData {
@@ -264,6 +314,7 @@ impl Engine {
             roles: req.roles.clone(),
             request_reason: req.reason.clone(),
             intended: Some(recipients),
+            requester: requester.clone().filter(|_| notify_requester),
             ..Default::default()
         };
         let fresh = Fresh {
@@ -274,11 +325,28 @@ impl Engine {
             allowed: fresh.data.intended.clone().unwrap_or_default(),
         };
         let threads = self.run_stage(&req.id, new_threads, Some(fresh)).await;
+        let confirmed = match notify_requester {
+            true => {
+                let confirmation = Stage::RequesterThread { address: requester };
+                self.run_stage(&req.id, confirmation, None).await
+            }
+            false => Ok(()),
+        };
+        let threads = threads.and(confirmed);
         if req.reviews.is_empty() {
             return threads;
         }
         let reviews = Stage::Reviews(req.reviews.clone());
         threads.and(self.run_stage(&req.id, reviews, None).await)
+    }
+
+    /// Whether the requester may still be owed their confirmation: false once our own last
+    /// write shows it sent, or shows the request's data created without a requester (saves
+    /// reading their traits on every later event).
+    fn requester_owed(&self, id: &str) -> bool {
+        self.store
+            .last_written(id)
+            .is_none_or(|d| d.requester_address().is_some() && d.requester_thread.is_none())
     }
 
     async fn on_delete(&self, id: &str) -> Result<(), EngineError> {
@@ -288,6 +356,8 @@ impl Engine {
             access_list: None,
         };
         self.run_stage(id, expired, None).await?;
+        self.tell_requester(id, Resolution::Expired, "", None)
+            .await?;
         self.store.forget(id);
         Ok(())
     }

@@ -38,39 +38,31 @@ impl Directory for TeleportClient {
 /// The rules and what they need, as the engine holds them.
 pub(super) struct Monitoring {
     pub(super) rules: Arc<RuleSet>,
-    pub(super) directory: Arc<dyn Directory>,
+    pub(super) users: Arc<Users>,
+}
+
+/// Users' traits, read from a [`Directory`] and remembered a minute.
+pub(super) struct Users {
+    directory: Arc<dyn Directory>,
     traits: Mutex<HashMap<String, (Instant, Traits)>>,
 }
 
-impl Monitoring {
-    pub(super) fn new(rules: Arc<RuleSet>, directory: Arc<dyn Directory>) -> Self {
+impl Users {
+    pub(super) fn new(directory: Arc<dyn Directory>) -> Self {
         Self {
-            rules,
             directory,
             traits: Mutex::default(),
         }
     }
 
-    /// The requester's traits; `None` when they cannot be read for a reason other than
-    /// permission (the original then skips the rules for this request).
-    async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
+    /// `user`'s traits, from memory when read in the last minute.
+    pub(super) async fn traits(&self, user: &str) -> Result<Traits, TeleportError> {
         if let Some(t) = self.remembered(user) {
-            return Some(t);
+            return Ok(t);
         }
-        match self.directory.user_traits(user).await {
-            Ok(t) => {
-                self.remember(user, &t);
-                Some(t)
-            }
-            Err(TeleportError::AccessDenied(e)) => {
-                tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
-                Some(Traits::default())
-            }
-            Err(e) => {
-                tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; the access monitoring rules are skipped for this request");
-                None
-            }
-        }
+        let t = self.directory.user_traits(user).await?;
+        self.remember(user, &t);
+        Ok(t)
     }
 
     fn remembered(&self, user: &str) -> Option<Traits> {
@@ -88,7 +80,51 @@ impl Monitoring {
     }
 }
 
+impl Monitoring {
+    /// The requester's traits; `None` when they cannot be read for a reason other than
+    /// permission (the original then skips the rules for this request).
+    async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
+        match self.users.traits(user).await {
+            Ok(t) => Some(t),
+            Err(TeleportError::AccessDenied(e)) => {
+                tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
+                Some(Traits::default())
+            }
+            Err(e) => {
+                tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; the access monitoring rules are skipped for this request");
+                None
+            }
+        }
+    }
+}
+
 impl Engine {
+    /// The requester's address, when `delivery.notify_requester` is on: the user name when it
+    /// is an address (SSO users), else their `email` trait; `Some("")` when they have none we
+    /// can mail; `None` when it cannot be told now (the users cannot be read).
+    pub(super) async fn requester_address(&self, req: &AccessRequest) -> Option<String> {
+        let usable = |a: &str| address::is_bare_address(a) && address::fits_thread_encoding(a);
+        if usable(&req.user) {
+            return Some(req.user.clone());
+        }
+        let traits = match self.users.as_ref()?.traits(&req.user).await {
+            Ok(t) => t,
+            Err(TeleportError::AccessDenied(e)) => {
+                tracing::warn!(request_id = %req.id, error = %e, "Cannot mail the requester: their name is not an email address and the plugin's role may not read users (it needs `read` on `user`) for their `email` trait");
+                return Some(String::new());
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %req.id, error = %e, "Cannot read the requester's `email` trait; the requester is not mailed about this request");
+                return None;
+            }
+        };
+        let found = (traits.get("email").into_iter().flatten()).find(|a| usable(a));
+        if found.is_none() {
+            tracing::debug!(request_id = %req.id, user = %req.user.escape_debug(), "The requester has no email address (neither their name nor an `email` trait); not mailed");
+        }
+        Some(found.cloned().unwrap_or_default())
+    }
+
     /// The addresses to mail about `req`: the matching rules' recipients, else
     /// `role_to_recipients` and the suggested reviewers.
     pub(super) async fn recipients(&self, req: &AccessRequest) -> Vec<String> {

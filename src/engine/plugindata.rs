@@ -69,12 +69,19 @@ pub(super) const KEY_REVIEWS_FOR: &str = "te_reviews_for";
 pub(super) const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
 pub(super) const KEY_FAILED: &str = "te_failed";
 pub(super) const KEY_CLAIM: &str = "te_claim";
+/// The requester's address when `delivery.notify_requester` was on as the data was created
+/// (empty: the requester has none we can mail); absent: the requester is not mailed.
+pub(super) const KEY_REQUESTER: &str = "te_requester";
+/// The requester's thread: `timestamp/message-id` of the confirmation.
+pub(super) const KEY_REQUESTER_THREAD: &str = "te_requester_thread";
+/// Present once the requester had the outcome.
+pub(super) const KEY_REQUESTER_DONE: &str = "te_requester_done";
 const V1: &str = "v1:";
 
 /// Every key we read: pinned in each compare-and-swap we make, absent ones as `""`. Teleport
 /// compares only the keys it is given, so a key left out could be changed by another replica
 /// (or the original plugin) between our read and our write without the write failing.
-pub(super) const PINNED_KEYS: [&str; 15] = [
+pub(super) const PINNED_KEYS: [&str; 18] = [
     "user",
     "roles",
     "request_reason",
@@ -90,6 +97,9 @@ pub(super) const PINNED_KEYS: [&str; 15] = [
     KEY_RESOLUTION_SENT,
     KEY_FAILED,
     KEY_CLAIM,
+    KEY_REQUESTER,
+    KEY_REQUESTER_THREAD,
+    KEY_REQUESTER_DONE,
 ];
 
 /// Who is working on a request's mails, and until when (a lease).
@@ -122,6 +132,20 @@ pub struct PluginData {
     pub failed: Vec<String>,
     /// The current claim on this request's mails.
     pub claim: Option<Claim>,
+    /// The requester's address (ours): `None` when the requester is not mailed, `Some("")` when
+    /// they were to be but have no address we can mail.
+    pub requester: Option<String>,
+    /// The requester's thread (ours): when the confirmation went out, and its Message-ID.
+    pub requester_thread: Option<RequesterThread>,
+    /// Whether the requester had the outcome (ours).
+    pub requester_done: bool,
+}
+
+/// The requester's thread: when its first mail went out and its Message-ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequesterThread {
+    pub timestamp: String,
+    pub message_id: String,
 }
 
 impl PluginData {
@@ -172,6 +196,23 @@ impl PluginData {
         if let Some(c) = &self.claim {
             put(KEY_CLAIM, format!("{}/{}", c.owner, c.until_ms));
         }
+        if let Some(address) = &self.requester {
+            put(KEY_REQUESTER, address.clone());
+        }
+        if let Some(t) = &self.requester_thread {
+            put(
+                KEY_REQUESTER_THREAD,
+                format!("{}/{}", t.timestamp, t.message_id),
+            );
+        }
+        if self.requester_done {
+            put(KEY_REQUESTER_DONE, String::new());
+        }
+    }
+
+    /// The requester's address, when they are to be mailed and can be.
+    pub fn requester_address(&self) -> Option<&str> {
+        self.requester.as_deref().filter(|a| !a.is_empty())
     }
 
     /// Reads stored data the way the original does: unknown `reviews_count` is 0, thread items
@@ -207,6 +248,15 @@ impl PluginData {
                     until_ms: until.parse().ok()?,
                 })
             }),
+            requester: ours(m, KEY_REQUESTER),
+            requester_thread: ours(m, KEY_REQUESTER_THREAD).and_then(|v| {
+                let (timestamp, message_id) = v.split_once('/')?;
+                Some(RequesterThread {
+                    timestamp: timestamp.to_owned(),
+                    message_id: message_id.to_owned(),
+                })
+            }),
+            requester_done: ours(m, KEY_REQUESTER_DONE).is_some(),
         }
     }
 
@@ -334,6 +384,9 @@ mod tests {
             resolution_sent: None,
             failed: vec![],
             claim: None,
+            requester: None,
+            requester_thread: None,
+            requester_done: false,
             threads: vec![
                 Thread {
                     email: "E1".into(),

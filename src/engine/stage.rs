@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::plugindata::{PluginData, Resolution, Thread};
+use super::plugindata::{PluginData, RequesterThread, Resolution, Thread};
 use crate::mail::render::{self, RenderedMail, RequestSummary, ReviewState, ReviewSummary};
 use crate::mail::{MessageId, OutgoingMail};
 use crate::teleport::{RequestState, Review};
@@ -22,6 +22,15 @@ pub(super) enum Stage {
         reason: String,
         access_list: Option<String>,
     },
+    /// The requester's confirmation, naming who was asked. Sent only to the address stored when
+    /// the data was created, and only if it is still the address found today (`address`).
+    RequesterThread { address: Option<String> },
+    /// The outcome, in the requester's thread.
+    RequesterOutcome {
+        tag: Resolution,
+        reason: String,
+        access_list: Option<String>,
+    },
 }
 
 impl Stage {
@@ -31,6 +40,8 @@ impl Stage {
             Stage::NewThreads { .. } => "new",
             Stage::Reviews(_) => "review",
             Stage::Resolution { .. } => "resolution",
+            Stage::RequesterThread { .. } => "requester",
+            Stage::RequesterOutcome { .. } => "requester-outcome",
         }
     }
 
@@ -40,6 +51,8 @@ impl Stage {
             Stage::NewThreads { .. } => "new threads",
             Stage::Reviews(_) => "new review",
             Stage::Resolution { .. } => "request resolved",
+            Stage::RequesterThread { .. } => "requester confirmation",
+            Stage::RequesterOutcome { .. } => "requester outcome",
         }
     }
 
@@ -76,6 +89,10 @@ impl Stage {
                     d.resolution_sent = Some(Vec::new());
                 }
             }
+            Stage::RequesterThread { .. } => {}
+            Stage::RequesterOutcome { .. } => {
+                d.requester_thread.as_ref()?;
+            }
         }
         Some(d)
     }
@@ -98,6 +115,12 @@ impl Stage {
             Stage::NewThreads { allowed } => owed.new_threads(allowed),
             Stage::Reviews(reviews) => owed.reviews(reviews),
             Stage::Resolution { access_list, .. } => owed.resolution(access_list.as_deref()),
+            Stage::RequesterThread { address } => owed.requester_thread(address.as_deref()),
+            Stage::RequesterOutcome {
+                tag,
+                reason,
+                access_list,
+            } => owed.requester_outcome(&outcome(*tag, reason, access_list.as_deref())),
         }
     }
 
@@ -143,7 +166,32 @@ impl Stage {
                     sent.push(email.to_owned());
                 }
             }
+            Stage::RequesterThread { .. } => {
+                if let Some(id) = first_id
+                    && data.requester_thread.is_none()
+                {
+                    data.requester_thread = Some(RequesterThread {
+                        timestamp: crate::calendar::rfc3339(SystemTime::now()),
+                        message_id: id.as_str().to_owned(),
+                    });
+                }
+            }
+            Stage::RequesterOutcome { .. } => data.requester_done = true,
         }
+    }
+}
+
+/// The status line of an outcome.
+fn outcome(tag: Resolution, reason: &str, access_list: Option<&str>) -> render::Resolution {
+    let reason = reason.to_owned();
+    match tag {
+        Resolution::Approved => render::Resolution::Approved(reason),
+        Resolution::Denied => render::Resolution::Denied(reason),
+        Resolution::Expired => render::Resolution::Expired,
+        Resolution::Promoted => render::Resolution::Promoted {
+            reason,
+            access_list: access_list.unwrap_or_default().to_owned(),
+        },
     }
 }
 
@@ -240,6 +288,54 @@ impl Owed<'_> {
                 mails: vec![reply(t, rendered.clone(), self.id(&t.email, "resolution"))],
             })
             .collect()
+    }
+}
+
+impl Owed<'_> {
+    /// The confirmation, to the stored address if it is still the requester's today.
+    fn requester_thread(&self, today: Option<&str>) -> Vec<Job> {
+        let Some(address) = self.data.requester_address() else {
+            return Vec::new();
+        };
+        if self.data.requester_thread.is_some() || !self.open(address) {
+            return Vec::new();
+        }
+        if today != Some(address) {
+            tracing::warn!(request_id = %self.summary.id, email = %address, "The plugin data names a requester address this request's requester does not have today; no confirmation sent");
+            return Vec::new();
+        }
+        let asked = self.data.intended.clone().unwrap_or_default();
+        let rendered = render::requester_confirmation(self.summary, &asked);
+        vec![Job {
+            email: address.to_owned(),
+            start: 0,
+            mails: vec![OutgoingMail::new(
+                address.to_owned(),
+                rendered,
+                self.id(address, "requester"),
+                None,
+            )],
+        }]
+    }
+
+    /// The outcome, in the requester's thread.
+    fn requester_outcome(&self, status: &render::Resolution) -> Vec<Job> {
+        let (Some(address), Some(thread)) =
+            (self.data.requester_address(), &self.data.requester_thread)
+        else {
+            return Vec::new();
+        };
+        if self.data.requester_done || !self.open(address) {
+            return Vec::new();
+        }
+        let rendered = render::requester_outcome(self.summary, status);
+        let parent = MessageId::parse(&thread.message_id).ok();
+        let id = self.id(address, "requester-outcome");
+        vec![Job {
+            email: address.to_owned(),
+            start: 0,
+            mails: vec![OutgoingMail::new(address.to_owned(), rendered, id, parent)],
+        }]
     }
 }
 

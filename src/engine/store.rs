@@ -167,6 +167,11 @@ impl PluginStore {
         self.cache().get(id).cloned()
     }
 
+    /// Our own last write of `id`'s data, decoded (a hint: another writer may have changed it).
+    pub(super) fn last_written(&self, id: &str) -> Option<PluginData> {
+        self.last_write(id).map(|raw| PluginData::decode(&raw))
+    }
+
     fn remember(&self, id: &str, raw: RawPluginData) {
         let mut cache = self.cache();
         if cache.len() >= WRITTEN_CACHE_MAX {

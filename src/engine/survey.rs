@@ -33,7 +33,8 @@ struct Done {
     /// Every recipient still mailed got this many review replies (`u32::MAX`: no thread, so no
     /// review is ever owed).
     reviews: u32,
-    /// Every recipient still mailed got the resolution (or there is no thread to send it in).
+    /// Every recipient still mailed got the resolution (or there is no thread to send it in),
+    /// and so did the requester when they are mailed.
     resolution: bool,
 }
 
@@ -99,10 +100,18 @@ fn done(data: &PluginData) -> Option<Done> {
     if !(intended.iter()).all(|e| has_thread(e) || data.failed_at(e, "new")) {
         return None;
     }
+    let requester = data.requester_address();
+    let requester_open = |stage| requester.is_some_and(|a| !data.failed_at(a, stage));
+    if requester_open("requester") && data.requester_thread.is_none() {
+        return None;
+    }
+    let requester_told = data.requester_thread.is_none()
+        || data.requester_done
+        || !requester_open("requester-outcome");
     if data.threads.is_empty() {
         return Some(Done {
             reviews: u32::MAX,
-            resolution: true,
+            resolution: requester_told,
         });
     }
     let open = |stage: &'static str| {
@@ -110,8 +119,9 @@ fn done(data: &PluginData) -> Option<Done> {
     };
     let replies = (open("review").map(|t| data.reviews_sent_to(&t.email)))
         .fold(data.reviews_count, usize::min);
-    let resolution =
-        data.is_resolved() && open("resolution").all(|t| data.resolution_sent_to(&t.email));
+    let resolution = requester_told
+        && data.is_resolved()
+        && open("resolution").all(|t| data.resolution_sent_to(&t.email));
     Some(Done {
         reviews: u32::try_from(replies).unwrap_or(u32::MAX),
         resolution,
@@ -169,6 +179,9 @@ mod tests {
         assert!(survey.owes_nothing(&listed(lower)));
         assert!(survey.owes_nothing(&listed("not-a-uuid")));
         assert!(!survey.owes_nothing(&listed(upper)), "a different name");
-        assert!(!survey.owes_nothing(&listed(&long)), "handed over, not kept");
+        assert!(
+            !survey.owes_nothing(&listed(&long)),
+            "handed over, not kept"
+        );
     }
 }

@@ -17,6 +17,7 @@ fn routing(mailer: Arc<ScriptedMailer>, to: &[&str]) -> Routing {
     Routing {
         recipients: RecipientMap::new(map),
         mailer,
+        notify_requester: false,
     }
 }
 
@@ -41,6 +42,19 @@ fn engine(store: &Arc<MemoryStore>, mailer: &Arc<ScriptedMailer>, name: &str) ->
         routing(mailer.clone(), &to),
         policy,
     ))
+}
+
+/// An engine that also mails the requester (`delivery.notify_requester`).
+fn engine_telling_requester(
+    store: &Arc<MemoryStore>,
+    mailer: &Arc<ScriptedMailer>,
+    name: &str,
+) -> Arc<Engine> {
+    let engine = engine(store, mailer, name);
+    let mut routing = (*engine.routing()).clone();
+    routing.notify_requester = true;
+    engine.set_routing(routing);
+    engine
 }
 
 fn request(id: &str) -> AccessRequest {
@@ -514,6 +528,7 @@ fn engine_over(
     let routing = Routing {
         recipients: RecipientMap::new(map),
         mailer,
+        notify_requester: false,
     };
     Arc::new(Engine::with_store(store, cluster(), routing, policy))
 }
@@ -919,6 +934,7 @@ mod amr_review {
             Routing {
                 recipients: RecipientMap::new(map),
                 mailer,
+                notify_requester: false,
             },
             DeliveryPolicy::default(),
         )
@@ -1132,6 +1148,40 @@ fn survey_states() -> Vec<PluginData> {
     out
 }
 
+/// Finished and unfinished states of the requester's own thread, on reviewers' threads that
+/// are complete or not.
+fn requester_states() -> Vec<PluginData> {
+    let me = "alice@example.com";
+    let bases = survey_states().into_iter().filter(|d| {
+        d.failed.is_empty()
+            && d.reviews_sent.is_none()
+            && d.intended.as_ref().is_some_and(|i| i.len() == 2)
+    });
+    let mut out = Vec::new();
+    for base in bases.step_by(3) {
+        for requester in [Some(""), Some(me)] {
+            for thread in [false, true] {
+                for done in [false, true] {
+                    for failed in [None, Some("requester"), Some("requester-outcome")] {
+                        let mut d = base.clone();
+                        d.requester = requester.map(str::to_owned);
+                        d.requester_thread = thread.then(|| RequesterThread {
+                            timestamp: "2026-01-01T00:00:00Z".into(),
+                            message_id: "<alice.requester@example.com>".into(),
+                        });
+                        d.requester_done = done;
+                        if let Some(stage) = failed {
+                            d.fail(me, stage);
+                        }
+                        out.push(d);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn with_reviews(id: &str, state: RequestState, reviews: usize) -> AccessRequest {
     let review = |i| Review {
         author: format!("bob{i}"),
@@ -1141,6 +1191,7 @@ fn with_reviews(id: &str, state: RequestState, reviews: usize) -> AccessRequest 
     };
     AccessRequest {
         state,
+        user: "alice@example.com".into(),
         reviews: (0..reviews).map(review).collect(),
         ..request(id)
     }
@@ -1152,7 +1203,8 @@ fn with_reviews(id: &str, state: RequestState, reviews: usize) -> AccessRequest 
 async fn the_survey_skips_only_requests_the_engine_would_leave_alone() {
     let mut settled = 0;
     let mut idle_but_handed_over = 0;
-    for (n, data) in survey_states().into_iter().enumerate() {
+    let states = survey_states().into_iter().chain(requester_states());
+    for (n, data) in states.enumerate() {
         for state in [RequestState::Pending, RequestState::Approved] {
             for reviews in 0..=2 {
                 let id = format!("00000000-0000-4000-8000-{n:012x}");
@@ -1165,7 +1217,7 @@ async fn the_survey_skips_only_requests_the_engine_would_leave_alone() {
                         .collect(),
                 );
                 let mailer = Arc::new(ScriptedMailer::default());
-                let engine = engine(&store, &mailer, "r1");
+                let engine = engine_telling_requester(&store, &mailer, "r1");
                 let survey = engine.survey().await.expect("the memory store scans");
                 let req = with_reviews(&id, state, reviews);
                 let skip = survey.owes_nothing(&req);
@@ -1247,5 +1299,213 @@ async fn review_scan_a_dead_claim_on_finished_data_is_skipped_and_owes_no_mail()
         },
         "the engine would change nothing but the dead claim ({} writes)",
         store.writes() - writes
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// delivery.notify_requester: the requester's own thread.
+
+const REQUESTER: &str = "alice@example.com";
+
+fn by_requester(id: &str, state: RequestState) -> WatchEvent {
+    WatchEvent::Put(Box::new(AccessRequest {
+        user: REQUESTER.into(),
+        state,
+        resolve_reason: "go ahead".into(),
+        ..request(id)
+    }))
+}
+
+fn to_requester(mailer: &ScriptedMailer) -> Vec<crate::mail::OutgoingMail> {
+    (mailer.delivered().into_iter())
+        .filter(|m| m.to == REQUESTER)
+        .collect()
+}
+
+/// Traits served to the engine: `user` → `email` trait, or a refusal.
+struct Emails(Option<&'static str>);
+
+#[async_trait::async_trait]
+impl Directory for Emails {
+    async fn user_traits(&self, _user: &str) -> Result<crate::teleport::Traits, TeleportError> {
+        match self.0 {
+            Some(email) => Ok([("email".to_owned(), vec![email.to_owned()])].into()),
+            None => Err(TeleportError::AccessDenied("read user".into())),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_requester_gets_a_confirmation_then_the_outcome_in_its_thread_once() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine_telling_requester(&store, &mailer, "r1");
+    engine
+        .handle_event(by_requester("r1", RequestState::Pending))
+        .await;
+    let mine = to_requester(&mailer);
+    assert_eq!(mine.len(), 1, "{:?}", mailer.deliveries());
+    let confirmation = &mine[0];
+    assert_eq!(
+        confirmation.subject,
+        "Your Role Request r1 was submitted (cluster)"
+    );
+    assert!(
+        confirmation
+            .text
+            .contains("Reviewers asked: a@example.com, b@example.com"),
+        "{}",
+        confirmation.text
+    );
+    assert!(
+        !confirmation.text.contains("tsh request review"),
+        "{}",
+        confirmation.text
+    );
+    assert_eq!(
+        mailer.delivered().len(),
+        3,
+        "two reviewers and the requester"
+    );
+
+    for _ in 0..2 {
+        engine
+            .handle_event(by_requester("r1", RequestState::Approved))
+            .await;
+    }
+    let mine = to_requester(&mailer);
+    assert_eq!(mine.len(), 2, "one confirmation and one outcome");
+    let outcome = &mine[1];
+    assert_eq!(
+        outcome.subject,
+        "Your Role Request r1 was approved (cluster)"
+    );
+    assert!(
+        outcome.text.contains("APPROVED (go ahead)"),
+        "{}",
+        outcome.text
+    );
+    assert_eq!(outcome.in_reply_to.as_ref(), Some(&confirmation.message_id));
+    assert_each_once(&mailer, 6);
+    let data = decoded(&store, "r1");
+    assert_eq!(data.requester.as_deref(), Some(REQUESTER));
+    assert!(data.requester_done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_request_tells_its_requester() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine_telling_requester(&store, &mailer, "r1");
+    engine
+        .handle_event(by_requester("r1", RequestState::Pending))
+        .await;
+    engine
+        .handle_event(WatchEvent::Delete { id: "r1".into() })
+        .await;
+    let mine = to_requester(&mailer);
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine[1].subject, "Your Role Request r1 expired (cluster)");
+}
+
+/// A requester who is also among the recipients hears as the requester only: no reviewer
+/// thread, no review replies (they cannot review their own request).
+#[tokio::test(start_paused = true)]
+async fn a_requester_among_the_recipients_is_not_mailed_as_a_reviewer() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine_telling_requester(&store, &mailer, "r1");
+    let mut routing = (*engine.routing()).clone();
+    routing.recipients = RecipientMap::new(BTreeMap::from([(
+        "*".to_owned(),
+        vec![REQUESTER.to_owned(), "b@example.com".to_owned()],
+    )]));
+    engine.set_routing(routing);
+    engine
+        .handle_event(by_requester("r1", RequestState::Pending))
+        .await;
+    let mut reviewed = by_requester("r1", RequestState::Pending);
+    if let WatchEvent::Put(r) = &mut reviewed {
+        r.reviews = vec![Review {
+            author: "bob".into(),
+            proposed: RequestState::Approved,
+            reason: String::new(),
+            created: None,
+        }];
+    }
+    engine.handle_event(reviewed).await;
+    let mine = to_requester(&mailer);
+    assert_eq!(mine.len(), 1, "{:?}", mailer.deliveries());
+    assert!(mine[0].subject.contains("was submitted"));
+    assert!(
+        mine[0].text.contains("Reviewers asked: b@example.com"),
+        "{}",
+        mine[0].text
+    );
+    assert_eq!(
+        decoded(&store, "r1").intended,
+        Some(vec!["b@example.com".to_owned()])
+    );
+}
+
+/// A requester whose name is not an address is mailed at their `email` trait; one whose traits
+/// may not be read is not mailed, and that is decided once, in the plugin data.
+#[tokio::test(start_paused = true)]
+async fn a_requester_named_otherwise_is_mailed_at_the_email_trait_or_not_at_all() {
+    for (traits, expected) in [(Some("alice@corp.example"), 1), (None, 0)] {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        let engine = Arc::new(
+            Arc::into_inner(engine)
+                .unwrap()
+                .with_directory(Arc::new(Emails(traits))),
+        );
+        engine.handle_event(put("r1")).await; // user "alice"
+        let mine: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| Some(m.to.as_str()) == traits)
+            .collect();
+        assert_eq!(mine.len(), expected, "{:?}", mailer.deliveries());
+        let stored = decoded(&store, "r1").requester;
+        assert_eq!(stored.as_deref(), Some(traits.unwrap_or("")));
+    }
+}
+
+/// Two replicas handling the same new request send the confirmation once.
+#[tokio::test(start_paused = true)]
+async fn two_replicas_confirm_to_the_requester_once() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let a = engine_telling_requester(&store, &mailer, "a");
+    let b = engine_telling_requester(&store, &mailer, "b");
+    let event = by_requester("r1", RequestState::Pending);
+    let (ea, eb) = (event.clone(), event);
+    let (a2, b2) = (a.clone(), b.clone());
+    let one = tokio::spawn(async move { a2.handle_event(ea).await });
+    let two = tokio::spawn(async move { b2.handle_event(eb).await });
+    one.await.unwrap();
+    two.await.unwrap();
+    assert_eq!(to_requester(&mailer).len(), 1);
+    assert_each_once(&mailer, 3);
+}
+
+/// Off by default: with an original config, nothing goes to the requester and no requester key
+/// is written, so the original plugin can take over the data as it was.
+#[tokio::test(start_paused = true)]
+async fn the_requester_is_not_mailed_unless_asked() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    engine
+        .handle_event(by_requester("r1", RequestState::Pending))
+        .await;
+    engine
+        .handle_event(by_requester("r1", RequestState::Approved))
+        .await;
+    assert!(to_requester(&mailer).is_empty());
+    let raw = store.raw("r1").unwrap();
+    assert!(
+        raw.keys().all(|k| !k.starts_with("te_requester")),
+        "{raw:?}"
     );
 }

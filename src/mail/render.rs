@@ -83,12 +83,59 @@ pub fn subject(request: &RequestSummary) -> String {
 
 /// The first mail of a thread: "You have a new Role Request:" and the request's current status.
 pub fn new_request(request: &RequestSummary, status: &Resolution) -> RenderedMail {
-    request_mail(NEW_HEADING, request, status)
+    RenderedMail {
+        subject: subject(request),
+        ..request_mail(NEW_HEADING, request, status)
+    }
 }
 
 /// The last mail of a thread: "Role Request has been resolved:" and the final status.
 pub fn resolved(request: &RequestSummary, status: &Resolution) -> RenderedMail {
-    request_mail(RESOLVED_HEADING, request, status)
+    RenderedMail {
+        subject: subject(request),
+        ..request_mail(RESOLVED_HEADING, request, status)
+    }
+}
+
+/// The requester's first mail: their request was submitted, and who was asked to review it.
+pub fn requester_confirmation(request: &RequestSummary, asked: &[String]) -> RenderedMail {
+    let mut mail = requester_mail(
+        "Your Role Request was submitted",
+        request,
+        &Resolution::Pending,
+    );
+    let asked: Vec<String> = asked.iter().map(|a| body_field(a)).collect();
+    let asked = match asked.is_empty() {
+        true => "nobody (no recipient is configured for these roles)".to_owned(),
+        false => asked.join(", "),
+    };
+    mail.text.push_str(&format!("\nReviewers asked: {asked}"));
+    let line = format!("<p>Reviewers asked: {}</p>\n</body>", html_escape(&asked));
+    mail.html = mail.html.replacen("</body>", &line, 1);
+    mail.subject = format!(
+        "Your Role Request {} was submitted ({})",
+        header_field(&request.id),
+        header_field(&request.cluster)
+    );
+    mail
+}
+
+/// The requester's last mail: how their request ended, in their thread.
+pub fn requester_outcome(request: &RequestSummary, status: &Resolution) -> RenderedMail {
+    let mut mail = requester_mail("Your Role Request has been resolved", request, status);
+    let word = match status {
+        Resolution::Pending => "is pending",
+        Resolution::Approved(_) => "was approved",
+        Resolution::Denied(_) => "was denied",
+        Resolution::Expired => "expired",
+        Resolution::Promoted { .. } => "was promoted to an Access List",
+    };
+    mail.subject = format!(
+        "Your Role Request {} {word} ({})",
+        header_field(&request.id),
+        header_field(&request.cluster)
+    );
+    mail
 }
 
 /// A reply for one review: who reviewed, when, what they proposed and why.
@@ -131,7 +178,18 @@ struct Field {
 }
 
 fn request_mail(heading: &str, request: &RequestSummary, status: &Resolution) -> RenderedMail {
-    let fields = request_fields(request, status);
+    request_mail_with(heading, request_fields(request, status), status)
+}
+
+/// A request mail for the requester: no review commands (they cannot review their own request).
+fn requester_mail(heading: &str, request: &RequestSummary, status: &Resolution) -> RenderedMail {
+    let mut fields = request_fields(request, status);
+    fields.retain(|f| !f.code);
+    request_mail_with(heading, fields, status)
+}
+
+fn request_mail_with(heading: &str, fields: Vec<Field>, status: &Resolution) -> RenderedMail {
+    let request_subject = String::new();
     let status_line = status_line(status);
 
     // Writing to a String cannot fail.
@@ -159,7 +217,7 @@ fn request_mail(heading: &str, request: &RequestSummary, status: &Resolution) ->
     );
 
     RenderedMail {
-        subject: subject(request),
+        subject: request_subject,
         text,
         html: html_document(&html),
     }

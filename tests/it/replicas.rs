@@ -60,6 +60,7 @@ async fn replica(
     let routing = Routing {
         recipients: config.recipients.clone(),
         mailer,
+        notify_requester: false,
     };
     let engine = Engine::new(client.clone(), cluster, routing, policy);
     (Arc::new(engine), client)

@@ -5,8 +5,6 @@ mod mailer;
 mod recipients;
 mod teleport;
 
-use std::time::Duration;
-
 use toml::{Table, Value};
 
 use super::reader::{Findings, Section};
@@ -43,7 +41,7 @@ pub(super) fn read(root: &Table) -> (Option<Config>, Findings) {
     let teleport = read_teleport(&mut f, teleport_table);
     let mailer = read_mailer(&mut f, root);
     let delivery_table = table(&mut f, root, "delivery");
-    let (sender, retry_timeout, legacy_recipients) = read_delivery(&mut f, delivery_table);
+    let (delivery, legacy_recipients) = read_delivery(&mut f, delivery_table);
     let recipients = read_recipients(&mut f, root, legacy_recipients);
     let log_table = table(&mut f, root, "log");
     let log = read_log(&mut f, log_table);
@@ -53,10 +51,7 @@ pub(super) fn read(root: &Table) -> (Option<Config>, Findings) {
         Some(Config {
             teleport: teleport?,
             mailer: mailer?,
-            delivery: DeliveryConfig {
-                sender,
-                retry_timeout,
-            },
+            delivery,
             recipients: recipients?,
             log: log?,
             metrics,
@@ -82,7 +77,7 @@ fn table<'t>(f: &mut Findings, root: &'t Table, name: &str) -> &'t Table {
     }
 }
 
-fn read_delivery(f: &mut Findings, t: &Table) -> (String, Duration, Option<Vec<String>>) {
+fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<String>>) {
     let mut s = Section::new("delivery", t);
     let sender = s
         .string(f, "sender", &["Sender", "SENDER"])
@@ -94,6 +89,7 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (String, Duration, Option<Vec<S
         .has("recipients", &["Recipients", "RECIPIENTS"])
         .then(|| s.strings(f, "recipients"))
         .flatten();
+    let notify_requester = s.bool(f, "notify_requester").unwrap_or(false);
     s.finish(f);
     if sender.is_empty() {
         f.warn("delivery.sender is not set: mail servers will likely refuse mail without a sender");
@@ -103,7 +99,12 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (String, Duration, Option<Vec<S
             format!("{sender:?} is not an email address (use noreply@example.com or \"Name <noreply@example.com>\")"),
         );
     }
-    (sender, retry_timeout, recipients)
+    let delivery = DeliveryConfig {
+        sender,
+        retry_timeout,
+        notify_requester,
+    };
+    (delivery, recipients)
 }
 
 fn read_metrics(f: &mut Findings, t: &Table) -> Option<std::net::SocketAddr> {
