@@ -52,6 +52,8 @@ starttls_policy = "disabled"
 
 [delivery]
 sender = "Teleport Access <noreply@example.com>"
+# Off by default (as the original); on here to show the requester's own thread.
+notify_requester = true
 
 [role_to_recipients]
 "*" = "security@example.com"
@@ -100,11 +102,13 @@ sender = "Teleport Access <noreply@example.com>"
         2,
         2,
     );
-    shown = show(&smtp, shown, 3).await?;
+    // Three reviewers' threads and alice's confirmation.
+    shown = show(&smtp, shown, 4).await?;
     auth.review(&a, "reviewer1@example.com", true, "looks right");
     shown = show(&smtp, shown, 3).await?;
     auth.review(&a, "reviewer2@example.com", true, "go ahead");
-    shown = show(&smtp, shown, 6).await?;
+    // The review and the resolution to each reviewer; the outcome to alice.
+    shown = show(&smtp, shown, 7).await?;
 
     story("2. bob asks for `db-admin`; a reviewer denies it");
     let b = auth.create_request(
@@ -113,15 +117,15 @@ sender = "Teleport Access <noreply@example.com>"
         "curiosity",
         &["reviewer1@example.com"],
     );
-    shown = show(&smtp, shown, 2).await?;
+    shown = show(&smtp, shown, 3).await?;
     auth.review(&b, "reviewer1@example.com", false, "no ticket");
-    shown = show(&smtp, shown, 4).await?;
+    shown = show(&smtp, shown, 5).await?;
 
     story("3. carol asks for `auditor`; nobody reviews it and it expires");
     let c = auth.create_request("carol@example.com", &["auditor"], "quarterly audit", &[]);
-    shown = show(&smtp, shown, 1).await?;
+    shown = show(&smtp, shown, 2).await?;
     auth.delete_request(&c);
-    show(&smtp, shown, 1).await?;
+    show(&smtp, shown, 2).await?;
 
     stop.cancel();
     let exit = daemon.await?;

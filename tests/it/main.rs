@@ -19,6 +19,7 @@ mod plugin;
 mod process;
 mod real;
 mod replicas;
+mod requester;
 mod review_smtp;
 mod rules;
 mod scale;

@@ -112,9 +112,10 @@ fn daemon_config(
     auth: &FakeAuth,
     identity: &std::path::Path,
     mailer: &str,
+    delivery: &str,
 ) -> teleport_email::config::Config {
     let text = format!(
-        "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{mailer}[delivery]\nsender = \"{SENDER}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n[log]\nseverity = \"debug\"\n",
+        "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{mailer}[delivery]\nsender = \"{SENDER}\"\n{delivery}[role_to_recipients]\n\"*\" = \"{ALL}\"\n[log]\nseverity = \"debug\"\n",
         auth.addr(),
         identity.display()
     );
@@ -147,11 +148,18 @@ pub struct Harness {
     stop: CancellationToken,
     task: Option<JoinHandle<Exit>>,
     ready: watch::Receiver<bool>,
+    /// Extra `[delivery]` lines, kept for restarts.
+    delivery: String,
     _dir: tempfile::TempDir,
 }
 
 impl Harness {
     pub async fn start(backend: Backend, options: FakeAuthOptions) -> Self {
+        Self::start_with(backend, options, "").await
+    }
+
+    /// As [`Self::start`], with `delivery` (lines of TOML) added to the `[delivery]` section.
+    pub async fn start_with(backend: Backend, options: FakeAuthOptions, delivery: &str) -> Self {
         let auth = FakeAuth::start(options).await;
         let dir = tempfile::tempdir().unwrap();
         let identity = auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
@@ -160,7 +168,7 @@ impl Harness {
             Backend::Mailgun => Receiver::Mailgun(MailgunStandIn::start().await.unwrap()),
         };
         let mailer = receiver.config_section();
-        let config = daemon_config(&auth, &identity, &mailer);
+        let config = daemon_config(&auth, &identity, &mailer, delivery);
         let stop = CancellationToken::new();
         let (task, ready) = spawn_daemon(config, &stop);
         let mut h = Self {
@@ -170,6 +178,7 @@ impl Harness {
             stop,
             task: Some(task),
             ready,
+            delivery: delivery.to_owned(),
             _dir: dir,
         };
         h.wait_ready().await;
@@ -294,7 +303,7 @@ impl Harness {
     pub async fn restart_daemon(&mut self) {
         let identity = self._dir.path().join("identity");
         let mailer = self.receiver.config_section();
-        let config = daemon_config(&self.auth, &identity, &mailer);
+        let config = daemon_config(&self.auth, &identity, &mailer, &self.delivery);
         self.stop = CancellationToken::new();
         let (task, ready) = spawn_daemon(config, &self.stop);
         (self.task, self.ready) = (Some(task), ready);
