@@ -6,13 +6,16 @@
 //! same kind, and the same load: a burst of requests, then requests at a fixed rate, each owed
 //! a new-thread mail to three recipients. The daemons run as separate processes, as operators
 //! run them. `--smoke` checks correctness only (nothing lost, nothing twice) and exits non-zero
-//! otherwise; it never judges timings.
+//! otherwise; it never judges timings. With Postfix's `smtp-source` and `smtp-sink` at hand, an
+//! outside reference is printed under the table; `--smtp-sink` sends our burst into `smtp-sink`
+//! instead (see `postfix`).
 // `pub` here means "shared between the modules of this example"; nothing is exported.
 #![allow(unreachable_pub)]
 
 mod lettre_pool;
 mod limit;
 mod load;
+mod postfix;
 mod process;
 mod sink;
 mod table;
@@ -25,6 +28,7 @@ use clap::Parser;
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 
 use load::{ALL, Burst};
+use postfix::{Programs, SourceRun};
 use process::Daemon;
 use sink::{SMTP_PASSWORD, SMTP_USER, Sink, Tally};
 use table::{Column, Run};
@@ -53,9 +57,13 @@ struct Args {
     /// Rounds of every column, interleaved; the table shows each column's best round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Sessions of the limit and of lettre's pool (our daemon's pool: 8).
+    /// Sessions of the limit and of lettre's pool, and smtp-source's (our daemon's pool: 8).
     #[arg(long, default_value_t = 8)]
     limit_connections: u32,
+    /// Our daemon's burst into Postfix's smtp-sink (`SMTP_SINK_BIN` or on PATH), with and
+    /// without PIPELINING offered, every mail checked; instead of the table.
+    #[arg(long)]
+    smtp_sink: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -94,13 +102,34 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
 
+    if args.smtp_sink {
+        let ok = postfix::sink_mode(&args, &ours_bin, dir.path()).await?;
+        if args.keep {
+            eprintln!("bench: configs and logs kept in {}", dir.keep().display());
+        }
+        if !ok {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let programs = match (Programs::find(), args.smoke) {
+        (Ok(_), true) => Err("not run in --smoke".to_owned()),
+        (found, _) => found,
+    };
+
     let mut rounds: [Vec<Column>; 5] = Default::default();
+    let mut sources = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("bench: round {round} of {}: ours (SMTP) …", args.rounds);
         let (ours, captured) =
             daemon_column(&args, &ours_bin, Which::Ours, Mailer::Smtp, dir.path()).await;
         eprintln!("bench: round {round}: limit (pipelined) and lettre …");
         let (limit, lettre) = limit_columns(&args, &captured).await;
+        if let (Ok(programs), Some(sample)) = (&programs, captured.first()) {
+            let dump = false;
+            let run = postfix::reference(&args, programs, &sample.data, dump, round, dir.path());
+            sources.extend(run.await);
+        }
         eprintln!("bench: round {round}: ours (Mailgun) …");
         let (ours_mailgun, _) =
             daemon_column(&args, &ours_bin, Which::Ours, Mailer::Mailgun, dir.path()).await;
@@ -142,6 +171,11 @@ async fn main() -> anyhow::Result<()> {
         rounds: args.rounds,
     };
     println!("{}", run.render());
+    println!(
+        "Outside reference, Postfix's smtp-source into smtp-sink (no pipelining, so a floor for \
+         the limit; another receiver than the table's): {}",
+        SourceRun::best_line(&programs, sources, args.rounds)
+    );
     if args.keep {
         eprintln!("bench: configs and logs kept in {}", dir.keep().display());
     }
@@ -271,7 +305,7 @@ pub async fn start_daemon(
 }
 
 /// The config both plugins read: the original requires SMTP AUTH, so our receiver asks for it
-/// of everyone.
+/// of everyone (smtp-sink asks nobody).
 fn config_text(
     auth: &FakeAuth,
     (crt, key, cas): &(PathBuf, PathBuf, PathBuf),
@@ -281,6 +315,10 @@ fn config_text(
         Sink::Smtp(r) => format!(
             "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\"\nstarttls_policy = \"disabled\"\n",
             r.port()
+        ),
+        Sink::Postfix(p) => format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
+            p.port()
         ),
         Sink::Mailgun(m) => format!(
             "[mailgun]\ndomain = \"example.com\"\nprivate_key = \"key-bench\"\napi_base = \"{}\"\n",
