@@ -102,7 +102,15 @@ impl SmtpSink {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let dir = std::env::temp_dir().join(format!(
+        // In memory where there is a tmpfs: smtp-sink creates a file per message, and a disk
+        // would set the pace.
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_owned()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
             "smtp-sink-{}-{port}-{}",
             std::process::id(),
             SystemTime::now()
