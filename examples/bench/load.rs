@@ -52,7 +52,7 @@ impl Burst {
 
 /// Creates `n` requests back to back and waits for their mails.
 pub async fn burst(auth: &FakeAuth, sink: &Sink, n: usize) -> Burst {
-    let before = sink_len(sink);
+    let before = sink.count();
     let start = Instant::now();
     let mut created = Created::new();
     for i in 0..n {
@@ -70,7 +70,7 @@ pub async fn burst(auth: &FakeAuth, sink: &Sink, n: usize) -> Burst {
 
 /// Creates requests at `rate` per second for `seconds`, then waits for their mails.
 pub async fn steady(auth: &FakeAuth, sink: &Sink, rate: f64, seconds: f64) -> Tally {
-    let before = sink_len(sink);
+    let before = sink.count();
     let count = (rate * seconds).round() as usize;
     let start = tokio::time::Instant::now();
     let mut created = Created::new();
@@ -88,11 +88,4 @@ async fn finish(sink: &Sink, before: usize, created: &Created) {
     let want = before + created.len() * RECIPIENTS.len();
     let _ = sink.wait_for(want, DRAIN).await;
     tokio::time::sleep(SETTLE).await;
-}
-
-fn sink_len(sink: &Sink) -> usize {
-    match sink {
-        Sink::Smtp(r) => r.stats().messages,
-        Sink::Mailgun(m) => m.deliveries().len(),
-    }
 }

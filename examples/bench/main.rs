@@ -6,12 +6,16 @@
 //! same kind, and the same load: a burst of requests, then requests at a fixed rate, each owed
 //! a new-thread mail to three recipients. The daemons run as separate processes, as operators
 //! run them. `--smoke` checks correctness only (nothing lost, nothing twice) and exits non-zero
-//! otherwise; it never judges timings.
+//! otherwise; it never judges timings. With Postfix's `smtp-source` and `smtp-sink` at hand, an
+//! outside reference is printed under the table; `--smtp-sink` sends our burst into `smtp-sink`
+//! instead (see `postfix`).
 // `pub` here means "shared between the modules of this example"; nothing is exported.
 #![allow(unreachable_pub)]
 
+mod lettre_pool;
 mod limit;
 mod load;
+mod postfix;
 mod process;
 mod scale;
 mod sink;
@@ -25,6 +29,7 @@ use clap::Parser;
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 
 use load::{ALL, Burst};
+use postfix::{Programs, SourceRun};
 use process::Daemon;
 use sink::{SMTP_PASSWORD, SMTP_USER, Sink, Tally};
 use table::{Column, Run};
@@ -59,9 +64,13 @@ struct Args {
     /// Burst sizes for the growth rows (e.g. `1000,10000,100000`): only those rows are run.
     #[arg(long, value_delimiter = ',')]
     growth: Vec<usize>,
-    /// Connections (and sends in flight) of the limit's lettre pool.
+    /// Sessions of the limit and of lettre's pool, and smtp-source's (our daemon's pool: 8).
     #[arg(long, default_value_t = 8)]
     limit_connections: u32,
+    /// Our daemon's burst into Postfix's smtp-sink (`SMTP_SINK_BIN` or on PATH), with and
+    /// without PIPELINING offered, every mail checked; instead of the table.
+    #[arg(long)]
+    smtp_sink: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
     let original = std::env::var_os("ORIGINAL_EMAIL_BIN")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    let dir = tempfile::tempdir()?;
+    // With `--keep`, the directory outlives the run however it ends (a failed smoke included).
+    let dir = tempfile::Builder::new().keep(args.keep).tempdir()?;
+    if args.keep {
+        eprintln!("bench: configs and logs kept in {}", dir.path().display());
+    }
     eprintln!(
         "bench: ours = {}, original = {}, burst {} requests, steady {}/s for {} s",
         ours_bin.display(),
@@ -102,18 +115,33 @@ async fn main() -> anyhow::Result<()> {
 
     if !args.reconnect.is_empty() || !args.growth.is_empty() {
         scale::run(&ours_bin, dir.path(), &args.reconnect, &args.growth).await?;
-        if args.keep {
-            eprintln!("bench: configs and logs kept in {}", dir.keep().display());
+        return Ok(());
+    }
+    if args.smtp_sink {
+        let ok = postfix::sink_mode(&args, &ours_bin, dir.path()).await?;
+        if !ok {
+            std::process::exit(1);
         }
         return Ok(());
     }
-    let mut rounds: [Vec<Column>; 4] = Default::default();
+    let programs = match (Programs::find(), args.smoke) {
+        (Ok(_), true) => Err("not run in --smoke".to_owned()),
+        (found, _) => found,
+    };
+
+    let mut rounds: [Vec<Column>; 5] = Default::default();
+    let mut sources = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("bench: round {round} of {}: ours (SMTP) …", args.rounds);
         let (ours, captured) =
             daemon_column(&args, &ours_bin, Which::Ours, Mailer::Smtp, dir.path()).await;
-        eprintln!("bench: round {round}: limit (lettre pool) …");
-        let limit = limit_column(&args, &captured).await;
+        eprintln!("bench: round {round}: limit (pipelined) and lettre …");
+        let (limit, lettre) = limit_columns(&args, &captured).await;
+        if let (Ok(programs), Some(sample)) = (&programs, captured.first()) {
+            let dump = false;
+            let run = postfix::reference(&args, programs, &sample.data, dump, round, dir.path());
+            sources.extend(run.await);
+        }
         eprintln!("bench: round {round}: ours (Mailgun) …");
         let (ours_mailgun, _) =
             daemon_column(&args, &ours_bin, Which::Ours, Mailer::Mailgun, dir.path()).await;
@@ -127,8 +155,14 @@ async fn main() -> anyhow::Result<()> {
                     .0
             }
         };
-        let names = ["limit", "original", "ours (SMTP)", "ours (Mailgun)"];
-        let columns = [limit, original_col, ours, ours_mailgun];
+        let names = [
+            "limit (pipelined)",
+            "lettre, no pipelining",
+            "original",
+            "ours (SMTP)",
+            "ours (Mailgun)",
+        ];
+        let columns = [limit, lettre, original_col, ours, ours_mailgun];
         for ((all, col), name) in rounds.iter_mut().zip(columns).zip(names) {
             if let Some(summary) = col.summary() {
                 eprintln!("bench: round {round}: {name}: {summary}");
@@ -136,9 +170,10 @@ async fn main() -> anyhow::Result<()> {
             all.push(col);
         }
     }
-    let [limit, original_col, ours, ours_mailgun] = rounds.map(Column::best_of);
+    let [limit, lettre, original_col, ours, ours_mailgun] = rounds.map(Column::best_of);
     let run = Run {
         limit,
+        lettre,
         original: original_col,
         ours,
         ours_mailgun,
@@ -148,6 +183,11 @@ async fn main() -> anyhow::Result<()> {
         rounds: args.rounds,
     };
     println!("{}", run.render());
+    println!(
+        "Outside reference, Postfix's smtp-source into smtp-sink (no pipelining, so a floor for \
+         the limit; another receiver than the table's): {}",
+        SourceRun::best_line(&programs, sources, args.rounds)
+    );
     if args.smoke {
         let ok = run.ours_correct();
         println!(
@@ -162,9 +202,6 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
         scale::smoke(&ours_bin, dir.path()).await?;
-    }
-    if args.keep {
-        eprintln!("bench: configs and logs kept in {}", dir.keep().display());
     }
     Ok(())
 }
@@ -213,7 +250,6 @@ async fn try_daemon_column(
     mailer: Mailer,
     dir: &Path,
 ) -> anyhow::Result<(Column, Vec<teleport_email::testkit::smtp::ReceivedMail>)> {
-    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
     let sink = match mailer {
         Mailer::Smtp => Sink::smtp().await?,
         Mailer::Mailgun => Sink::mailgun().await?,
@@ -223,8 +259,7 @@ async fn try_daemon_column(
         (Which::Ours, Mailer::Mailgun) => "ours-mailgun",
         (Which::Original, _) => "original",
     };
-    let config = write_config(&auth, &sink, dir, stem)?;
-    let daemon = Daemon::start(bin, &config, dir.join(format!("{stem}.log"))).await?;
+    let (auth, daemon) = start_daemon(bin, &sink, stem, dir).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = daemon.status_bytes("VmRSS");
     let cpu_at_ready = daemon.cpu();
@@ -259,8 +294,22 @@ async fn try_daemon_column(
     ))
 }
 
-/// The config both plugins read: the original requires SMTP AUTH, so the receiver asks for it
-/// of everyone.
+/// A daemon (`bin`) on a fresh fake Auth Service, configured for `sink`; its files are named
+/// after `stem` in `dir`.
+pub async fn start_daemon(
+    bin: &Path,
+    sink: &Sink,
+    stem: &str,
+    dir: &Path,
+) -> anyhow::Result<(std::sync::Arc<FakeAuth>, Daemon)> {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    let config = write_config(&auth, sink, dir, stem)?;
+    let daemon = Daemon::start(bin, &config, dir.join(format!("{stem}.log"))).await?;
+    Ok((auth, daemon))
+}
+
+/// The config both plugins read: the original requires SMTP AUTH, so our receiver asks for it
+/// of everyone (smtp-sink asks nobody).
 fn config_text(
     auth: &FakeAuth,
     (crt, key, cas): &(PathBuf, PathBuf, PathBuf),
@@ -270,6 +319,10 @@ fn config_text(
         Sink::Smtp(r) => format!(
             "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\"\nstarttls_policy = \"disabled\"\n",
             r.port()
+        ),
+        Sink::Postfix(p) => format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
+            p.port()
         ),
         Sink::Mailgun(m) => format!(
             "[mailgun]\ndomain = \"example.com\"\nprivate_key = \"key-bench\"\napi_base = \"{}\"\n",
@@ -285,48 +338,68 @@ fn config_text(
     )
 }
 
-/// The limit column: replays what our daemon delivered (burst mails, then steady mails).
-async fn limit_column(
+/// The limit and lettre columns: each replays what our daemon delivered (burst mails, then
+/// steady mails) into a fresh receiver.
+async fn limit_columns(
     args: &Args,
     captured: &[teleport_email::testkit::smtp::ReceivedMail],
-) -> Column {
-    match try_limit_column(args, captured).await {
-        Ok(c) => c,
-        Err(e) => Column::absent(&format!("failed: {e:#}")),
+) -> (Column, Column) {
+    let requests = limit::requests(captured);
+    if requests.is_empty() {
+        let why = "failed: our daemon delivered nothing to replay";
+        return (Column::absent(why), Column::absent(why));
     }
+    let split = args.requests.min(requests.len());
+    let (burst, steady) = requests.split_at(split);
+    let failed = |e: anyhow::Error| Column::absent(&format!("failed: {e:#}"));
+    let limit = limit_column(args, burst, steady)
+        .await
+        .unwrap_or_else(failed);
+    let lettre = lettre_column(args, burst, steady)
+        .await
+        .unwrap_or_else(failed);
+    (limit, lettre)
 }
 
-async fn try_limit_column(
+async fn limit_column(
     args: &Args,
-    captured: &[teleport_email::testkit::smtp::ReceivedMail],
+    burst: &[limit::Request],
+    steady: &[limit::Request],
 ) -> anyhow::Result<Column> {
-    let requests = limit::requests(captured);
-    anyhow::ensure!(
-        !requests.is_empty(),
-        "our daemon delivered nothing to replay"
-    );
-    let split = args.requests.min(requests.len());
-    let (burst_reqs, steady_reqs) = requests.split_at(split);
+    let n = args.limit_connections;
+    let sink = Sink::smtp().await?;
+    let burst = limit::burst(&sink, burst, n).await?;
+    let steady = limit::steady(&sink, steady, args.rate, n).await?;
+    Ok(sender_column(
+        burst,
+        steady,
+        format!(
+            "{n} pipelined sessions (RFC 2920) kept open, TCP_NODELAY, the next mail's commands \
+             behind each message's final dot, in this process."
+        ),
+    ))
+}
+
+async fn lettre_column(
+    args: &Args,
+    burst_reqs: &[limit::Request],
+    steady_reqs: &[limit::Request],
+) -> anyhow::Result<Column> {
     let n = args.limit_connections;
     let mut figures = Vec::new();
-    for kind in [limit::Kind::Transport, limit::Kind::Nodelay] {
+    for kind in [lettre_pool::Kind::Transport, lettre_pool::Kind::Nodelay] {
         let sink = Sink::smtp().await?;
-        let burst: Burst = limit::burst(kind, &sink, burst_reqs, n).await?;
-        let steady: Tally = limit::steady(kind, &sink, steady_reqs, args.rate, n).await?;
+        let burst: Burst = lettre_pool::burst(kind, &sink, burst_reqs, n).await?;
+        let steady: Tally = lettre_pool::steady(kind, &sink, steady_reqs, args.rate, n).await?;
         figures.push((burst, steady));
     }
     let (nodelay_burst, nodelay_steady) = figures.pop().context("two runs")?;
     let (shipped_burst, shipped_steady) = figures.pop().context("two runs")?;
     let ms = |d: Option<Duration>| d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
-    Ok(Column {
-        burst: Some(nodelay_burst),
-        steady: Some(nodelay_steady),
-        ready: None,
-        idle_rss: None,
-        peak_rss: None,
-        cpu_per_1000: None,
-        errors: None,
-        note: Some(format!(
+    Ok(sender_column(
+        nodelay_burst,
+        nodelay_steady,
+        format!(
             "lettre's AsyncSmtpConnection on TCP_NODELAY sockets, pooled as lettre's pool does \
              (reuse, NOOP first), up to {n} at once, in this process. lettre's pooled \
              AsyncSmtpTransport as shipped (no TCP_NODELAY), same mails, same run: burst {:.0} \
@@ -336,9 +409,18 @@ async fn try_limit_column(
             ms(shipped_steady.quantile(0.99)).unwrap_or_default(),
             shipped_burst.tally.lost + shipped_steady.lost,
             shipped_burst.tally.duplicates + shipped_steady.duplicates,
-        )),
-        absent: None,
-    })
+        ),
+    ))
+}
+
+/// A column of a sender without a daemon: no memory, CPU or log figures.
+fn sender_column(burst: Burst, steady: Tally, note: String) -> Column {
+    Column {
+        burst: Some(burst),
+        steady: Some(steady),
+        note: Some(note),
+        ..Column::default()
+    }
 }
 
 /// Writes the credentials and the config of a daemon called `stem` into `dir`; returns the

@@ -1,10 +1,12 @@
-//! Where the mails land: the in-process SMTP receiver (with AUTH, which the original needs) or the
-//! Mailgun stand-in, and what was accepted there, reduced to (request, recipient, when).
+//! Where the mails land: the in-process SMTP receiver (with AUTH, which the original needs), the
+//! Mailgun stand-in or Postfix's `smtp-sink`, and what was accepted there, reduced to (request,
+//! recipient, when).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use teleport_email::testkit::mailgun::MailgunStandIn;
+use teleport_email::testkit::postfix::SmtpSink;
 use teleport_email::testkit::smtp::{ReceivedMail, SmtpReceiver};
 
 pub const SMTP_USER: &str = "bench";
@@ -21,6 +23,8 @@ pub struct Accepted {
 pub enum Sink {
     Smtp(SmtpReceiver),
     Mailgun(MailgunStandIn),
+    /// Postfix's `smtp-sink`, dumping every message (no AUTH).
+    Postfix(SmtpSink),
 }
 
 impl Sink {
@@ -36,11 +40,20 @@ impl Sink {
         Ok(Self::Mailgun(MailgunStandIn::start().await?))
     }
 
-    /// The receiver itself (SMTP sinks only).
+    /// The receiver itself (our SMTP receiver only).
     pub fn receiver(&self) -> Option<&SmtpReceiver> {
         match self {
             Self::Smtp(r) => Some(r),
-            Self::Mailgun(_) => None,
+            Self::Mailgun(_) | Self::Postfix(_) => None,
+        }
+    }
+
+    /// Mails accepted so far, counted without reading them.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Smtp(r) => r.stats().messages,
+            Self::Mailgun(m) => m.deliveries().len(),
+            Self::Postfix(s) => s.completed().len(),
         }
     }
 
@@ -49,10 +62,13 @@ impl Sink {
         match self {
             Self::Smtp(r) => r.wait_for(n, timeout).await.is_ok(),
             Self::Mailgun(m) => m.wait_for_deliveries(n, timeout).await.is_ok(),
+            Self::Postfix(s) => s.wait_for(n, timeout).await,
         }
     }
 
-    /// Every mail accepted so far.
+    /// Every mail accepted so far. smtp-sink's times are the moments its counter grew, given to
+    /// its mails in no particular order: right for a burst, whose figures (the last time, the
+    /// quantiles from one common start) depend only on the set of times.
     pub fn accepted(&self) -> Vec<Accepted> {
         match self {
             Self::Smtp(r) => r
@@ -73,13 +89,32 @@ impl Sink {
                     at: d.received_at,
                 })
                 .collect(),
+            Self::Postfix(s) => {
+                let mails = s.mails().unwrap_or_else(|e| {
+                    eprintln!("bench: cannot read smtp-sink's dump: {e}");
+                    Vec::new()
+                });
+                mails
+                    .iter()
+                    .zip(s.completed())
+                    .map(|(m, at)| Accepted {
+                        request: request_id(&subject(&m.data)),
+                        rcpt: m.rcpt_to.join(","),
+                        at,
+                    })
+                    .collect()
+            }
         }
     }
 }
 
 pub fn subject_of(mail: &ReceivedMail) -> String {
+    subject(&mail.data)
+}
+
+fn subject(data: &[u8]) -> String {
     mail_parser::MessageParser::default()
-        .parse_headers(&mail.data)
+        .parse_headers(data)
         .and_then(|m| m.subject().map(str::to_owned))
         .unwrap_or_default()
 }

@@ -1,5 +1,5 @@
-//! The one table: a row per figure, the limit, the original and ours side by side, the ratios,
-//! and each target with whether this run met it.
+//! The one table: a row per figure, the limit, lettre, the original and ours side by side, the
+//! ratios, and each target with whether this run met it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -126,7 +126,10 @@ impl Failures {
 }
 
 pub struct Run {
+    /// The pipelined sender: what the ratios and targets compare ours with.
     pub limit: Column,
+    /// lettre's pool, which does not pipeline.
+    pub lettre: Column,
     pub original: Column,
     pub ours: Column,
     pub ours_mailgun: Column,
@@ -161,7 +164,8 @@ struct Row {
     unit: &'static str,
     /// Whether ours meets the row's own target, given ours and the limit.
     meets: Option<fn(f64, Option<f64>) -> bool>,
-    cells: [Figure; 3],
+    /// Limit, lettre, original, ours.
+    cells: [Figure; 4],
 }
 
 fn ms(d: Option<Duration>) -> Figure {
@@ -196,19 +200,14 @@ impl Run {
 
     fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
-        let cols = |mg: bool| -> [&Column; 3] {
-            if mg {
-                [&self.limit, &self.original, &self.ours_mailgun]
-            } else {
-                [&self.limit, &self.original, &self.ours]
-            }
-        };
         for mg in [false, true] {
             let path = if mg { "Mailgun" } else { "SMTP" };
-            let [l, o, u] = cols(mg);
+            let (l, t, o) = (&self.limit, &self.lettre, &self.original);
+            let u = if mg { &self.ours_mailgun } else { &self.ours };
+            let senders_only = |c: &Column| std::ptr::eq(c, l) || std::ptr::eq(c, t);
             let na = |c: &Column, f: &dyn Fn(&Column) -> Figure| -> Figure {
                 if mg && !std::ptr::eq(c, u) {
-                    Err(if std::ptr::eq(c, l) {
+                    Err(if senders_only(c) {
                         "n/a (SMTP only)".into()
                     } else {
                         "n/a (no api_base)".into()
@@ -217,6 +216,7 @@ impl Run {
                     f(c)
                 }
             };
+            let cells = |f: &dyn Fn(&Column) -> Figure| [na(l, f), na(t, f), na(o, f), f(u)];
             let burst_time =
                 |c: &Column| get(c, |c| c.burst.as_ref()?.elapsed.map(|d| d.as_secs_f64()));
             let rate = |c: &Column| get(c, |c| c.burst.as_ref()?.mails_per_second());
@@ -234,7 +234,7 @@ impl Run {
                 better: Better::Lower,
                 unit: "s",
                 meets: None,
-                cells: [na(l, &burst_time), na(o, &burst_time), burst_time(u)],
+                cells: cells(&burst_time),
             });
             rows.push(Row {
                 label: format!("{path} burst: mails/s"),
@@ -246,7 +246,7 @@ impl Run {
                 } else {
                     Some(|ours, limit| limit.is_some_and(|l| ours >= 0.8 * l))
                 },
-                cells: [na(l, &rate), na(o, &rate), rate(u)],
+                cells: cells(&rate),
             });
             rows.push(Row {
                 label: format!("{path} burst: lost"),
@@ -254,7 +254,7 @@ impl Run {
                 better: Better::Lower,
                 unit: "",
                 meets: Some(|ours, _| ours == 0.0),
-                cells: [na(l, &lost), na(o, &lost), lost(u)],
+                cells: cells(&lost),
             });
             rows.push(Row {
                 label: format!("{path} burst: duplicates"),
@@ -262,7 +262,7 @@ impl Run {
                 better: Better::Lower,
                 unit: "",
                 meets: Some(|ours, _| ours == 0.0),
-                cells: [na(l, &dups), na(o, &dups), dups(u)],
+                cells: cells(&dups),
             });
             for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")] {
                 let lat = move |c: &Column| -> Figure {
@@ -281,7 +281,7 @@ impl Run {
                     unit: "ms",
                     meets: (name == "p99")
                         .then_some((|ours, _| ours <= 50.0) as fn(f64, Option<f64>) -> bool),
-                    cells: [na(l, &lat), na(o, &lat), lat(u)],
+                    cells: cells(&lat),
                 });
             }
             let slost = |c: &Column| {
@@ -296,10 +296,10 @@ impl Run {
                 better: Better::Lower,
                 unit: "",
                 meets: Some(|ours, _| ours == 0.0),
-                cells: [na(l, &slost), na(o, &slost), slost(u)],
+                cells: cells(&slost),
             });
             let process = |c: &Column, f: fn(&Column) -> Option<f64>| -> Figure {
-                if std::ptr::eq(c, l) {
+                if senders_only(c) {
                     Err("— (no daemon)".into())
                 } else {
                     na(c, &|c| get(c, f))
@@ -339,7 +339,7 @@ impl Run {
                     better: Better::Lower,
                     unit,
                     meets: if mg { None } else { meets },
-                    cells: [process(l, f), process(o, f), process(u, f)],
+                    cells: [l, t, o, u].map(|c| process(c, f)),
                 });
             }
         }
@@ -349,7 +349,8 @@ impl Run {
     pub fn render(&self) -> String {
         let header = [
             "",
-            "limit",
+            "limit (pipelined)",
+            "lettre, no pipelining",
             "original",
             "ours",
             "ours/limit",
@@ -357,9 +358,9 @@ impl Run {
             "target",
             "met",
         ];
-        let mut lines: Vec<[String; 8]> = Vec::new();
+        let mut lines: Vec<[String; 9]> = Vec::new();
         for r in self.rows() {
-            let [l, o, u] = &r.cells;
+            let [l, t, o, u] = &r.cells;
             let ratio = |other: &Figure| match (u, other) {
                 (Ok(a), Ok(b)) if *b != 0.0 => format!("{:.2}", a / b),
                 _ => "—".into(),
@@ -388,6 +389,7 @@ impl Run {
             lines.push([
                 r.label.clone(),
                 fmt(l, r.unit),
+                fmt(t, r.unit),
                 fmt(o, r.unit),
                 fmt(u, r.unit),
                 ratio(l),
@@ -407,7 +409,7 @@ impl Run {
             out.push('|');
             for (i, c) in cells.iter().enumerate() {
                 let pad = widths[i] - c.chars().count();
-                if i == 0 || i >= 6 {
+                if i == 0 || i >= 7 {
                     let _ = write!(out, " {c}{} |", " ".repeat(pad));
                 } else {
                     let _ = write!(out, " {}{c} |", " ".repeat(pad));
@@ -419,7 +421,7 @@ impl Run {
         out.push('|');
         for (i, w) in widths.iter().enumerate() {
             let dashes = "-".repeat(*w);
-            let _ = if i == 0 || i >= 6 {
+            let _ = if i == 0 || i >= 7 {
                 write!(out, " {dashes} |")
             } else {
                 write!(out, " {dashes}:|").map(|_| ())
@@ -430,7 +432,8 @@ impl Run {
             row(&mut out, l);
         }
         let notes = [
-            ("limit", &self.limit),
+            ("limit (pipelined)", &self.limit),
+            ("lettre, no pipelining", &self.lettre),
             ("original", &self.original),
             ("ours (SMTP)", &self.ours),
             ("ours (Mailgun)", &self.ours_mailgun),

@@ -16,6 +16,7 @@ mod monitoring;
 mod native_roots;
 mod ops;
 mod plugin;
+mod postfix;
 mod process;
 mod real;
 mod replicas;

@@ -25,6 +25,9 @@ const WAIT: Duration = Duration::from_secs(20);
 pub enum Backend {
     Smtp,
     Mailgun,
+    /// An SMTP server the test runs itself on this loopback port (no TLS, no AUTH); its mails
+    /// are read there, not through the harness.
+    SmtpAt(u16),
 }
 
 /// One mail as either backend received it.
@@ -54,21 +57,24 @@ impl Mail {
 enum Receiver {
     Smtp(SmtpReceiver),
     Mailgun(MailgunStandIn),
+    Outside(u16),
 }
 
 impl Receiver {
     /// The daemon's mailer section for this receiver.
     fn config_section(&self) -> String {
         match self {
-            Receiver::Smtp(s) => format!(
-                "[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n",
-                s.port()
-            ),
+            Receiver::Smtp(s) => Self::smtp_section(s.port()),
+            Receiver::Outside(port) => Self::smtp_section(*port),
             Receiver::Mailgun(m) => format!(
                 "[mailgun]\ndomain = \"test.example.com\"\nprivate_key = \"000000\"\napi_base = \"{}\"\n",
                 m.api_base()
             ),
         }
+    }
+
+    fn smtp_section(port: u16) -> String {
+        format!("[smtp]\nhost = \"127.0.0.1\"\nport = {port}\nstarttls_policy = \"disabled\"\n")
     }
 }
 
@@ -166,6 +172,7 @@ impl Harness {
         let receiver = match backend {
             Backend::Smtp => Receiver::Smtp(SmtpReceiver::start().await.unwrap()),
             Backend::Mailgun => Receiver::Mailgun(MailgunStandIn::start().await.unwrap()),
+            Backend::SmtpAt(port) => Receiver::Outside(port),
         };
         let mailer = receiver.config_section();
         let config = daemon_config(&auth, &identity, &mailer, delivery);
@@ -202,7 +209,7 @@ impl Harness {
     pub fn smtp(&self) -> &SmtpReceiver {
         match &self.receiver {
             Receiver::Smtp(s) => s,
-            Receiver::Mailgun(_) => panic!("not an SMTP harness"),
+            Receiver::Mailgun(_) | Receiver::Outside(_) => panic!("not an SMTP harness"),
         }
     }
 
@@ -210,7 +217,7 @@ impl Harness {
     pub fn mailgun(&self) -> &MailgunStandIn {
         match &self.receiver {
             Receiver::Mailgun(m) => m,
-            Receiver::Smtp(_) => panic!("not a Mailgun harness"),
+            Receiver::Smtp(_) | Receiver::Outside(_) => panic!("not a Mailgun harness"),
         }
     }
 
@@ -231,6 +238,7 @@ impl Harness {
                     references: r.field("h:References").map(bracketed),
                 })
                 .collect(),
+            Receiver::Outside(port) => panic!("read the mails at the server on port {port}"),
         }
     }
 
