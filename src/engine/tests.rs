@@ -1509,3 +1509,116 @@ async fn the_requester_is_not_mailed_unless_asked() {
         "{raw:?}"
     );
 }
+// Second reader (review-class): whose a permanent SMTP refusal is, as the engine acts on it.
+
+/// Refuses every mail to `refused` with `refusal` (counting the tries); delivers the rest.
+struct RefusesOne {
+    refused: &'static str,
+    refusal: MailError,
+    tries: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::mail::Mailer for RefusesOne {
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        if mail.to == self.refused {
+            self.tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(self.refusal.clone());
+        }
+        Ok(mail.message_id.clone())
+    }
+
+    async fn health_check(&self) -> Result<(), MailError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "refuses-one"
+    }
+}
+
+/// mail/error.rs `refusal_blames_message`: at RCPT TO only 5.1.x/5.2.x are the recipient's.
+/// Outlook.com answers a mailbox that does not exist with `550 5.5.0 Requested action not
+/// taken: mailbox unavailable`, Exchange Online (directory-based edge blocking) with `550 5.4.1
+/// Recipient address rejected: Access denied`. Both are taken for the mailer's: b@ is tried
+/// again every 1-10 s for the whole retry period (a WARN each time, and an ERROR telling the
+/// operator the server refuses the mailer itself), never recorded in te_failed, and so handed
+/// over again, for another retry period, at every reconnect, reload and restart.
+#[tokio::test(start_paused = true)]
+async fn review_class_a_mailbox_that_does_not_exist_is_tried_once_and_written_off() {
+    for reason in [
+        "5.5.0 Requested action not taken: mailbox unavailable (S2017062302). [HE1EUR01FT020.eop-EUR01.prod.protection.outlook.com]",
+        "5.4.1 Recipient address rejected: Access denied. AS(201806281) [CY4PEPF0000EE3C.namprd03.prod.outlook.com]",
+    ] {
+        let mailer = Arc::new(RefusesOne {
+            refused: "b@example.com",
+            refusal: MailError::Rejected {
+                server: "mx:25".into(),
+                code: 550,
+                reason: reason.into(),
+                step: SmtpStep::Recipient,
+            },
+            tries: Default::default(),
+        });
+        let store = Arc::new(MemoryStore::default());
+        let a = engine_over(store.clone(), mailer.clone(), policy("a"));
+        let started = tokio::time::Instant::now();
+        a.handle_event(put("r1")).await;
+        let took = started.elapsed();
+        // A reconnect (or a reload) hands the request over again.
+        a.handle_event(put("r1")).await;
+        let tries = mailer.tries.load(std::sync::atomic::Ordering::SeqCst);
+        let d = decoded(&store, "r1");
+        assert!(
+            tries == 1 && d.failed_at("b@example.com", "new"),
+            "{reason}: b@ was tried {tries} times (the first handling took {took:?}); te_failed: {:?}",
+            d.failed
+        );
+    }
+}
+
+/// mail/error.rs `refusal_blames_message`: at the message's end a reply without an enhanced
+/// code is the message's own. Amazon SES refuses an unverified sender there with `554 Message
+/// rejected: Email address is not verified`, SendGrid with `550 The from address does not match
+/// a verified Sender Identity`; Office 365 refuses a From the account may not send as with
+/// `554 5.2.0 ...SendAsDenied...`. Each is written into te_failed for every recipient: once the
+/// operator verifies the sender (or fixes delivery.sender) and reloads, nothing is sent.
+#[tokio::test(start_paused = true)]
+async fn review_class_a_sender_refused_at_the_end_of_data_is_sent_once_fixed() {
+    for (code, reason) in [
+        (
+            554,
+            "Message rejected: Email address is not verified. The following identities failed the check in region US-EAST-1: noreply@example.com",
+        ),
+        (
+            550,
+            "The from address does not match a verified Sender Identity. Mail cannot be sent until this error is resolved.",
+        ),
+        (
+            554,
+            "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message Cannot submit message.",
+        ),
+    ] {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        mailer.always(Some(Answer::Fail(MailError::Rejected {
+            server: "smtp.example.net:587".into(),
+            code,
+            reason: reason.into(),
+            step: SmtpStep::Message,
+        })));
+        let a = engine(&store, &mailer, "a");
+        a.handle_event(put("r1")).await;
+        // The operator fixes the sender and reloads; the reload's reconcile hands it over.
+        mailer.always(None);
+        a.set_routing(routing(mailer.clone(), &["a@example.com", "b@example.com"]));
+        a.handle_event(put("r1")).await;
+        let got = mailer.deliveries();
+        assert_eq!(
+            got.len(),
+            2,
+            "{code} {reason}: written off as the recipients' own ({:?}); delivered {got:?}",
+            decoded(&store, "r1").failed
+        );
+    }
+}

@@ -21,6 +21,7 @@ mod process;
 mod real;
 mod replicas;
 mod requester;
+mod review_class;
 mod review_smtp;
 mod rules;
 mod scale;
