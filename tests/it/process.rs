@@ -467,3 +467,81 @@ async fn a_reload_names_the_settings_that_wait_for_a_restart() {
     }
     assert_eq!(d.stop().await, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader (review-class): the WARN on settings that wait for a restart.
+
+/// Writes a config with `retry` as delivery.retry_timeout and `sender` as delivery.sender.
+fn write_reload_config(p: &Peers, retry: &str, sender: &str) {
+    let text = format!(
+        "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+         starttls_policy = \"disabled\"\n[delivery]\nsender = \"{sender}\"\n\
+         retry_timeout = \"{retry}\"\n[role_to_recipients]\n\"*\" = \"{ALL}\"\n",
+        p.auth.addr(),
+        p.dir.path().join("identity").display(),
+        p.smtp.port()
+    );
+    std::fs::write(p.config(), text).unwrap();
+}
+
+fn restart_warns(d: &Daemon, key: &str) -> usize {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(key) && l.contains("next restart"))
+        .count()
+}
+
+/// reload.rs: `reloaded` compares the new config with `current.config`, and `reload_loop` then
+/// makes the new config `current` although its restart-only settings are not in force. So a
+/// reload back to the retry_timeout the daemon runs with is warned as a change that "takes
+/// effect at the next restart" (a restart changes nothing), and a reload that keeps the
+/// not-yet-applied value says nothing although it still waits for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_class_the_restart_warn_compares_with_the_settings_in_force() {
+    let p = Peers::start().await;
+    write_reload_config(&p, "10m", "noreply@example.com");
+    let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
+    write_reload_config(&p, "2m", "noreply@example.com");
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 1).await;
+    assert_eq!(restart_warns(&d, "delivery.retry_timeout"), 1);
+    // Back to the value in force: nothing waits for a restart.
+    write_reload_config(&p, "10m", "noreply@example.com");
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 2).await;
+    let warned = restart_warns(&d, "delivery.retry_timeout");
+    assert_eq!(d.stop().await, 0);
+    assert_eq!(
+        warned, 1,
+        "a reload back to the retry_timeout in force (10m) was warned as waiting for a restart"
+    );
+}
+
+/// reload.rs / app/mod.rs `build_engine`: a reload applies a new delivery.sender to the mailer
+/// (the From changes at once) but the Message-ID host, taken from the sender at start
+/// (`message_id_host`), stays the old domain until a restart; the WARN does not name it. Mails
+/// then go out From one domain with Message-IDs of another, and a replica restarted meanwhile
+/// derives different Message-IDs for the same (request, recipient, stage) than one reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_class_a_reloaded_sender_moves_the_message_id_host_or_is_warned() {
+    let p = Peers::start().await;
+    write_reload_config(&p, "10m", "noreply@example.com");
+    let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
+    write_reload_config(&p, "10m", "noreply@other.example");
+    d.signal("-HUP");
+    d.wait_log("Configuration reloaded", 1).await;
+    p.auth
+        .create_request("a@example.com", &["editor"], "after the reload", &[]);
+    let got = p.smtp.wait_for(1, WAIT).await.unwrap();
+    let msg = mail_parser::MessageParser::default()
+        .parse(&got[0].data)
+        .unwrap();
+    let from = got[0].mail_from.clone();
+    let message_id = msg.message_id().unwrap_or_default().to_owned();
+    let warned = restart_warns(&d, "delivery.sender");
+    assert_eq!(d.stop().await, 0);
+    assert!(
+        message_id.ends_with("@other.example") || warned > 0,
+        "MAIL FROM {from}, Message-ID <{message_id}>, and no WARN naming delivery.sender"
+    );
+}
