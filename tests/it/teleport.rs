@@ -563,3 +563,26 @@ async fn a_listing_that_goes_round_in_a_circle_is_an_error() {
     assert!(err.to_string().contains("circle"), "{err}");
     assert!(auth.list_calls() <= 4, "{} pages read", auth.list_calls());
 }
+
+/// Second reader (review-class), client.rs `RequestPages::listed`: `keys_seen` catches a key
+/// that comes round again, but a listing whose keys never repeat is read for ever (no cap on
+/// pages or time), and `keys_seen` now grows by one key per page while it does. The reconcile
+/// that reads it never ends: the daemon is never ready again after a reconnect (readiness
+/// waits for the reconcile), and the reconcile a reload asks for (to pick up mail held back by
+/// a mailer-wide failure) waits behind it for ever.
+#[tokio::test]
+async fn review_class_a_listing_that_never_ends_is_an_error() {
+    let auth = FakeAuth::start(FakeAuthOptions {
+        list_without_end: true,
+        ..Default::default()
+    })
+    .await;
+    let (client, _dir) = plugin_client(&auth).await;
+    let listed =
+        tokio::time::timeout(Duration::from_secs(10), client.list_access_requests(None)).await;
+    assert!(
+        matches!(listed, Ok(Err(_))),
+        "after 10 s and {} pages, each with a key never seen before, the listing goes on",
+        auth.list_calls()
+    );
+}

@@ -54,6 +54,9 @@ pub struct FakeAuthOptions {
     /// A broken or hostile listing: the third page's next key is the second page's start key,
     /// so ListAccessRequests goes round in a circle (A → B → A).
     pub list_in_a_circle: bool,
+    /// A broken or hostile listing that never ends: every page is empty and names a next key
+    /// never named before (past every request), so no key comes round again.
+    pub list_without_end: bool,
 }
 
 impl Default for FakeAuthOptions {
@@ -69,6 +72,7 @@ impl Default for FakeAuthOptions {
             list_unimplemented: false,
             legacy_users_only: false,
             list_in_a_circle: false,
+            list_without_end: false,
         }
     }
 }
