@@ -97,7 +97,9 @@ async fn main() -> anyhow::Result<()> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
     // With `--keep`, the directory outlives the run however it ends (a failed smoke included).
-    let dir = tempfile::Builder::new().disable_cleanup(args.keep).tempdir()?;
+    let dir = tempfile::Builder::new()
+        .disable_cleanup(args.keep)
+        .tempdir()?;
     if args.keep {
         eprintln!("bench: configs and logs kept in {}", dir.path().display());
     }

@@ -153,28 +153,82 @@ impl MailError {
     }
 }
 
-/// Whether a permanent SMTP refusal speaks of this recipient or message rather than of us. The
-/// enhanced status code (RFC 3463), when the server gives one, says which: at `RCPT TO` only
-/// X.1.x (the address) and X.2.x (the mailbox) are the recipient's, and at the end of the
-/// message anything but X.4.x, X.5.x and X.7.x (routing, protocol, and the security or policy
-/// class: relaying denied, sender not allowed, SPF/DKIM/DMARC, authentication). Without one, the
-/// basic codes 550–553 at `RCPT TO` speak of the mailbox, and a refused message is its own.
-/// When in doubt the failure is the mailer's: retried with an ERROR, never written off.
+/// Whether a permanent SMTP refusal speaks of this recipient or message rather than of us.
+/// Servers say which in words more reliably than in codes, so the words decide first:
+/// - the mailer's (retried with an ERROR, never written off) when the reply speaks of our
+///   sender, account, relaying or sender authentication ("Sender address rejected", "relay not
+///   permitted", "rcpthosts", "SendAsDenied", "not verified", SPF/DKIM/DMARC, …);
+/// - else the recipient's when it speaks of the recipient or their mailbox ("Recipient address
+///   rejected", "User unknown", "mailbox unavailable", "does not exist", "mailbox full", …);
+/// - else the enhanced status code (RFC 3463), when it leads the text: at `RCPT TO`, X.1.x
+///   (except X.1.7/X.1.8, the sender's address) and X.2.x are the recipient's; at the end of the
+///   message anything but X.1.7/X.1.8, X.4.x, X.5.x and X.7.x is the message's own;
+/// - else the basic code: 550–553 at `RCPT TO` speak of the mailbox; a refused message is its
+///   own.
+///
+/// A refusal written off wrongly loses that recipient's mail for good; one retried wrongly
+/// costs retries and ERRORs until the operator looks. Both are bounded by the words above.
 fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
-    let subject = enhanced_subject(text);
-    match step {
-        SmtpStep::Session => false,
-        SmtpStep::Recipient => match subject {
-            Some(subject) => matches!(subject, 1 | 2),
-            None => (550..=553).contains(&code),
-        },
-        SmtpStep::Message => !matches!(subject, Some(4 | 5 | 7)),
+    if step == SmtpStep::Session {
+        return false;
+    }
+    let words = text.to_ascii_lowercase();
+    let says = |markers: &[&str]| markers.iter().any(|m| words.contains(m));
+    if says(MAILERS_WORDS) {
+        return false;
+    }
+    if says(RECIPIENTS_WORDS) {
+        return true;
+    }
+    let enhanced = enhanced_code(text);
+    let sender_address = matches!(enhanced, Some((1, 7 | 8)));
+    match (step, enhanced) {
+        (_, Some(_)) if sender_address => false,
+        (SmtpStep::Recipient, Some((subject, _))) => matches!(subject, 1 | 2),
+        (SmtpStep::Recipient, None) => (550..=553).contains(&code),
+        (_, Some((subject, _))) => !matches!(subject, 4 | 5 | 7),
+        (_, None) => true,
     }
 }
 
-/// The subject of the enhanced status code (`class.subject.detail`, RFC 3463) a reply's text
-/// starts with, if it does.
-fn enhanced_subject(text: &str) -> Option<u16> {
+/// Words of a refusal that speak of our side: sender, account, relaying, sender checks.
+const MAILERS_WORDS: &[&str] = &[
+    "sender",
+    "from address",
+    "relay",
+    "rcpthosts",
+    "sendas",
+    "send as",
+    "not verified",
+    "verification failed",
+    "verify failed",
+    "authenticat",
+    "spf",
+    "dkim",
+    "dmarc",
+    "#5.7",
+];
+
+/// Words of a refusal that speak of the recipient or their mailbox.
+const RECIPIENTS_WORDS: &[&str] = &[
+    "recipient address rejected",
+    "user unknown",
+    "unknown user",
+    "no such user",
+    "mailbox unavailable",
+    "mailbox not found",
+    "mailbox is full",
+    "mailbox full",
+    "does not exist",
+    "doesn't exist",
+    "invalid recipient",
+    "recipient not found",
+    "over quota",
+];
+
+/// The subject and detail of the enhanced status code (`class.subject.detail`, RFC 3463) a
+/// reply's text starts with, if it does.
+fn enhanced_code(text: &str) -> Option<(u16, u16)> {
     let first = text.split_whitespace().next()?;
     let mut parts = first.splitn(3, '.');
     let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
@@ -184,8 +238,8 @@ fn enhanced_subject(text: &str) -> Option<u16> {
             .flatten()
     };
     let class = number(class, 1)?;
-    let detail_ok = number(detail, 3).is_some();
-    (matches!(class, 2 | 4 | 5) && detail_ok).then_some(number(subject, 3)?)
+    let detail = number(detail, 3)?;
+    (matches!(class, 2 | 4 | 5)).then_some((number(subject, 3)?, detail))
 }
 
 #[cfg(test)]
@@ -327,7 +381,7 @@ mod tests {
             ("mailbox 5.1.1 later in the text", None),
             ("", None),
         ] {
-            assert_eq!(enhanced_subject(text), subject, "{text:?}");
+            assert_eq!(enhanced_code(text).map(|(s, _)| s), subject, "{text:?}");
         }
     }
 }
