@@ -49,6 +49,8 @@ pub(super) async fn reload_loop(
 ) -> Arc<dyn Mailer> {
     // What the periodic re-read last rejected (the config, or why it did not load), and when.
     let mut rejected: Option<(Result<Config, String>, Instant)> = None;
+    // The settings only a restart applies stay as they were at start, whatever is reloaded.
+    let in_force = current.config.clone();
     loop {
         let signalled = tokio::select! {
             _ = stop.cancelled() => return current.mailer,
@@ -72,7 +74,7 @@ pub(super) async fn reload_loop(
             rejected = Some((seen, Instant::now()));
             tracing::info!(config = %reload.path.display(), "The configuration or a secret file changed: reloading");
         }
-        match reloaded(&reload, &current.config).await {
+        match reloaded(&reload, &in_force).await {
             Ok(next) => {
                 engine.set_routing(routing(&next.config, &next.mailer));
                 current = next;
@@ -123,8 +125,10 @@ pub fn file_check_from_env() -> Result<Option<Duration>, String> {
     }
 }
 
-/// The config at `reload.path` with its mailer checked and its log settings applied.
-async fn reloaded(reload: &Reload, current: &Config) -> Result<Current, String> {
+/// The config at `reload.path` with its mailer checked and its log settings applied; each
+/// setting that differs from `in_force` (the config at start) but only applies at a restart is
+/// named in a WARN.
+async fn reloaded(reload: &Reload, in_force: &Config) -> Result<Current, String> {
     let loaded = config::load(&reload.path).map_err(|e| e.to_string())?;
     let config = loaded.config;
     let mailer = build_mailer(&config).await.map_err(|(_, e)| e)?;
@@ -138,16 +142,21 @@ async fn reloaded(reload: &Reload, current: &Config) -> Result<Current, String> 
     for warning in &loaded.warnings {
         tracing::warn!(config = %reload.path.display(), "{warning}");
     }
+    let id_host = |c: &Config| super::message_id_host(&c.delivery.sender);
     let restart_only = [
         (
             "The [teleport] section",
-            config.teleport != current.teleport,
+            config.teleport != in_force.teleport,
         ),
         (
             "delivery.retry_timeout",
-            config.delivery.retry_timeout != current.delivery.retry_timeout,
+            config.delivery.retry_timeout != in_force.delivery.retry_timeout,
         ),
-        ("[metrics] listen", config.metrics != current.metrics),
+        ("[metrics] listen", config.metrics != in_force.metrics),
+        (
+            "The domain of delivery.sender (the right-hand side of Message-IDs; the From changes at once)",
+            id_host(&config) != id_host(in_force),
+        ),
     ];
     for (what, _) in restart_only.iter().filter(|(_, changed)| *changed) {
         tracing::warn!("{what} changed: it takes effect at the next restart");

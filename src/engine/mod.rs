@@ -131,7 +131,7 @@ pub struct Engine {
     monitoring: Option<Monitoring>,
     /// Where users' traits are read (rules' conditions, the requester's `email` trait).
     users: Option<Arc<Users>>,
-    /// A survey (the bulk read before a reconcile) has failed already: later failures are
+    /// The last survey (the bulk read before a reconcile) failed: further failures in a row are
     /// logged at DEBUG.
     survey_refused: AtomicBool,
 }
@@ -232,6 +232,8 @@ impl Engine {
     pub async fn survey(&self) -> Option<Survey> {
         match self.store.survey().await {
             Ok((survey, read)) => {
+                // A later failure is worth a WARN again.
+                self.survey_refused.store(false, Ordering::Relaxed);
                 tracing::debug!(
                     read,
                     settled = survey.len(),
@@ -244,7 +246,7 @@ impl Engine {
                 if self.survey_refused.swap(true, Ordering::Relaxed) {
                     tracing::debug!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own");
                 } else {
-                    tracing::warn!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own (said once)");
+                    tracing::warn!(error = %e, "Could not read every request's plugin data in one call; each request's is read on its own (said once until it works again)");
                 }
                 None
             }

@@ -32,6 +32,9 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests per page when listing.
 const PAGE_SIZE: i32 = 500;
+/// Pages a listing may run to (2,000,000 requests, twenty times the largest cluster we plan
+/// for): a server whose listing does not end would otherwise hold a reconcile for ever.
+const MAX_PAGES: usize = 4_000;
 
 /// Plugin data: key → value, for one plugin and one request.
 pub type PluginData = BTreeMap<String, String>;
@@ -399,6 +402,12 @@ impl RequestPages {
             Err(e) => return Err(e),
         };
         if !page.next_key.is_empty() {
+            if self.keys_seen.len() >= MAX_PAGES {
+                return Err(TeleportError::Unavailable(format!(
+                    "ListAccessRequests goes on past {MAX_PAGES} pages ({} requests): the listing does not end",
+                    MAX_PAGES * PAGE_SIZE as usize
+                )));
+            }
             self.keys_seen.insert(start_key);
             if self.keys_seen.contains(&page.next_key) {
                 // A listing that does not move on would be read for ever.
