@@ -1619,6 +1619,406 @@ async fn review_class_a_sender_refused_at_the_end_of_data_is_sent_once_fixed() {
             2,
             "{code} {reason}: written off as the recipients' own ({:?}); delivered {got:?}",
             decoded(&store, "r1").failed
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-req): delivery.notify_requester. Each fails on the change under
+// review (4ec472e, 76a3816).
+// ---------------------------------------------------------------------------------------------
+
+mod review_req {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// The WARN lines logged while it lives (on this thread: `#[tokio::test]` runs on one).
+    #[derive(Clone, Default)]
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Warnings {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut m = Message(String::new());
+                event.record(&mut m);
+                self.0.lock().unwrap().push(m.0);
+            }
+        }
+    }
+
+    impl Warnings {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let subscriber = tracing_subscriber::registry().with(self.clone());
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn containing(&self, needle: &str) -> Vec<String> {
+            (self.0.lock().unwrap().iter())
+                .filter(|m| m.contains(needle))
+                .cloned()
+                .collect()
+        }
+    }
+
+    /// Users' traits, scripted per call: counts the calls.
+    struct ScriptedUsers {
+        calls: AtomicUsize,
+        answer: fn(usize) -> Result<crate::teleport::Traits, TeleportError>,
+    }
+
+    #[async_trait::async_trait]
+    impl Directory for ScriptedUsers {
+        async fn user_traits(&self, _user: &str) -> Result<crate::teleport::Traits, TeleportError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            (self.answer)(n)
+        }
+    }
+
+    fn email_trait(email: &str) -> crate::teleport::Traits {
+        [("email".to_owned(), vec![email.to_owned()])].into()
+    }
+
+    fn with_directory(engine: Arc<Engine>, directory: Arc<ScriptedUsers>) -> Arc<Engine> {
+        Arc::new(Arc::into_inner(engine).unwrap().with_directory(directory))
+    }
+
+    fn put_of(req: AccessRequest) -> WatchEvent {
+        WatchEvent::Put(Box::new(req))
+    }
+
+    fn stored(store: &MemoryStore, id: &str, data: &PluginData) {
+        let raw = (data.encode().into_iter())
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        store.put(id, raw);
+    }
+
+    /// HIGH. `on_delete` runs the reviewers' expiry with `?`: one reviewer whose mailbox is gone
+    /// (550, a failure of that reviewer alone) ends the event before the requester is told. The
+    /// request is deleted, so no reconcile ever lists it again: the requester never hears.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_an_expiry_tells_the_requester_even_when_a_reviewer_refuses_it() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        engine
+            .handle_event(by_requester("r1", RequestState::Pending))
+            .await;
+        assert_eq!(to_requester(&mailer).len(), 1, "the confirmation");
+        mailer.then([Answer::Fail(refused_recipient())]);
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let mine = to_requester(&mailer);
+        assert_eq!(
+            mine.len(),
+            2,
+            "the requester of an expired request was never told: {:?}",
+            mailer.deliveries()
+        );
+        assert!(mine[1].subject.contains("expired"), "{}", mine[1].subject);
+    }
+
+    /// MEDIUM. The requester's address is decided once, when the data is created; a passing
+    /// failure to read the user then (Auth restarting, a timeout) yields `None`, which is stored
+    /// as "the requester is not mailed" (`te_requester` absent) for good. The next event, with
+    /// the user readable again, still sends nothing: the confirmation and the outcome are lost.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_a_passing_failure_to_read_the_requester_does_not_cost_them_every_mail() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |n| match n {
+                0 => Err(TeleportError::Unavailable("auth restarting".into())),
+                _ => Ok(email_trait("alice@corp.example")),
+            },
+        });
+        let engine = with_directory(engine_telling_requester(&store, &mailer, "r1"), directory);
+        engine.handle_event(put("r1")).await; // user "alice": the read fails, for now
+        engine.handle_event(put("r1")).await; // the same request again (a reconcile): it works
+        engine
+            .handle_event(put_of(AccessRequest {
+                state: RequestState::Approved,
+                ..request("r1")
+            }))
+            .await;
+        let mine: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "alice@corp.example")
+            .map(|m| m.subject)
+            .collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "confirmation and outcome, once the user could be read; stored: {:?}",
+            decoded(&store, "r1").requester
+        );
+    }
+
+    /// MEDIUM. The confirmation goes only to the stored address if it is still the requester's
+    /// today; the outcome goes to whatever `te_requester` says, unchecked. Whoever may write the
+    /// `email` plugin's data (another plugin's role) points it at their own mailbox, or at a
+    /// comma list (Mailgun's `to` takes a list; only CR/LF are removed from it), and receives
+    /// the request's outcome, user, roles and reasons.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_the_outcome_goes_to_no_address_a_plugin_data_writer_planted() {
+        for planted in [
+            "mallory@evil.example",
+            "alice@example.com,mallory@evil.example",
+        ] {
+            let store = Arc::new(MemoryStore::default());
+            let mailer = Arc::new(ScriptedMailer::default());
+            let engine = engine_telling_requester(&store, &mailer, "r1");
+            engine
+                .handle_event(by_requester("r1", RequestState::Pending))
+                .await;
+            let mut raw = store.raw("r1").unwrap();
+            raw.insert("te_requester".into(), format!("v1:{planted}"));
+            store.put("r1", raw);
+            engine
+                .handle_event(by_requester("r1", RequestState::Approved))
+                .await;
+            let strays: Vec<_> = (mailer.delivered().into_iter())
+                .filter(|m| m.to.contains("mallory"))
+                .map(|m| (m.to, m.subject))
+                .collect();
+            assert!(strays.is_empty(), "mailed to a planted address: {strays:?}");
+        }
+    }
+
+    /// MEDIUM. The requester's outcome takes its tag from the event, the reviewers' from the
+    /// data. An approval whose requester mail could not go out (mail server down past
+    /// `retry_timeout`) is followed, when the approved request is deleted, by "Your Role Request
+    /// … expired" to the requester, while the reviewers are told APPROVED.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_a_deleted_approved_request_is_not_told_to_its_requester_as_expired() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        engine
+            .handle_event(by_requester("r1", RequestState::Pending))
+            .await;
+        mailer.always(Some(Answer::Fail(connection_refused())));
+        engine
+            .handle_event(by_requester("r1", RequestState::Approved))
+            .await;
+        mailer.always(None);
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let reviewer: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "a@example.com")
+            .collect();
+        assert!(
+            reviewer.last().unwrap().text.contains("APPROVED"),
+            "the reviewers are told it was approved"
+        );
+        let mine = to_requester(&mailer);
+        assert_eq!(mine.len(), 2);
+        assert!(
+            mine[1].subject.contains("was approved"),
+            "the requester is told: {:?}",
+            mine[1].subject
+        );
+    }
+
+    /// LOW-MEDIUM. Turned off again, the feature leaves `te_requester` in the data of every
+    /// request it touched; the survey counts the requester's mails as owed whatever the config
+    /// says, so every such request (finished for the engine that is running) is handed over at
+    /// every reconcile, for as long as the request lives.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_with_the_feature_off_the_survey_settles_what_the_engine_leaves_alone() {
+        let (a, b) = ("a@example.com", "b@example.com");
+        let thread = |e: &str| Thread {
+            email: e.into(),
+            timestamp: "2026-01-01T00:00:00Z".into(),
+            message_id: format!("<{e}.new@example.com>"),
+        };
+        let base = PluginData {
+            user: REQUESTER.into(),
+            roles: vec!["editor".into()],
+            request_reason: "please".into(),
+            intended: Some(vec![a.into(), b.into()]),
+            threads: vec![thread(a), thread(b)],
+            requester: Some(REQUESTER.into()),
+            ..Default::default()
+        };
+        let confirmed = Some(RequesterThread {
+            timestamp: "2026-01-01T00:00:00Z".into(),
+            message_id: "<alice.requester@example.com>".into(),
+        });
+        let cases = [
+            // Pending; the confirmation never went out (it gave up, or the feature went off).
+            (RequestState::Pending, base.clone()),
+            // Approved while the feature was off: the outcome will never be sent.
+            (
+                RequestState::Approved,
+                PluginData {
+                    requester_thread: confirmed,
+                    resolution: Some(Resolution::Approved),
+                    resolution_sent: Some(vec![a.into(), b.into()]),
+                    ..base.clone()
+                },
+            ),
+        ];
+        let mut handed_over = Vec::new();
+        for (n, (state, data)) in cases.into_iter().enumerate() {
+            let id = format!("00000000-0000-4000-8000-00000000f0f{n}");
+            let store = Arc::new(MemoryStore::default());
+            stored(&store, &id, &data);
+            let mailer = Arc::new(ScriptedMailer::default());
+            let engine = engine(&store, &mailer, "r1"); // notify_requester = false
+            let survey = engine.survey().await.expect("the memory store scans");
+            let req = with_reviews(&id, state, 0);
+            let writes = store.writes();
+            engine.handle_event(put_of(req.clone())).await;
+            assert!(
+                mailer.attempts() == 0 && store.writes() == writes,
+                "the engine leaves it alone"
+            );
+            if !survey.owes_nothing(&req) {
+                handed_over.push(state);
+            }
+        }
+        assert!(
+            handed_over.is_empty(),
+            "handed over at every reconcile while the feature is off: {handed_over:?}"
+        );
+    }
+
+    /// LOW. "Read once per request, with a clear WARN": the user is read (and, refused, the WARN
+    /// logged) at every event and every reconcile of the request, because `requester_owed` trusts
+    /// only our cached last write, which a stage that owes nothing drops. A refusal is not
+    /// remembered by the traits cache either.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_a_user_that_may_not_be_read_is_read_and_warned_about_once() {
+        let warnings = Warnings::default();
+        let _guard = warnings.capture();
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |_| Err(TeleportError::AccessDenied("read user".into())),
+        });
+        let engine = with_directory(
+            engine_telling_requester(&store, &mailer, "r1"),
+            directory.clone(),
+        );
+        // Created; handed over again by two reconciles; approved.
+        for _ in 0..3 {
+            engine.handle_event(put("r1")).await;
+        }
+        engine
+            .handle_event(put_of(AccessRequest {
+                state: RequestState::Approved,
+                ..request("r1")
+            }))
+            .await;
+        assert_eq!(decoded(&store, "r1").requester.as_deref(), Some(""));
+        let warned = warnings.containing("may not read users");
+        assert_eq!(
+            (directory.calls.load(Ordering::SeqCst), warned.len()),
+            (1, 1),
+            "(GetUser calls, WARNs) for one request"
+        );
+    }
+
+    /// LOW. A requester whose confirmation is owed but whose address today differs (trait
+    /// changed, user deleted, Auth briefly unreachable) gets a WARN suggesting tampered data at
+    /// every event and every reconcile, forever: nothing is recorded, so the survey never
+    /// settles the request (a deleted user also gets a second WARN per event, "Cannot read the
+    /// requester's `email` trait").
+    #[tokio::test(start_paused = true)]
+    async fn review_req_a_requester_gone_since_is_warned_about_once_not_at_every_reconcile() {
+        let warnings = Warnings::default();
+        let _guard = warnings.capture();
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |_| Err(TeleportError::NotFound("user \"alice\" not found".into())),
+        });
+        let (a, b) = ("a@example.com", "b@example.com");
+        let thread = |e: &str| Thread {
+            email: e.into(),
+            timestamp: "2026-01-01T00:00:00Z".into(),
+            message_id: format!("<{e}.new@example.com>"),
+        };
+        let id = "00000000-0000-4000-8000-0000000a11ce";
+        stored(
+            &store,
+            id,
+            &PluginData {
+                user: "alice".into(),
+                roles: vec!["editor".into()],
+                request_reason: "please".into(),
+                intended: Some(vec![a.into(), b.into()]),
+                threads: vec![thread(a), thread(b)],
+                requester: Some("alice@corp.example".into()),
+                ..Default::default()
+            },
+        );
+        let engine = with_directory(
+            engine_telling_requester(&store, &mailer, "r1"),
+            directory.clone(),
+        );
+        for _ in 0..3 {
+            let survey = engine.survey().await.expect("the memory store scans");
+            let req = request(id);
+            if !survey.owes_nothing(&req) {
+                engine.handle_event(put_of(req)).await;
+            }
+        }
+        assert_eq!(mailer.attempts(), 0);
+        let warned = warnings.containing("does not have today");
+        assert!(
+            warned.len() <= 1,
+            "{} WARNs over three reconciles: {warned:?}",
+            warned.len()
+        );
+    }
+
+    /// LOW. The requester is taken out of the reviewers by exact string comparison: listed as
+    /// `alice@Example.com` in `role_to_recipients` (a domain's case means nothing), the SSO user
+    /// `alice@example.com` gets the reviewer's mail, review commands and all, beside their
+    /// confirmation.
+    #[tokio::test(start_paused = true)]
+    async fn review_req_a_requester_listed_in_another_case_is_not_mailed_as_a_reviewer() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        let mut routing = (*engine.routing()).clone();
+        routing.recipients = RecipientMap::new(BTreeMap::from([(
+            "*".to_owned(),
+            vec!["alice@Example.com".to_owned(), "b@example.com".to_owned()],
+        )]));
+        engine.set_routing(routing);
+        engine
+            .handle_event(by_requester("r1", RequestState::Pending))
+            .await;
+        let as_reviewer: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to.eq_ignore_ascii_case(REQUESTER) && m.to != REQUESTER)
+            .map(|m| (m.to, m.subject))
+            .collect();
+        assert!(
+            as_reviewer.is_empty(),
+            "the requester was also mailed as a reviewer: {as_reviewer:?}"
         );
     }
 }
