@@ -230,7 +230,7 @@ impl Engine {
     /// requests owe nothing. `None` (each listed request is then read on its own) when Teleport
     /// cannot answer that call.
     pub async fn survey(&self) -> Option<Survey> {
-        match self.store.survey().await {
+        match self.store.survey(self.routing().notify_requester).await {
             Ok((survey, read)) => {
                 // A later failure is worth a WARN again.
                 self.survey_refused.store(false, Ordering::Relaxed);
@@ -307,7 +307,7 @@ impl Engine {
         };
         // The requester hears about their request as its requester, not as a reviewer.
         if let Some(me) = requester.as_deref().filter(|a| !a.is_empty()) {
-            recipients.retain(|r| r != me);
+            recipients.retain(|r| !r.eq_ignore_ascii_case(me));
         }
         // The plugin data is created by the first claim (one write, not two); a request created
         // moments ago almost certainly has none yet, so that write is tried without a read.
@@ -316,7 +316,10 @@ impl Engine {
             roles: req.roles.clone(),
             request_reason: req.reason.clone(),
             intended: Some(recipients),
-            requester: requester.clone().filter(|_| notify_requester),
+            // Not readable now (a passing failure): decided at a later event.
+            requester: notify_requester.then(|| {
+                (requester.clone()).unwrap_or_else(|| plugindata::REQUESTER_UNDECIDED.to_owned())
+            }),
             ..Default::default()
         };
         let fresh = Fresh {
@@ -346,9 +349,10 @@ impl Engine {
     /// write shows it sent, or shows the request's data created without a requester (saves
     /// reading their traits on every later event).
     fn requester_owed(&self, id: &str) -> bool {
-        self.store
-            .last_written(id)
-            .is_none_or(|d| d.requester_address().is_some() && d.requester_thread.is_none())
+        self.store.last_written(id).is_none_or(|d| {
+            let waiting = |a: &str| d.requester_thread.is_none() && !d.failed_at(a, "requester");
+            d.requester_undecided() || d.requester_address().is_some_and(waiting)
+        })
     }
 
     async fn on_delete(&self, id: &str) -> Result<(), EngineError> {
@@ -357,11 +361,11 @@ impl Engine {
             reason: String::new(),
             access_list: None,
         };
-        self.run_stage(id, expired, None).await?;
-        self.tell_requester(id, Resolution::Expired, "", None)
-            .await?;
+        // The request is gone: whatever the reviewers' mails came to, the requester is told.
+        let reviewers = self.run_stage(id, expired, None).await;
+        let requester = self.tell_requester(id, Resolution::Expired, "", None).await;
         self.store.forget(id);
-        Ok(())
+        reviewers.and(requester)
     }
 
     fn summary(&self, id: &str, data: &PluginData) -> RequestSummary {

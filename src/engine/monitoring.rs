@@ -44,8 +44,12 @@ pub(super) struct Monitoring {
 /// Users' traits, read from a [`Directory`] and remembered a minute.
 pub(super) struct Users {
     directory: Arc<dyn Directory>,
-    traits: Mutex<HashMap<String, (Instant, Traits)>>,
+    /// User → their traits, or the refusal to read them, and when.
+    traits: Mutex<HashMap<String, (Instant, Read)>>,
 }
+
+/// A user's traits as read, or why the role may not read them.
+type Read = Result<Traits, String>;
 
 impl Users {
     pub(super) fn new(directory: Arc<dyn Directory>) -> Self {
@@ -55,28 +59,35 @@ impl Users {
         }
     }
 
-    /// `user`'s traits, from memory when read in the last minute.
-    pub(super) async fn traits(&self, user: &str) -> Result<Traits, TeleportError> {
+    /// `user`'s traits, from memory when read in the last minute; a refusal (the role may not
+    /// read users) is remembered as long. The flag says whether the answer is new (worth a
+    /// WARN) or remembered.
+    pub(super) async fn traits(&self, user: &str) -> (Result<Traits, TeleportError>, bool) {
         if let Some(t) = self.remembered(user) {
-            return Ok(t);
+            return (t, false);
         }
-        let t = self.directory.user_traits(user).await?;
-        self.remember(user, &t);
-        Ok(t)
+        let read = self.directory.user_traits(user).await;
+        match &read {
+            Ok(t) => self.remember(user, Ok(t.clone())),
+            Err(TeleportError::AccessDenied(e)) => self.remember(user, Err(e.clone())),
+            Err(_) => {}
+        }
+        (read, true)
     }
 
-    fn remembered(&self, user: &str) -> Option<Traits> {
+    fn remembered(&self, user: &str) -> Option<Result<Traits, TeleportError>> {
         let cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
         let (at, t) = cache.get(user)?;
-        (at.elapsed() < TRAITS_TTL).then(|| t.clone())
+        let t = t.clone().map_err(TeleportError::AccessDenied);
+        (at.elapsed() < TRAITS_TTL).then_some(t)
     }
 
-    fn remember(&self, user: &str, traits: &Traits) {
+    fn remember(&self, user: &str, traits: Read) {
         let mut cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= TRAITS_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(user.to_owned(), (Instant::now(), traits.clone()));
+        cache.insert(user.to_owned(), (Instant::now(), traits));
     }
 }
 
@@ -84,10 +95,13 @@ impl Monitoring {
     /// The requester's traits; `None` when they cannot be read for a reason other than
     /// permission (the original then skips the rules for this request).
     async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
-        match self.users.traits(user).await {
+        let (traits, fresh) = self.users.traits(user).await;
+        match traits {
             Ok(t) => Some(t),
             Err(TeleportError::AccessDenied(e)) => {
-                tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
+                if fresh {
+                    tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
+                }
                 Some(Traits::default())
             }
             Err(e) => {
@@ -107,12 +121,17 @@ impl Engine {
         if usable(&req.user) {
             return Some(req.user.clone());
         }
-        let traits = match self.users.as_ref()?.traits(&req.user).await {
+        let (traits, fresh) = self.users.as_ref()?.traits(&req.user).await;
+        let traits = match traits {
             Ok(t) => t,
             Err(TeleportError::AccessDenied(e)) => {
-                tracing::warn!(request_id = %req.id, error = %e, "Cannot mail the requester: their name is not an email address and the plugin's role may not read users (it needs `read` on `user`) for their `email` trait");
+                if fresh {
+                    tracing::warn!(request_id = %req.id, error = %e, "Cannot mail the requester: their name is not an email address and the plugin's role may not read users (it needs `read` on `user`) for their `email` trait");
+                }
                 return Some(String::new());
             }
+            // A user who does not exist has no address.
+            Err(TeleportError::NotFound(_)) => return Some(String::new()),
             Err(e) => {
                 tracing::warn!(request_id = %req.id, error = %e, "Cannot read the requester's `email` trait; the requester is not mailed about this request");
                 return None;

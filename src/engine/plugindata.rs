@@ -70,9 +70,12 @@ pub(super) const KEY_RESOLUTION_SENT: &str = "te_resolution_sent";
 pub(super) const KEY_FAILED: &str = "te_failed";
 pub(super) const KEY_CLAIM: &str = "te_claim";
 /// The requester's address when `delivery.notify_requester` was on as the data was created
-/// (empty: the requester has none we can mail); absent: the requester is not mailed.
+/// (empty: the requester has none we can mail; [`REQUESTER_UNDECIDED`]: it could not be told
+/// then); absent: the requester is not mailed.
 pub(super) const KEY_REQUESTER: &str = "te_requester";
-/// The requester's thread: `timestamp/message-id` of the confirmation.
+/// `te_requester` while the requester's address could not be read (a passing failure).
+pub(super) const REQUESTER_UNDECIDED: &str = "?";
+/// The requester's thread: `email/timestamp/message-id` of the confirmation.
 pub(super) const KEY_REQUESTER_THREAD: &str = "te_requester_thread";
 /// Present once the requester had the outcome.
 pub(super) const KEY_REQUESTER_DONE: &str = "te_requester_done";
@@ -141,9 +144,10 @@ pub struct PluginData {
     pub requester_done: bool,
 }
 
-/// The requester's thread: when its first mail went out and its Message-ID.
+/// The requester's thread: where and when its first mail went out, and its Message-ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequesterThread {
+    pub email: String,
     pub timestamp: String,
     pub message_id: String,
 }
@@ -202,7 +206,7 @@ impl PluginData {
         if let Some(t) = &self.requester_thread {
             put(
                 KEY_REQUESTER_THREAD,
-                format!("{}/{}", t.timestamp, t.message_id),
+                format!("{}/{}/{}", t.email, t.timestamp, t.message_id),
             );
         }
         if self.requester_done {
@@ -210,9 +214,14 @@ impl PluginData {
         }
     }
 
-    /// The requester's address, when they are to be mailed and can be.
+    /// The requester's address, when they are to be mailed and it is known.
     pub fn requester_address(&self) -> Option<&str> {
-        self.requester.as_deref().filter(|a| !a.is_empty())
+        (self.requester.as_deref()).filter(|a| !a.is_empty() && *a != REQUESTER_UNDECIDED)
+    }
+
+    /// Whether the requester is to be mailed but their address could not be read yet.
+    pub fn requester_undecided(&self) -> bool {
+        self.requester.as_deref() == Some(REQUESTER_UNDECIDED)
     }
 
     /// Reads stored data the way the original does: unknown `reviews_count` is 0, thread items
@@ -248,13 +257,21 @@ impl PluginData {
                     until_ms: until.parse().ok()?,
                 })
             }),
-            requester: ours(m, KEY_REQUESTER),
+            // Anything but one plain address (a list, say) is no address we mail.
+            requester: ours(m, KEY_REQUESTER).map(|a| match a.as_str() {
+                REQUESTER_UNDECIDED => a,
+                _ if crate::address::is_bare_address(&a) => a,
+                _ => String::new(),
+            }),
             requester_thread: ours(m, KEY_REQUESTER_THREAD).and_then(|v| {
-                let (timestamp, message_id) = v.split_once('/')?;
-                Some(RequesterThread {
-                    timestamp: timestamp.to_owned(),
-                    message_id: message_id.to_owned(),
-                })
+                match v.split('/').collect::<Vec<_>>()[..] {
+                    [email, timestamp, message_id] => Some(RequesterThread {
+                        email: email.to_owned(),
+                        timestamp: timestamp.to_owned(),
+                        message_id: message_id.to_owned(),
+                    }),
+                    _ => None,
+                }
             }),
             requester_done: ours(m, KEY_REQUESTER_DONE).is_some(),
         }

@@ -99,9 +99,10 @@ impl PluginStore {
         }
     }
 
-    /// Every request's plugin data in one call, boiled down to what a reconcile needs.
-    pub(super) async fn survey(&self) -> Result<(Survey, usize), TeleportError> {
-        let mut survey = Survey::default();
+    /// Every request's plugin data in one call, boiled down to what a reconcile needs
+    /// (counting the requester's mails when `requester` is on).
+    pub(super) async fn survey(&self, requester: bool) -> Result<(Survey, usize), TeleportError> {
+        let mut survey = Survey::new(requester);
         let read = (self.backend)
             .scan(&mut |id, raw| survey.note(id, &PluginData::decode(&raw)))
             .await?;
@@ -136,7 +137,11 @@ impl PluginStore {
                 if from_guess {
                     continue;
                 }
-                self.forget(id);
+                // What was just read is as good a first guess as our own last write.
+                match raw {
+                    Some(raw) => self.remember(id, raw),
+                    None => self.forget(id),
+                }
                 return Ok(None);
             };
             let expect = pinned(raw.as_ref());

@@ -25,6 +25,9 @@ pub struct Survey {
     /// Requests named by a UUID (all of Teleport's), kept in 16 bytes.
     by_uuid: HashMap<u128, Done>,
     others: HashMap<Box<str>, Done>,
+    /// Whether the requester's mails count (`delivery.notify_requester` is on): when it is off,
+    /// the engine sends them nothing, whatever the data says.
+    requester: bool,
 }
 
 /// How far a request's mails have gone.
@@ -39,6 +42,13 @@ struct Done {
 }
 
 impl Survey {
+    pub(super) fn new(requester: bool) -> Self {
+        Self {
+            requester,
+            ..Self::default()
+        }
+    }
+
     /// Notes one request's plugin data, as read. Past [`MAX_NOTED`] requests, or for a name
     /// that is neither a UUID nor short, nothing is noted: those requests are handed over as
     /// they would be without a survey (memory stays bounded whatever the server sends).
@@ -46,7 +56,7 @@ impl Survey {
         if self.len() >= MAX_NOTED {
             return;
         }
-        let Some(done) = done(data) else {
+        let Some(done) = done(data, self.requester) else {
             return;
         };
         match uuid(id) {
@@ -94,15 +104,16 @@ impl Survey {
 }
 
 /// How far `data`'s mails have gone; `None` when a new thread is still owed to someone.
-fn done(data: &PluginData) -> Option<Done> {
+fn done(data: &PluginData, requester_mailed: bool) -> Option<Done> {
     let has_thread = |e: &String| data.threads.iter().any(|t| &t.email == e);
     let intended = data.intended.as_deref().unwrap_or_default();
     if !(intended.iter()).all(|e| has_thread(e) || data.failed_at(e, "new")) {
         return None;
     }
-    let requester = data.requester_address();
+    let requester = data.requester_address().filter(|_| requester_mailed);
     let requester_open = |stage| requester.is_some_and(|a| !data.failed_at(a, stage));
-    if requester_open("requester") && data.requester_thread.is_none() {
+    let undecided = requester_mailed && data.requester_undecided();
+    if undecided || (requester_open("requester") && data.requester_thread.is_none()) {
         return None;
     }
     let requester_told = data.requester_thread.is_none()

@@ -1159,13 +1159,14 @@ fn requester_states() -> Vec<PluginData> {
     });
     let mut out = Vec::new();
     for base in bases.step_by(3) {
-        for requester in [Some(""), Some(me)] {
+        for requester in [Some(""), Some("?"), Some(me)] {
             for thread in [false, true] {
                 for done in [false, true] {
                     for failed in [None, Some("requester"), Some("requester-outcome")] {
                         let mut d = base.clone();
                         d.requester = requester.map(str::to_owned);
                         d.requester_thread = thread.then(|| RequesterThread {
+                            email: me.into(),
                             timestamp: "2026-01-01T00:00:00Z".into(),
                             message_id: "<alice.requester@example.com>".into(),
                         });
@@ -1374,7 +1375,14 @@ async fn the_requester_gets_a_confirmation_then_the_outcome_in_its_thread_once()
             .await;
     }
     let mine = to_requester(&mailer);
-    assert_eq!(mine.len(), 2, "one confirmation and one outcome");
+    assert_eq!(
+        mine.len(),
+        2,
+        "one confirmation and one outcome: {:?}",
+        mine.iter()
+            .map(|m| (&m.subject, &m.message_id))
+            .collect::<Vec<_>>()
+    );
     let outcome = &mine[1];
     assert_eq!(
         outcome.subject,
@@ -1619,6 +1627,9 @@ async fn review_class_a_sender_refused_at_the_end_of_data_is_sent_once_fixed() {
             2,
             "{code} {reason}: written off as the recipients' own ({:?}); delivered {got:?}",
             decoded(&store, "r1").failed
+        );
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Second reader's tests (review-req): delivery.notify_requester. Each fails on the change under
@@ -1860,6 +1871,7 @@ mod review_req {
             ..Default::default()
         };
         let confirmed = Some(RequesterThread {
+            email: REQUESTER.into(),
             timestamp: "2026-01-01T00:00:00Z".into(),
             message_id: "<alice.requester@example.com>".into(),
         });
