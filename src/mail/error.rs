@@ -172,7 +172,7 @@ fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
     if step == SmtpStep::Session {
         return false;
     }
-    let words = text.to_ascii_lowercase();
+    let words = without_addresses(text).to_ascii_lowercase();
     let says = |markers: &[&str]| markers.iter().any(|m| words.contains(m));
     if says(MAILERS_WORDS) {
         return false;
@@ -189,6 +189,25 @@ fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
         (_, Some((subject, _))) => !matches!(subject, 4 | 5 | 7),
         (_, None) => true,
     }
+}
+
+/// `text` without the addresses it quotes (`<relay-team@example.com>`, or a bare `a@b`): an
+/// address is a name, and its words say nothing of who is refused.
+fn without_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '<' => quoted = true,
+            '>' if quoted => quoted = false,
+            _ if !quoted => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace()
+        .filter(|w| !w.contains('@'))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Words of a refusal that speak of our side: sender, account, relaying, sender checks.
@@ -383,5 +402,18 @@ mod tests {
         ] {
             assert_eq!(enhanced_code(text).map(|(s, _)| s), subject, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_quoted_address_is_not_read_as_words() {
+        let at_rcpt = |text: &str| refusal_blames_message(SmtpStep::Recipient, 550, text);
+        assert!(at_rcpt(
+            "5.1.1 <relay-team@example.com>: Recipient address rejected: User unknown"
+        ));
+        assert!(at_rcpt("5.1.1 sender@example.com: user unknown"));
+        assert!(!at_rcpt("5.7.1 <bob@example.com>: Relay access denied"));
+        assert!(!at_rcpt(
+            "5.1.8 <noreply@example.com>: Sender address rejected: Domain not found"
+        ));
     }
 }
