@@ -2033,4 +2033,40 @@ mod review_req {
             "the requester was also mailed as a reviewer: {as_reviewer:?}"
         );
     }
+    /// Second reader (review-last), engine/mod.rs `on_pending`: with the requester undecided
+    /// (`?`, a passing GetUser failure at creation) nobody is taken out of the reviewers, so a
+    /// requester who is also a recipient gets the reviewer's mail ("review this request") and,
+    /// at the next event, the requester's confirmation too: mailed as both, which the README
+    /// rules out ("a requester who is also a recipient is mailed as the requester only").
+    #[tokio::test(start_paused = true)]
+    async fn review_last_an_undecided_requester_among_the_recipients_is_not_mailed_as_a_reviewer() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |n| match n {
+                0 => Err(TeleportError::Unavailable("auth restarting".into())),
+                _ => Ok(email_trait("alice@corp.example")),
+            },
+        });
+        let engine = with_directory(engine_telling_requester(&store, &mailer, "r1"), directory);
+        let mut routing = (*engine.routing()).clone();
+        routing.recipients = RecipientMap::new(BTreeMap::from([(
+            "*".to_owned(),
+            vec!["alice@corp.example".to_owned(), "b@example.com".to_owned()],
+        )]));
+        engine.set_routing(routing);
+        engine.handle_event(put("r1")).await; // user "alice": the read fails, for now
+        engine.handle_event(put("r1")).await; // a reconcile: it works
+        let mine: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "alice@corp.example")
+            .map(|m| m.subject)
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "the requester is mailed as a reviewer and as the requester: {mine:?}"
+        );
+        assert!(mine[0].contains("was submitted"), "{mine:?}");
+    }
 }

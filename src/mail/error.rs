@@ -416,4 +416,90 @@ mod tests {
             "5.1.8 <noreply@example.com>: Sender address rejected: Domain not found"
         ));
     }
+
+    fn refused(step: SmtpStep, code: u16, reason: &str) -> MailError {
+        MailError::Rejected {
+            server: "mail:587".into(),
+            code,
+            reason: reason.into(),
+            step,
+        }
+    }
+
+    /// Second reader (review-last), `refusal_blames_message`: MAILERS_WORDS are matched
+    /// anywhere in the reply, which quotes the recipient's address. Postfix's standard refusal
+    /// of an unknown recipient on a relay/MX gateway says "relay recipient table"; a recipient
+    /// whose local part or domain contains "relay", "sender", "spf", "dkim" is the same. Each is
+    /// taken for the mailer's failure: retried with an ERROR until `retry_timeout`, and again
+    /// at every reload, restart and reconnect, never written off.
+    #[test]
+    fn review_last_a_recipient_refusal_quoting_a_marker_word_is_the_recipients() {
+        let wrong = [
+            "5.1.1 <bob@corp.example>: Recipient address rejected: User unknown in relay recipient table",
+            "5.1.1 <relay-team@corp.example>: Recipient address rejected: User unknown in local recipient table",
+            "5.1.1 <sender@corp.example>: Recipient address rejected: User unknown in virtual mailbox table",
+            "5.1.1 <spf-admins@corp.example>: Recipient address rejected: User unknown in local recipient table",
+            "5.1.1 <bob@smtp-relay.corp.example>: Recipient address rejected: User unknown",
+            "5.1.1 <dkim.keys@corp.example>... User unknown",
+        ]
+        .into_iter()
+        .filter(|text| !refused(SmtpStep::Recipient, 550, text).is_message_specific())
+        .collect::<Vec<_>>();
+        assert!(
+            wrong.is_empty(),
+            "refusals of the recipient alone retried as the mailer's: {wrong:#?}"
+        );
+    }
+
+    /// Second reader (review-last), `refusal_blames_message`: the doc says a reply speaking of
+    /// our account is the mailer's, but no account word is in MAILERS_WORDS, and at the end of
+    /// the message a reply without an enhanced code, or with X.2.x, is the message's own. Each
+    /// of these refuses every mail the account sends; each recipient's mail is written off for
+    /// good (te_failed) while the account is blocked.
+    #[test]
+    fn review_last_an_account_wide_refusal_at_the_message_is_the_mailers() {
+        let wrong = [
+            // Office 365, the sending mailbox over its daily recipient limit.
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message Cannot submit message.",
+            ),
+            // Office 365, the sending account suspended for outbound spam.
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:OutboundSpamException; Failed to process message due to a permanent exception with message WASCL UserAction verdict is not None. Actual verdict is Suspend, ShowTierUpgrade.",
+            ),
+            // Amazon SES, the account's sending paused.
+            (554, "Message rejected: Sending paused for this account."),
+            // Yahoo/AOL submission, the From not the authenticated account's.
+            (550, "Request failed; Mailbox unavailable"),
+        ]
+        .into_iter()
+        .filter(|(code, text)| refused(SmtpStep::Message, *code, text).is_message_specific())
+        .collect::<Vec<_>>();
+        assert!(
+            wrong.is_empty(),
+            "account-wide refusals written off as this recipient's: {wrong:#?}"
+        );
+    }
+
+    /// Second reader (review-last), `refusal_blames_message`: RECIPIENTS_WORDS now outrank an
+    /// X.7.x (security/policy) code, which was the mailer's before 2a5bc5a. A blocklist or
+    /// reverse-DNS refusal worded with RFC 5321's generic 550 text ("mailbox unavailable") or
+    /// "does not exist" refuses every recipient, and each is written off for good.
+    #[test]
+    fn review_last_a_policy_refusal_with_a_recipient_word_is_the_mailers() {
+        let wrong = [
+            "5.7.1 Requested action not taken: mailbox unavailable; client host [203.0.113.5] blocked using zen.spamhaus.org",
+            "5.7.1 Client host rejected: the PTR record for 203.0.113.5 does not exist",
+            "5.7.25 The reverse DNS entry for the sending IP does not exist",
+        ]
+        .into_iter()
+        .filter(|text| refused(SmtpStep::Recipient, 550, text).is_message_specific())
+        .collect::<Vec<_>>();
+        assert!(
+            wrong.is_empty(),
+            "policy refusals of our host written off as the recipient's: {wrong:#?}"
+        );
+    }
 }
