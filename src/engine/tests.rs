@@ -2069,4 +2069,34 @@ mod review_req {
         );
         assert!(mine[0].contains("was submitted"), "{mine:?}");
     }
+    /// Second reader (review-last), engine/monitoring.rs `Users::traits`: the "fresh" flag is
+    /// spent by whichever caller reads first. With rules loaded, `rule_recipients` reads the
+    /// requester's traits first and logs the rules' WARN; `requester_address` then gets the
+    /// remembered refusal and logs nothing, so the operator is never told that the requester
+    /// (whose name is not an address) is not mailed and that `delivery.notify_requester` does
+    /// nothing for them.
+    #[tokio::test(start_paused = true)]
+    async fn review_last_a_refused_user_read_still_warns_that_the_requester_is_not_mailed() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let set = Arc::new(crate::rules::RuleSet::new("email"));
+        set.replace_all(vec![crate::teleport::MonitoringRule::for_email(
+            "all-requests",
+            "true",
+            &["rule@example.com"],
+        )]);
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        let engine = Arc::into_inner(engine)
+            .unwrap()
+            .with_rules(set, Arc::new(Emails(None)));
+        let warnings = Warnings::default();
+        let _guard = warnings.capture();
+        engine.handle_event(put("r1")).await; // user "alice": not an address, may not be read
+        assert_eq!(
+            warnings.containing("Cannot mail the requester").len(),
+            1,
+            "no WARN says the requester is not mailed; WARNs: {:?}",
+            warnings.0.lock().unwrap()
+        );
+    }
 }
