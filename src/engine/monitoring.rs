@@ -44,12 +44,26 @@ pub(super) struct Monitoring {
 /// Users' traits, read from a [`Directory`] and remembered a minute.
 pub(super) struct Users {
     directory: Arc<dyn Directory>,
-    /// User → their traits, or the refusal to read them, and when.
-    traits: Mutex<HashMap<String, (Instant, Read)>>,
+    /// User → their traits, or the refusal to read them, when, and which readers were told of
+    /// the refusal already.
+    traits: Mutex<HashMap<String, Remembered>>,
 }
 
 /// A user's traits as read, or why the role may not read them.
 type Read = Result<Traits, String>;
+
+struct Remembered {
+    at: Instant,
+    read: Read,
+    told: [bool; 2],
+}
+
+/// Who reads a user's traits: each is told of a refusal once (a WARN of its own).
+#[derive(Clone, Copy)]
+pub(super) enum Reader {
+    Rules = 0,
+    Requester = 1,
+}
 
 impl Users {
     pub(super) fn new(directory: Arc<dyn Directory>) -> Self {
@@ -60,34 +74,50 @@ impl Users {
     }
 
     /// `user`'s traits, from memory when read in the last minute; a refusal (the role may not
-    /// read users) is remembered as long. The flag says whether the answer is new (worth a
-    /// WARN) or remembered.
-    pub(super) async fn traits(&self, user: &str) -> (Result<Traits, TeleportError>, bool) {
-        if let Some(t) = self.remembered(user) {
-            return (t, false);
+    /// read users) is remembered as long. The flag says whether `reader` hears of this answer
+    /// for the first time (worth a WARN).
+    pub(super) async fn traits(
+        &self,
+        user: &str,
+        reader: Reader,
+    ) -> (Result<Traits, TeleportError>, bool) {
+        if let Some(known) = self.remembered(user, reader) {
+            return known;
         }
         let read = self.directory.user_traits(user).await;
+        let mut told = [false; 2];
+        told[reader as usize] = true;
         match &read {
-            Ok(t) => self.remember(user, Ok(t.clone())),
-            Err(TeleportError::AccessDenied(e)) => self.remember(user, Err(e.clone())),
+            Ok(t) => self.remember(user, Ok(t.clone()), told),
+            Err(TeleportError::AccessDenied(e)) => self.remember(user, Err(e.clone()), told),
             Err(_) => {}
         }
         (read, true)
     }
 
-    fn remembered(&self, user: &str) -> Option<Result<Traits, TeleportError>> {
-        let cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, t) = cache.get(user)?;
-        let t = t.clone().map_err(TeleportError::AccessDenied);
-        (at.elapsed() < TRAITS_TTL).then_some(t)
+    fn remembered(
+        &self,
+        user: &str,
+        reader: Reader,
+    ) -> Option<(Result<Traits, TeleportError>, bool)> {
+        let mut cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
+        let known = cache
+            .get_mut(user)
+            .filter(|k| k.at.elapsed() < TRAITS_TTL)?;
+        let first = !std::mem::replace(&mut known.told[reader as usize], true);
+        Some((
+            known.read.clone().map_err(TeleportError::AccessDenied),
+            first,
+        ))
     }
 
-    fn remember(&self, user: &str, traits: Read) {
+    fn remember(&self, user: &str, read: Read, told: [bool; 2]) {
         let mut cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= TRAITS_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(user.to_owned(), (Instant::now(), traits));
+        let at = Instant::now();
+        cache.insert(user.to_owned(), Remembered { at, read, told });
     }
 }
 
@@ -95,7 +125,7 @@ impl Monitoring {
     /// The requester's traits; `None` when they cannot be read for a reason other than
     /// permission (the original then skips the rules for this request).
     async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
-        let (traits, fresh) = self.users.traits(user).await;
+        let (traits, fresh) = self.users.traits(user, Reader::Rules).await;
         match traits {
             Ok(t) => Some(t),
             Err(TeleportError::AccessDenied(e)) => {
@@ -121,7 +151,11 @@ impl Engine {
         if usable(&req.user) {
             return Some(req.user.clone());
         }
-        let (traits, fresh) = self.users.as_ref()?.traits(&req.user).await;
+        let (traits, fresh) = self
+            .users
+            .as_ref()?
+            .traits(&req.user, Reader::Requester)
+            .await;
         let traits = match traits {
             Ok(t) => t,
             Err(TeleportError::AccessDenied(e)) => {

@@ -198,7 +198,13 @@ fn settle_requester(d: &mut PluginData, today: Option<&str>) {
         return;
     };
     if d.requester_undecided() {
-        d.requester = Some(today.to_owned());
+        // Unknown as the request came, the requester may have got a reviewer's thread: then
+        // that is how they hear of it, not twice.
+        let reviewer = d
+            .threads
+            .iter()
+            .any(|t| t.email.eq_ignore_ascii_case(today));
+        d.requester = Some(if reviewer { "" } else { today }.to_owned());
         return;
     }
     let Some(stored) = d.requester_address().map(str::to_owned) else {

@@ -153,44 +153,6 @@ impl MailError {
     }
 }
 
-/// Whether a permanent SMTP refusal speaks of this recipient or message rather than of us.
-/// Servers say which in words more reliably than in codes, so the words decide first:
-/// - the mailer's (retried with an ERROR, never written off) when the reply speaks of our
-///   sender, account, relaying or sender authentication ("Sender address rejected", "relay not
-///   permitted", "rcpthosts", "SendAsDenied", "not verified", SPF/DKIM/DMARC, …);
-/// - else the recipient's when it speaks of the recipient or their mailbox ("Recipient address
-///   rejected", "User unknown", "mailbox unavailable", "does not exist", "mailbox full", …);
-/// - else the enhanced status code (RFC 3463), when it leads the text: at `RCPT TO`, X.1.x
-///   (except X.1.7/X.1.8, the sender's address) and X.2.x are the recipient's; at the end of the
-///   message anything but X.1.7/X.1.8, X.4.x, X.5.x and X.7.x is the message's own;
-/// - else the basic code: 550–553 at `RCPT TO` speak of the mailbox; a refused message is its
-///   own.
-///
-/// A refusal written off wrongly loses that recipient's mail for good; one retried wrongly
-/// costs retries and ERRORs until the operator looks. Both are bounded by the words above.
-fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
-    if step == SmtpStep::Session {
-        return false;
-    }
-    let words = without_addresses(text).to_ascii_lowercase();
-    let says = |markers: &[&str]| markers.iter().any(|m| words.contains(m));
-    if says(MAILERS_WORDS) {
-        return false;
-    }
-    if says(RECIPIENTS_WORDS) {
-        return true;
-    }
-    let enhanced = enhanced_code(text);
-    let sender_address = matches!(enhanced, Some((1, 7 | 8)));
-    match (step, enhanced) {
-        (_, Some(_)) if sender_address => false,
-        (SmtpStep::Recipient, Some((subject, _))) => matches!(subject, 1 | 2),
-        (SmtpStep::Recipient, None) => (550..=553).contains(&code),
-        (_, Some((subject, _))) => !matches!(subject, 4 | 5 | 7),
-        (_, None) => true,
-    }
-}
-
 /// `text` without the addresses it quotes (`<relay-team@example.com>`, or a bare `a@b`): an
 /// address is a name, and its words say nothing of who is refused.
 fn without_addresses(text: &str) -> String {
@@ -210,11 +172,59 @@ fn without_addresses(text: &str) -> String {
         .join(" ")
 }
 
-/// Words of a refusal that speak of our side: sender, account, relaying, sender checks.
+/// Whether a permanent SMTP refusal speaks of this recipient or message rather than of us.
+/// Servers say which in words more reliably than in codes, so, on the reply's text without the
+/// addresses it quotes:
+/// 1. words about our side — sender, account, relaying, sender checks, blocklists, the client
+///    host — make it the mailer's (retried with an ERROR, never written off);
+/// 2. at `RCPT TO`, words about the recipient or their mailbox make it the recipient's;
+/// 3. then weaker words ("sender", "relay", "#5.7") make it the mailer's;
+/// 4. then the enhanced status code (RFC 3463) when it leads the text: at `RCPT TO`, X.1.x
+///    (but X.1.7/X.1.8, the sender's address) and X.2.x are the recipient's; at the end of the
+///    message only X.6.x (content) and X.3.4 (too big) are the message's own;
+/// 5. then the basic code: 550–553 at `RCPT TO` speak of the mailbox, 552 at the end of the
+///    message of its size.
+///
+/// A refusal at the end of the message comes after the server accepted the recipient: unless it
+/// says the message itself is at fault, it is the mailer's. Written off wrongly, a recipient's
+/// mail is lost for good; retried wrongly, it costs retries and ERRORs until someone looks.
+fn refusal_blames_message(step: SmtpStep, code: u16, text: &str) -> bool {
+    if step == SmtpStep::Session {
+        return false;
+    }
+    let words = without_addresses(text).to_ascii_lowercase();
+    let says = |markers: &[&str]| markers.iter().any(|m| words.contains(m));
+    if says(MAILERS_WORDS) {
+        return false;
+    }
+    if step == SmtpStep::Recipient && says(RECIPIENTS_WORDS) {
+        return true;
+    }
+    if step == SmtpStep::Message && says(MESSAGES_WORDS) {
+        return true;
+    }
+    if says(MAILERS_WEAK_WORDS) {
+        return false;
+    }
+    let enhanced = enhanced_code(text);
+    match (step, enhanced) {
+        (_, Some((1, 7 | 8))) => false,
+        (SmtpStep::Recipient, Some((subject, _))) => matches!(subject, 1 | 2),
+        (SmtpStep::Recipient, None) => (550..=553).contains(&code),
+        (_, Some((subject, detail))) => subject == 6 || (subject, detail) == (3, 4),
+        (_, None) => code == 552,
+    }
+}
+
+/// Words of a refusal that speak of our side, whatever else it says: our sender, account,
+/// relaying, sender checks, the sending host's reputation.
 const MAILERS_WORDS: &[&str] = &[
-    "sender",
+    "sender address rejected",
     "from address",
-    "relay",
+    "relay access denied",
+    "relaying denied",
+    "relay not permitted",
+    "unable to relay",
     "rcpthosts",
     "sendas",
     "send as",
@@ -225,10 +235,23 @@ const MAILERS_WORDS: &[&str] = &[
     "spf",
     "dkim",
     "dmarc",
-    "#5.7",
+    "quotaexceeded",
+    "outboundspam",
+    "sending paused",
+    "client host",
+    "blocked",
+    "blocklist",
+    "blacklist",
+    "spamhaus",
+    "ptr record",
+    "reverse dns",
+    "rdns",
 ];
 
-/// Words of a refusal that speak of the recipient or their mailbox.
+/// Weaker words of our side, read only when nothing speaks of the recipient.
+const MAILERS_WEAK_WORDS: &[&str] = &["sender", "relay", "#5.7"];
+
+/// Words of a refusal at `RCPT TO` that speak of the recipient or their mailbox.
 const RECIPIENTS_WORDS: &[&str] = &[
     "recipient address rejected",
     "user unknown",
@@ -243,6 +266,16 @@ const RECIPIENTS_WORDS: &[&str] = &[
     "invalid recipient",
     "recipient not found",
     "over quota",
+];
+
+/// Words of a refusal at the end of the message that speak of the message itself.
+const MESSAGES_WORDS: &[&str] = &[
+    "message size",
+    "too big",
+    "too large",
+    "exceeds",
+    "content",
+    "attachment",
 ];
 
 /// The subject and detail of the enhanced status code (`class.subject.detail`, RFC 3463) a

@@ -220,6 +220,7 @@ impl TeleportClient {
             },
             next: Pager::Key(String::new()),
             keys_seen: Default::default(),
+            streamed_pages: 0,
         }
     }
 }
@@ -354,6 +355,8 @@ pub struct RequestPages {
     next: Pager,
     /// The page keys read so far (one per page): a key coming round again ends the listing.
     keys_seen: std::collections::HashSet<String>,
+    /// Pages read from the older streaming call.
+    streamed_pages: usize,
 }
 
 enum Pager {
@@ -433,6 +436,14 @@ impl RequestPages {
                 Some(r) => page.push(AccessRequest::from(r)),
                 None => return Ok((!page.is_empty()).then_some(page)),
             }
+        }
+        // The same bound as a paged listing: one that does not end is an error.
+        self.streamed_pages += 1;
+        if self.streamed_pages > MAX_PAGES {
+            return Err(TeleportError::Unavailable(format!(
+                "GetAccessRequestsV2 goes on past {} requests: the listing does not end",
+                MAX_PAGES * PAGE_SIZE as usize
+            )));
         }
         self.next = Pager::Stream(Box::new(stream));
         Ok(Some(page))

@@ -469,7 +469,8 @@ async fn only_refusals_that_speak_of_the_recipient_are_the_recipients() {
             true,
         ),
         (Stage::Data, "554 5.6.0 Message content rejected", true),
-        (Stage::Data, "550 Message rejected", true),
+        // Refused after the recipient was accepted, without saying the message is at fault.
+        (Stage::Data, "550 Message rejected", false),
         (
             Stage::Data,
             "550 5.7.26 Unauthenticated email from example.com is not accepted",
