@@ -21,6 +21,7 @@ use crate::teleport::{AccessRequest, ClusterInfo, CredentialStore, TeleportClien
 use crate::watcher::{self, BoxFuture, EventHandler, Links, Settled, SurveyFuture, WatcherConfig};
 
 mod reload;
+mod reminders;
 
 use reload::{Current, reload_loop};
 pub use reload::{DEFAULT_FILE_CHECK, FILE_CHECK_ENV, Reload, file_check_from_env};
@@ -186,7 +187,17 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         fail_fast,
         ..WatcherConfig::default()
     };
-    let watched = watcher::run(client, engine, watcher_config, links, root).await;
+    let clock = config.delivery.reminders.map(|settings| {
+        let clock = Arc::new(reminders::ReminderClock::new(settings));
+        tokio::spawn(reminders::run(
+            clock.clone(),
+            engine.clone(),
+            root.child_token(),
+        ));
+        clock
+    });
+    let handler = Arc::new(Handler { engine, clock });
+    let watched = watcher::run(client, handler, watcher_config, links, root).await;
     reloads_stop.cancel();
     let mailer = match reloads {
         Some(task) => task.await.unwrap_or(mailer),
@@ -319,22 +330,55 @@ async fn build_mailer(config: &Config) -> Result<Arc<dyn Mailer>, Fatal> {
 }
 
 /// The watcher hands each event to the engine.
-impl EventHandler for Engine {
+/// What the watcher hands events to: the engine, and the reminders' clock when reminders are on
+/// (it learns of pending requests from the events and the reconciles' listings).
+struct Handler {
+    engine: Arc<Engine>,
+    clock: Option<Arc<reminders::ReminderClock>>,
+}
+
+impl EventHandler for Handler {
     fn handle(self: Arc<Self>, event: WatchEvent) -> BoxFuture {
-        Box::pin(async move { self.handle_event(event).await })
+        Box::pin(async move {
+            if let Some(clock) = &self.clock {
+                match &event {
+                    WatchEvent::Put(req) => clock.track(req),
+                    WatchEvent::Delete { id } => clock.forget(id),
+                    _ => {}
+                }
+            }
+            self.engine.handle_event(event).await
+        })
     }
 
     fn survey(self: Arc<Self>) -> SurveyFuture {
         Box::pin(async move {
-            let survey = Engine::survey(&self).await?;
-            Some(Box::new(survey) as Box<dyn Settled>)
+            let survey = self.engine.survey().await;
+            if survey.is_none() && self.clock.is_none() {
+                return None;
+            }
+            let listed = Listed {
+                survey,
+                clock: self.clock.clone(),
+            };
+            Some(Box::new(listed) as Box<dyn Settled>)
         })
     }
 }
 
-impl Settled for Survey {
+/// A reconcile's view of each listed request: the survey says which need nothing, and the
+/// reminders' clock notes the pending ones (even those the survey spares).
+struct Listed {
+    survey: Option<Survey>,
+    clock: Option<Arc<reminders::ReminderClock>>,
+}
+
+impl Settled for Listed {
     fn owes_nothing(&self, request: &AccessRequest) -> bool {
-        Survey::owes_nothing(self, request)
+        if let Some(clock) = &self.clock {
+            clock.track(request);
+        }
+        (self.survey.as_ref()).is_some_and(|s| s.owes_nothing(request))
     }
 }
 

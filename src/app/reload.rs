@@ -154,6 +154,10 @@ async fn reloaded(reload: &Reload, in_force: &Config) -> Result<Current, String>
         ),
         ("[metrics] listen", config.metrics != in_force.metrics),
         (
+            "delivery.reminder_interval or reminder_limit",
+            config.delivery.reminders != in_force.delivery.reminders,
+        ),
+        (
             "The domain of delivery.sender (the right-hand side of Message-IDs; the From changes at once)",
             id_host(&config) != id_host(in_force),
         ),

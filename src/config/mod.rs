@@ -114,7 +114,21 @@ pub struct DeliveryConfig {
     pub retry_timeout: Duration,
     /// `notify_requester` (ours): the requester gets a confirmation and the outcome.
     pub notify_requester: bool,
+    /// `reminder_interval` and `reminder_limit` (ours): reviewers who have not reviewed a
+    /// pending request are reminded in its thread; off when `None`.
+    pub reminders: Option<Reminders>,
 }
+
+/// Reminders of pending requests: one after `interval` from the request's creation, then one
+/// every `interval`, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reminders {
+    pub interval: Duration,
+    pub limit: u32,
+}
+
+/// The default of `delivery.reminder_limit`.
+pub const DEFAULT_REMINDER_LIMIT: u32 = 3;
 
 /// The default of `delivery.retry_timeout`.
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(600);

@@ -279,6 +279,9 @@ fn configure_output_documents_every_key() {
         "starttls_policy",
         "implicit_tls",
         "retry_timeout",
+        "notify_requester",
+        "reminder_interval",
+        "reminder_limit",
         "listen",
         "sender",
         "recipients",
@@ -707,5 +710,39 @@ fn log_findings_are_exact() {
             "log.severity: unsupported logger severity \"loud\" (use trace, debug, info, warn or error)",
             "log.format: unsupported log output format \"xml\" (use text or json)",
         ]
+    );
+}
+
+#[test]
+fn reminders_are_off_by_default_and_checked_when_on() {
+    let base = format!("{MAILGUN}[role_to_recipients]\n\"*\" = \"a@example.com\"\n[delivery]\n");
+    assert_eq!(ok(&base).config.delivery.reminders, None);
+    let on = ok(&format!("{base}reminder_interval = \"4h\"\n"));
+    assert_eq!(
+        on.config.delivery.reminders,
+        Some(Reminders {
+            interval: std::time::Duration::from_secs(4 * 3600),
+            limit: DEFAULT_REMINDER_LIMIT
+        })
+    );
+    let p = problems(&format!(
+        "{base}reminder_interval = \"10s\"\nreminder_limit = 0\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("delivery.reminder_interval")),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{base}reminder_interval = \"1h\"\nreminder_limit = 1000\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("delivery.reminder_limit")),
+        "{p:?}"
+    );
+    let lone = ok(&format!("{base}reminder_limit = 2\n"));
+    assert!(
+        lone.warnings.iter().any(|w| w.contains("reminder_limit")),
+        "{:?}",
+        lone.warnings
     );
 }

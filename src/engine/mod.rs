@@ -355,6 +355,31 @@ impl Engine {
         })
     }
 
+    /// The reminder of the round due now for a pending request (nothing before its first
+    /// `interval`, nothing past `limit` rounds): to each recipient with an open thread who has
+    /// not reviewed it and has not had this round's reminder. The round is recorded in the
+    /// plugin data, so a restart or another replica sends it once.
+    pub async fn remind(
+        &self,
+        req: &AccessRequest,
+        interval: Duration,
+        limit: u32,
+    ) -> Result<(), EngineError> {
+        let Some(round) = reminder_round(req.created, interval, limit, SystemTime::now()) else {
+            return Ok(());
+        };
+        if req.state != RequestState::Pending {
+            return Ok(());
+        }
+        let reviewed_by = req.reviews.iter().map(|r| r.author.clone()).collect();
+        let stage = Stage::Reminder {
+            round,
+            limit,
+            reviewed_by,
+        };
+        self.run_stage(&req.id, stage, None).await
+    }
+
     async fn on_delete(&self, id: &str) -> Result<(), EngineError> {
         let expired = Stage::Resolution {
             tag: Resolution::Expired,
@@ -382,6 +407,19 @@ impl Engine {
                 .flatten(),
         }
     }
+}
+
+/// The reminder round due at `now` for a request created at `created`: the number of whole
+/// `interval`s since, at most `limit`; `None` before the first.
+pub fn reminder_round(
+    created: Option<SystemTime>,
+    interval: Duration,
+    limit: u32,
+    now: SystemTime,
+) -> Option<u32> {
+    let age = now.duration_since(created?).ok()?;
+    let rounds = age.as_secs() / interval.as_secs().max(1);
+    (rounds >= 1).then(|| u32::try_from(rounds).unwrap_or(u32::MAX).min(limit))
 }
 
 /// Whether a request was created in the last minute (by our clock; a skewed one only costs a

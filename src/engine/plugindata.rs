@@ -79,12 +79,16 @@ pub(super) const REQUESTER_UNDECIDED: &str = "?";
 pub(super) const KEY_REQUESTER_THREAD: &str = "te_requester_thread";
 /// Present once the requester had the outcome.
 pub(super) const KEY_REQUESTER_DONE: &str = "te_requester_done";
+/// The reminder round under way or done (1, 2, …), `delivery.reminder_interval` apart.
+pub(super) const KEY_REMINDERS: &str = "te_reminders";
+/// Per recipient, the last reminder round they were sent: `email/n` items.
+pub(super) const KEY_REMINDED: &str = "te_reminded";
 const V1: &str = "v1:";
 
 /// Every key we read: pinned in each compare-and-swap we make, absent ones as `""`. Teleport
 /// compares only the keys it is given, so a key left out could be changed by another replica
 /// (or the original plugin) between our read and our write without the write failing.
-pub(super) const PINNED_KEYS: [&str; 18] = [
+pub(super) const PINNED_KEYS: [&str; 20] = [
     "user",
     "roles",
     "request_reason",
@@ -103,6 +107,8 @@ pub(super) const PINNED_KEYS: [&str; 18] = [
     KEY_REQUESTER,
     KEY_REQUESTER_THREAD,
     KEY_REQUESTER_DONE,
+    KEY_REMINDERS,
+    KEY_REMINDED,
 ];
 
 /// Who is working on a request's mails, and until when (a lease).
@@ -142,6 +148,10 @@ pub struct PluginData {
     pub requester_thread: Option<RequesterThread>,
     /// Whether the requester had the outcome (ours).
     pub requester_done: bool,
+    /// The reminder round under way or done (ours; 0: none yet).
+    pub reminders: u32,
+    /// Per recipient, the last reminder round they were sent (ours).
+    pub reminded: BTreeMap<String, u32>,
 }
 
 /// The requester's thread: where and when its first mail went out, and its Message-ID.
@@ -212,6 +222,15 @@ impl PluginData {
         if self.requester_done {
             put(KEY_REQUESTER_DONE, String::new());
         }
+        if self.reminders > 0 {
+            put(KEY_REMINDERS, self.reminders.to_string());
+        }
+        if !self.reminded.is_empty() {
+            let pairs: Vec<String> = (self.reminded.iter())
+                .map(|(e, n)| format!("{e}/{n}"))
+                .collect();
+            put(KEY_REMINDED, pairs.join(","));
+        }
     }
 
     /// The requester's address, when they are to be mailed and it is known.
@@ -274,6 +293,19 @@ impl PluginData {
                 }
             }),
             requester_done: ours(m, KEY_REQUESTER_DONE).is_some(),
+            reminders: ours(m, KEY_REMINDERS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            reminded: ours(m, KEY_REMINDED)
+                .map(|v| {
+                    (split_list(&v).iter())
+                        .filter_map(|p| {
+                            let (e, n) = p.rsplit_once('/')?;
+                            Some((e.to_owned(), n.parse().ok()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -404,6 +436,8 @@ mod tests {
             requester: None,
             requester_thread: None,
             requester_done: false,
+            reminders: 0,
+            reminded: Default::default(),
             threads: vec![
                 Thread {
                     email: "E1".into(),

@@ -25,6 +25,13 @@ pub(super) enum Stage {
     /// The requester's confirmation, naming who was asked. Sent only to the address stored when
     /// the data was created, and only if it is still the address found today (`address`).
     RequesterThread { address: Option<String> },
+    /// Reminder round `round` of a pending request, in the reviewers' threads, to those who
+    /// have not reviewed it (`reviewed_by`: the reviews' authors).
+    Reminder {
+        round: u32,
+        limit: u32,
+        reviewed_by: Vec<String>,
+    },
     /// The outcome, in the requester's thread.
     RequesterOutcome {
         tag: Resolution,
@@ -41,6 +48,7 @@ impl Stage {
             Stage::Reviews(_) => "review",
             Stage::Resolution { .. } => "resolution",
             Stage::RequesterThread { .. } => "requester",
+            Stage::Reminder { .. } => "reminder",
             Stage::RequesterOutcome { .. } => "requester-outcome",
         }
     }
@@ -52,6 +60,7 @@ impl Stage {
             Stage::Reviews(_) => "new review",
             Stage::Resolution { .. } => "request resolved",
             Stage::RequesterThread { .. } => "requester confirmation",
+            Stage::Reminder { .. } => "reminder",
             Stage::RequesterOutcome { .. } => "requester outcome",
         }
     }
@@ -93,6 +102,12 @@ impl Stage {
             Stage::RequesterOutcome { .. } => {
                 d.requester_thread.as_ref()?;
             }
+            Stage::Reminder { round, .. } => {
+                if d.threads.is_empty() || d.is_resolved() {
+                    return None;
+                }
+                d.reminders = d.reminders.max(*round);
+            }
         }
         Some(d)
     }
@@ -116,6 +131,9 @@ impl Stage {
             Stage::Reviews(reviews) => owed.reviews(reviews),
             Stage::Resolution { access_list, .. } => owed.resolution(access_list.as_deref()),
             Stage::RequesterThread { address } => owed.requester_thread(address.as_deref()),
+            Stage::Reminder {
+                limit, reviewed_by, ..
+            } => owed.reminders(*limit, reviewed_by),
             Stage::RequesterOutcome {
                 tag,
                 reason,
@@ -186,6 +204,12 @@ impl Stage {
                 }
             }
             Stage::RequesterOutcome { .. } => data.requester_done = true,
+            Stage::Reminder { .. } => {
+                // The round the job was for rides in `start`.
+                let round = u32::try_from(job.start).unwrap_or(u32::MAX);
+                let sent = data.reminded.entry(email.to_owned()).or_default();
+                *sent = (*sent).max(round);
+            }
         }
     }
 }
@@ -328,6 +352,33 @@ impl Owed<'_> {
 }
 
 impl Owed<'_> {
+    /// The current round's reminder to each recipient with an open thread who neither reviewed
+    /// the request nor had this round's reminder.
+    fn reminders(&self, limit: u32, reviewed_by: &[String]) -> Vec<Job> {
+        let round = self.data.reminders;
+        if round == 0 || self.data.is_resolved() {
+            return Vec::new();
+        }
+        let reviewed = |e: &str| reviewed_by.iter().any(|a| a.eq_ignore_ascii_case(e));
+        let owed = |t: &&Thread| {
+            self.open(&t.email)
+                && !reviewed(&t.email)
+                && self.data.reminded.get(&t.email).copied().unwrap_or(0) < round
+        };
+        let rendered = render::reminder(self.summary, round, limit);
+        (self.data.threads.iter().filter(owed))
+            .map(|t| Job {
+                email: t.email.clone(),
+                start: round as usize,
+                mails: vec![reply(
+                    t,
+                    rendered.clone(),
+                    self.id(&t.email, &format!("reminder{round}")),
+                )],
+            })
+            .collect()
+    }
+
     /// The confirmation, to the stored address if it is still the requester's today.
     fn requester_thread(&self, today: Option<&str>) -> Vec<Job> {
         let Some(address) = self.data.requester_address() else {

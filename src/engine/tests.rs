@@ -2102,3 +2102,104 @@ mod review_req {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// delivery.reminder_interval: reminders of pending requests.
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn aged(id: &str, age: Duration, reviewed_by: &[&str]) -> AccessRequest {
+    let review = |author: &&str| Review {
+        author: author.to_string(),
+        proposed: RequestState::Approved,
+        reason: String::new(),
+        created: None,
+    };
+    AccessRequest {
+        created: Some(SystemTime::now() - age),
+        reviews: reviewed_by.iter().map(review).collect(),
+        ..request(id)
+    }
+}
+
+fn reminders_to(mailer: &ScriptedMailer) -> Vec<(String, String)> {
+    (mailer.delivered().into_iter())
+        .filter(|m| m.subject.starts_with("Reminder: "))
+        .map(|m| (m.to, m.text.lines().next().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reminder_goes_to_each_reviewer_who_has_not_reviewed_once_per_round() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    engine.handle_event(put("r1")).await;
+    // Two hours and a bit later, a@ has reviewed (without deciding): round 2 of 3 to b@ only.
+    let req = aged("r1", 2 * HOUR + Duration::from_secs(60), &["a@example.com"]);
+    engine.remind(&req, HOUR, 3).await.unwrap();
+    engine.remind(&req, HOUR, 3).await.unwrap();
+    let sent = reminders_to(&mailer);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, "b@example.com");
+    assert!(sent[0].1.starts_with("Reminder 2 of 3"), "{sent:?}");
+    let reminder = (mailer.delivered().into_iter()).find(|m| m.subject.starts_with("Reminder"));
+    assert!(
+        reminder.unwrap().in_reply_to.is_some(),
+        "in the reviewer's thread"
+    );
+    // Ten hours on: the last round (3), once.
+    let later = aged("r1", 10 * HOUR, &["a@example.com"]);
+    engine.remind(&later, HOUR, 3).await.unwrap();
+    engine.remind(&later, HOUR, 3).await.unwrap();
+    assert_eq!(reminders_to(&mailer).len(), 2);
+    assert_each_once(&mailer, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_reminder_before_the_interval_nor_for_a_resolved_request() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    engine.handle_event(put("r1")).await;
+    let young = aged("r1", HOUR / 2, &[]);
+    engine.remind(&young, HOUR, 3).await.unwrap();
+    let approved = AccessRequest {
+        state: RequestState::Approved,
+        ..aged("r1", 2 * HOUR, &[])
+    };
+    engine
+        .handle_event(WatchEvent::Put(Box::new(approved.clone())))
+        .await;
+    let pending_copy = aged("r1", 2 * HOUR, &[]);
+    engine.remind(&pending_copy, HOUR, 3).await.unwrap();
+    assert!(
+        reminders_to(&mailer).is_empty(),
+        "{:?}",
+        reminders_to(&mailer)
+    );
+}
+
+/// Two replicas whose clocks fire for the same round at once send it once; a restarted one
+/// (a fresh engine on the same data) does not send it again.
+#[tokio::test(start_paused = true)]
+async fn two_replicas_and_a_restart_send_each_reminder_once() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let a = engine(&store, &mailer, "a");
+    let b = engine(&store, &mailer, "b");
+    a.handle_event(put("r1")).await;
+    let req = aged("r1", HOUR + Duration::from_secs(5), &[]);
+    let (a2, b2, r1, r2) = (a.clone(), b.clone(), req.clone(), req.clone());
+    let one = tokio::spawn(async move { a2.remind(&r1, HOUR, 3).await });
+    let two = tokio::spawn(async move { b2.remind(&r2, HOUR, 3).await });
+    one.await.unwrap().unwrap();
+    two.await.unwrap().unwrap();
+    engine(&store, &mailer, "restarted")
+        .remind(&req, HOUR, 3)
+        .await
+        .unwrap();
+    assert_eq!(reminders_to(&mailer).len(), 2, "a@ and b@, once each");
+    assert_each_once(&mailer, 4);
+    assert_eq!(decoded(&store, "r1").reminders, 1);
+}

@@ -138,6 +138,16 @@ pub fn requester_outcome(request: &RequestSummary, status: &Resolution) -> Rende
     mail
 }
 
+/// A reminder in a reviewer's thread: the request is still waiting (round `round` of `limit`).
+pub fn reminder(request: &RequestSummary, round: u32, limit: u32) -> RenderedMail {
+    let heading =
+        format!("Reminder {round} of {limit}: this Role Request is still waiting for a review");
+    RenderedMail {
+        subject: format!("Reminder: {}", subject(request)),
+        ..request_mail(&heading, request, &Resolution::Pending)
+    }
+}
+
 /// A reply for one review: who reviewed, when, what they proposed and why.
 pub fn review(request: &RequestSummary, review: &ReviewSummary) -> RenderedMail {
     let author = body_field(&review.author);

@@ -19,6 +19,7 @@ mod plugin;
 mod postfix;
 mod process;
 mod real;
+mod reminders;
 mod replicas;
 mod requester;
 mod review_class;

@@ -90,7 +90,10 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<Str
         .then(|| s.strings(f, "recipients"))
         .flatten();
     let notify_requester = s.bool(f, "notify_requester").unwrap_or(false);
+    let reminder_interval = s.duration(f, "reminder_interval");
+    let reminder_limit = s.integer(f, "reminder_limit", &[]);
     s.finish(f);
+    let reminders = read_reminders(f, reminder_interval, reminder_limit);
     if sender.is_empty() {
         f.warn("delivery.sender is not set: mail servers will likely refuse mail without a sender");
     } else if !address::is_mailbox(&sender) {
@@ -103,8 +106,42 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<Str
         sender,
         retry_timeout,
         notify_requester,
+        reminders,
     };
     (delivery, recipients)
+}
+
+/// `reminder_interval` and `reminder_limit`: off without an interval.
+fn read_reminders(
+    f: &mut Findings,
+    interval: Option<std::time::Duration>,
+    limit: Option<i64>,
+) -> Option<Reminders> {
+    let Some(interval) = interval else {
+        if limit.is_some() {
+            f.warn("delivery.reminder_limit is set without delivery.reminder_interval: no reminders are sent");
+        }
+        return None;
+    };
+    if interval < std::time::Duration::from_secs(60) {
+        f.error(
+            "delivery.reminder_interval",
+            format!("{interval:?} is too short: reminders are at least a minute apart"),
+        );
+        return None;
+    }
+    let limit = match limit {
+        None => DEFAULT_REMINDER_LIMIT,
+        Some(n @ 1..=100) => n as u32,
+        Some(n) => {
+            f.error(
+                "delivery.reminder_limit",
+                format!("{n} is out of range: between 1 and 100 reminders per request"),
+            );
+            return None;
+        }
+    };
+    Some(Reminders { interval, limit })
 }
 
 fn read_metrics(f: &mut Findings, t: &Table) -> Option<std::net::SocketAddr> {

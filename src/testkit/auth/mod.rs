@@ -426,6 +426,16 @@ impl FakeAuth {
             .collect()
     }
 
+    /// Moves a request's creation `age` into the past, unannounced (as if it had been filed
+    /// that long ago).
+    pub fn backdate(&self, id: &str, age: Duration) {
+        let mut state = self.shared.lock();
+        let req = state.requests.get_mut(id).expect("the request exists");
+        if let Some(spec) = req.spec.as_mut() {
+            spec.created = Some(state::timestamp(SystemTime::now() - age));
+        }
+    }
+
     /// Makes the next `n` plugin-data writes fail with a compare error.
     pub fn fail_next_plugin_data_writes(&self, n: u32) {
         self.shared.lock().forced_compare_failures = n;
