@@ -88,13 +88,13 @@ impl ReminderClock {
     fn first_due(&self, created: SystemTime, now: SystemTime) -> Option<SystemTime> {
         let Reminders { interval, limit } = self.settings;
         let round = reminder_round(Some(created), interval, limit, now).unwrap_or(1);
-        Some(created + interval * round)
+        boundary(created, interval, round)
     }
 
     /// The boundary after `round`, if there is one.
     fn after(&self, created: SystemTime, round: u32) -> Option<SystemTime> {
         let Reminders { interval, limit } = self.settings;
-        (round < limit).then(|| created + interval * (round + 1))
+        (round < limit).then(|| boundary(created, interval, round + 1))?
     }
 
     /// The requests due at `now`, taken out of the index.
@@ -140,9 +140,19 @@ impl ReminderClock {
     }
 }
 
-/// Sends reminders as they fall due, one request at a time, until `stop`.
+/// When round `round` falls due; `None` past the end of time (a huge interval).
+fn boundary(created: SystemTime, interval: Duration, round: u32) -> Option<SystemTime> {
+    created.checked_add(interval.checked_mul(round)?)
+}
+
+/// Reminders being sent at once: a request whose claim another replica holds waits for it
+/// (up to the retry period) without holding up the others.
+const IN_FLIGHT: usize = 8;
+
+/// Sends reminders as they fall due, a few requests at a time, until `stop`.
 pub(super) async fn run(clock: Arc<ReminderClock>, engine: Arc<Engine>, stop: CancellationToken) {
     let Reminders { interval, limit } = clock.settings;
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let wait = clock
             .next_due()
@@ -155,14 +165,21 @@ pub(super) async fn run(clock: Arc<ReminderClock>, engine: Arc<Engine>, stop: Ca
         }
         let now = SystemTime::now();
         for req in clock.take_due(now) {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             if stop.is_cancelled() {
                 return;
             }
             let round = reminder_round(req.created, interval, limit, now).unwrap_or(0);
-            if let Err(e) = engine.remind(&req, interval, limit).await {
-                tracing::debug!(request_id = %req.id, error = %e, "Reminder not (all) sent; the next round tries again");
-            }
-            clock.reschedule(req, round);
+            clock.reschedule(req.clone(), round);
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.remind(&req, interval, limit).await {
+                    tracing::debug!(request_id = %req.id, error = %e, "Reminder not (all) sent; the next round tries again");
+                }
+                drop(slot);
+            });
         }
     }
 }
@@ -238,5 +255,18 @@ mod tests {
             clock.reschedule(req, 3);
         }
         assert_eq!(clock.len(), 0, "no round past the limit");
+    }
+
+    #[test]
+    fn an_interval_past_the_end_of_time_schedules_nothing_and_does_not_panic() {
+        let clock = ReminderClock::new(Reminders {
+            interval: Duration::from_secs(u64::MAX / 4),
+            limit: 100,
+        });
+        let now = SystemTime::now();
+        clock.track(&pending("a", now));
+        clock.track(&pending("b", now - Duration::from_secs(60)));
+        assert_eq!(clock.after(now, 99), None);
+        assert!(clock.take_due(now).is_empty());
     }
 }
