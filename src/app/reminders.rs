@@ -269,4 +269,227 @@ mod tests {
         assert_eq!(clock.after(now, 99), None);
         assert!(clock.take_due(now).is_empty());
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Review tests (review-rem).
+
+    /// A request past its last round leaves the index; the next reconcile lists it again (it is
+    /// still pending) and must not make it due again: else every reconcile reads every old
+    /// pending request once more (the full scan the index was to avoid).
+    #[test]
+    fn review_rem_a_request_past_its_last_round_is_not_due_again_when_listed_again() {
+        let clock = ReminderClock::new(Reminders {
+            interval: HOUR,
+            limit: 3,
+        });
+        let now = SystemTime::now();
+        let old = pending("old", now - 10 * HOUR);
+        clock.track(&old);
+        for req in clock.take_due(now) {
+            clock.reschedule(req, 3);
+        }
+        assert_eq!(clock.len(), 0);
+        // The next reconcile's listing.
+        clock.track(&old);
+        assert!(
+            clock.take_due(now).is_empty(),
+            "every round of it is long past: nothing is due"
+        );
+    }
+
+    /// A request resolved or deleted while its reminder is in flight (taken out of the index)
+    /// is forgotten then, and must not be put back by the reschedule that follows the reminder.
+    #[test]
+    fn review_rem_a_request_dropped_while_its_reminder_is_in_flight_is_not_put_back() {
+        let clock = ReminderClock::new(Reminders {
+            interval: HOUR,
+            limit: 3,
+        });
+        let now = SystemTime::now();
+        clock.track(&pending("r", now - HOUR - Duration::from_secs(60)));
+        let due = clock.take_due(now);
+        assert_eq!(due.len(), 1);
+        // Meanwhile: the request is deleted (or an approval comes: `track` of a resolved copy).
+        clock.forget("r");
+        let resolved = AccessRequest {
+            state: RequestState::Approved,
+            ..pending("r", now - HOUR)
+        };
+        clock.track(&resolved);
+        // The reminder is done: back it goes.
+        for req in due {
+            clock.reschedule(req, 1);
+        }
+        assert_eq!(
+            clock.len(),
+            0,
+            "a resolved or deleted request held for two more rounds"
+        );
+    }
+
+    /// The index keeps the copy it saw last, not the newest: a reconcile's listed copy (read
+    /// before a live event that added a review) replaces the event's, and the reviewer is then
+    /// reminded although they reviewed. The watcher drops such stale listed copies
+    /// (`live_during_reconcile`); `Listed::owes_nothing` tracks them before that check.
+    #[test]
+    fn review_rem_an_older_copy_does_not_undo_a_review() {
+        let clock = ReminderClock::new(Reminders {
+            interval: HOUR,
+            limit: 3,
+        });
+        let now = SystemTime::now();
+        let created = now - HOUR - Duration::from_secs(60);
+        let listed = pending("r", created);
+        clock.track(&listed);
+        let reviewed = AccessRequest {
+            reviews: vec![crate::teleport::Review {
+                author: "b@example.com".into(),
+                proposed: RequestState::Approved,
+                reason: String::new(),
+                created: None,
+            }],
+            ..pending("r", created)
+        };
+        clock.track(&reviewed); // the live event
+        clock.track(&listed); // the reconcile's older listed copy, handled after it
+        let due = clock.take_due(now);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].reviews.len(),
+            1,
+            "b@'s review was lost from the index"
+        );
+    }
+
+    /// `created + interval * round` overflows for a long interval (accepted by the config:
+    /// `reminder_interval = "3000000000000000h"`), and `track` runs in the watcher's handler
+    /// before the engine: a panic there loses every event's mail, not only reminders.
+    #[test]
+    fn review_rem_a_huge_interval_does_not_panic() {
+        let interval = crate::config::parse_go_duration("3000000000000000h").expect("accepted");
+        let clock = ReminderClock::new(Reminders { interval, limit: 3 });
+        let now = SystemTime::now();
+        let tracked = std::panic::catch_unwind(|| clock.track(&pending("r", now)));
+        assert!(tracked.is_ok(), "track panicked");
+    }
+
+    // The run loop over a real engine: a plugin-data store in memory and a mailer that fails
+    // one request's mails for good measure.
+
+    #[derive(Default)]
+    struct Store(Mutex<HashMap<String, crate::engine::RawPluginData>>);
+
+    #[async_trait::async_trait]
+    impl crate::engine::PluginDataStore for Store {
+        async fn get(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::engine::RawPluginData>, crate::teleport::TeleportError> {
+            Ok(self.0.lock().unwrap().get(id).cloned())
+        }
+
+        async fn update(
+            &self,
+            id: &str,
+            set: &crate::engine::RawPluginData,
+            expect: &crate::engine::RawPluginData,
+        ) -> Result<(), crate::teleport::TeleportError> {
+            let mut data = self.0.lock().unwrap();
+            let stored = data.entry(id.to_owned()).or_default();
+            for (k, want) in expect {
+                if stored.get(k).map(String::as_str).unwrap_or("") != want {
+                    return Err(crate::teleport::TeleportError::CompareFailed(k.clone()));
+                }
+            }
+            for (k, v) in set {
+                if v.is_empty() {
+                    stored.remove(k);
+                } else {
+                    stored.insert(k.clone(), v.clone());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Accepts every mail except those of request `r1`, which fail as a passing failure would.
+    #[derive(Default)]
+    struct Mails(Mutex<Vec<crate::mail::OutgoingMail>>);
+
+    #[async_trait::async_trait]
+    impl crate::mail::Mailer for Mails {
+        async fn send(
+            &self,
+            mail: &crate::mail::OutgoingMail,
+        ) -> Result<crate::mail::MessageId, crate::mail::MailError> {
+            if mail.subject.contains("Request r1") && mail.in_reply_to.is_some() {
+                return Err(crate::mail::MailError::Connect {
+                    server: "mail:587".into(),
+                    reason: "refused".into(),
+                });
+            }
+            self.0.lock().unwrap().push(mail.clone());
+            Ok(mail.message_id.clone())
+        }
+
+        async fn health_check(&self) -> Result<(), crate::mail::MailError> {
+            Ok(())
+        }
+
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// The loop reminds one request at a time, each with the engine's whole retry period: one
+    /// request whose recipient's server is down (or whose claim another replica holds) keeps
+    /// every other due reminder waiting for `retry_timeout` (10 minutes by default), one after
+    /// the other — after a restart with thousands due, for hours or days.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem_one_failing_request_does_not_hold_back_the_others_reminders() {
+        let store: Arc<dyn crate::engine::PluginDataStore> = Arc::new(Store::default());
+        let mails = Arc::new(Mails::default());
+        let map =
+            std::collections::BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
+        let routing = crate::engine::Routing {
+            recipients: crate::config::RecipientMap::new(map),
+            mailer: mails.clone(),
+            notify_requester: false,
+        };
+        let policy = crate::engine::DeliveryPolicy {
+            instance: "me".into(),
+            id_host: "example.com".into(),
+            ..Default::default()
+        };
+        let cluster = crate::teleport::ClusterInfo {
+            name: "cluster".into(),
+            server_version: "18.0.0".into(),
+            advanced_workflows: false,
+            proxy_public_addr: String::new(),
+        };
+        let engine = Arc::new(Engine::with_store(store, cluster, routing, policy));
+        let now = SystemTime::now();
+        // r1 falls due a minute before r2.
+        let r1 = pending("r1", now - HOUR - Duration::from_secs(120));
+        let r2 = pending("r2", now - HOUR - Duration::from_secs(60));
+        for r in [&r1, &r2] {
+            engine
+                .handle_event(crate::teleport::WatchEvent::Put(Box::new(r.clone())))
+                .await;
+        }
+        let clock = Arc::new(ReminderClock::new(Reminders {
+            interval: HOUR,
+            limit: 3,
+        }));
+        clock.track(&r1);
+        clock.track(&r2);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(clock.clone(), engine, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let r2_reminded = (mails.0.lock().unwrap().iter())
+            .any(|m| m.subject.contains("Request r2") && m.in_reply_to.is_some());
+        stop.cancel();
+        let _ = task.await;
+        assert!(r2_reminded, "r2's reminder waits for r1's retries");
+    }
 }

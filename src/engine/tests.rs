@@ -2203,3 +2203,123 @@ async fn two_replicas_and_a_restart_send_each_reminder_once() {
     assert_each_once(&mailer, 4);
     assert_eq!(decoded(&store, "r1").reminders, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review tests (review-rem): reminders.
+
+/// The reminders delivered (by their first line, whatever their subject): (to, first line).
+fn review_rem_reminders(mailer: &ScriptedMailer) -> Vec<(String, String)> {
+    (mailer.delivered().into_iter())
+        .filter(|m| m.text.starts_with("Reminder "))
+        .map(|m| (m.to, m.text.lines().next().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// A reminder whose first send fails keeps the claim through its retries, so an approval that
+/// another replica handles meanwhile cannot record the resolution (Busy); the retry then mails
+/// "still waiting for a review" after the request was approved (and holds the resolution mail
+/// back until it is done).
+#[tokio::test(start_paused = true)]
+async fn review_rem_a_reminder_retried_across_an_approval_is_not_sent() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "a");
+    let other = self::engine(&store, &mailer, "b");
+    engine.handle_event(put("r1")).await;
+    mailer.then([
+        Answer::Fail(connection_refused()),
+        Answer::Fail(connection_refused()),
+    ]);
+    let req = aged("r1", HOUR + Duration::from_secs(60), &[]);
+    let reminding = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.remind(&req, HOUR, 3).await })
+    };
+    // The first attempt has failed; the reminder waits to retry, holding the claim.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let approved = AccessRequest {
+        state: RequestState::Approved,
+        ..aged("r1", HOUR + Duration::from_secs(60), &[])
+    };
+    let resolving = {
+        let engine = other.clone();
+        tokio::spawn(async move {
+            engine
+                .handle_event(WatchEvent::Put(Box::new(approved)))
+                .await
+        })
+    };
+    let reminded = reminding.await.unwrap();
+    resolving.await.unwrap();
+    let _ = reminded;
+    assert!(
+        review_rem_reminders(&mailer).is_empty(),
+        "reminders mailed after the approval came: {:?}",
+        review_rem_reminders(&mailer)
+    );
+}
+
+/// "until the request is resolved or expires": a pending request past its own expiry (Teleport
+/// deletes it a little later) is not reminded.
+#[tokio::test(start_paused = true)]
+async fn review_rem_no_reminder_for_a_request_past_its_expiry() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    engine.handle_event(put("r1")).await;
+    let req = AccessRequest {
+        request_expires: Some(SystemTime::now() - Duration::from_secs(60)),
+        ..aged("r1", 2 * HOUR, &[])
+    };
+    engine.remind(&req, HOUR, 3).await.unwrap();
+    assert!(
+        review_rem_reminders(&mailer).is_empty(),
+        "{:?}",
+        review_rem_reminders(&mailer)
+    );
+}
+
+/// The requester among the recipients (a team list that includes them) has a thread, but cannot
+/// review their own request: they are not reminded to.
+#[tokio::test(start_paused = true)]
+async fn review_rem_the_requester_is_not_reminded_to_review_their_own_request() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    let mine = |age| AccessRequest {
+        user: "A@example.com".into(),
+        ..aged("r1", age, &[])
+    };
+    engine
+        .handle_event(WatchEvent::Put(Box::new(mine(Duration::ZERO))))
+        .await;
+    engine
+        .remind(&mine(HOUR + Duration::from_secs(60)), HOUR, 3)
+        .await
+        .unwrap();
+    let to: Vec<String> = review_rem_reminders(&mailer)
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(to, ["b@example.com"]);
+}
+
+/// A reminder is a reply in the reviewer's thread; a different subject ("Reminder: …") splits
+/// the conversation in clients that thread by subject too (Gmail, Outlook), unlike the review
+/// and resolution replies, which keep the thread's subject.
+#[tokio::test(start_paused = true)]
+async fn review_rem_a_reminder_keeps_the_threads_subject() {
+    let store = Arc::new(MemoryStore::default());
+    let mailer = Arc::new(ScriptedMailer::default());
+    let engine = engine(&store, &mailer, "r1");
+    engine.handle_event(put("r1")).await;
+    let first = mailer.delivered()[0].subject.clone();
+    engine
+        .remind(&aged("r1", HOUR + Duration::from_secs(60), &[]), HOUR, 3)
+        .await
+        .unwrap();
+    let delivered = mailer.delivered();
+    let reminder = delivered.iter().find(|m| m.in_reply_to.is_some()).unwrap();
+    let bare = |s: &str| s.trim_start_matches("Re: ").to_owned();
+    assert_eq!(bare(&reminder.subject), bare(&first));
+}
