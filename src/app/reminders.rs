@@ -33,8 +33,9 @@ pub(super) struct ReminderClock {
 struct Index {
     /// (due, id), earliest first.
     due: BTreeSet<(SystemTime, String)>,
-    /// id → its due time and the request as last seen (its reviews say who reviewed).
-    requests: HashMap<String, (SystemTime, AccessRequest)>,
+    /// id → when it is next due (`None`: its reminder is being sent) and the request as seen
+    /// with the most reviews (they say who reviewed; an older copy has fewer).
+    requests: HashMap<String, (Option<SystemTime>, AccessRequest)>,
 }
 
 impl ReminderClock {
@@ -61,34 +62,44 @@ impl ReminderClock {
         };
         let mut index = self.index();
         if let Some((_, seen)) = index.requests.get_mut(&req.id) {
-            // Already scheduled: only the reviews may have changed.
-            *seen = req.clone();
+            // Already held: a copy with more reviews is newer (reviews are only ever added).
+            if req.reviews.len() >= seen.reviews.len() {
+                *seen = req.clone();
+            }
             return;
         }
         let Some(due) = self.first_due(created, SystemTime::now()) else {
             return;
         };
         index.due.insert((due, req.id.clone()));
-        index.requests.insert(req.id.clone(), (due, req.clone()));
+        index
+            .requests
+            .insert(req.id.clone(), (Some(due), req.clone()));
         drop(index);
         self.changed.notify_one();
     }
 
-    /// Drops a request (resolved, or deleted).
+    /// Drops a request (resolved, or deleted), also while its reminder is being sent.
     pub(super) fn forget(&self, id: &str) {
         let mut index = self.index();
-        if let Some((due, _)) = index.requests.remove(id) {
+        if let Some((Some(due), _)) = index.requests.remove(id) {
             index.due.remove(&(due, id.to_owned()));
         }
     }
 
-    /// The round boundary to look at first: the latest one already passed (it may have gone
-    /// unsent while no daemon ran), else the first; `None` once every round is in the past
-    /// and more than one interval old.
+    /// The round boundary to look at first: the latest one passed (its round may have gone
+    /// unsent while no daemon ran), else the first; `None` once the last round is more than an
+    /// interval past (a request listed again and again costs nothing then).
     fn first_due(&self, created: SystemTime, now: SystemTime) -> Option<SystemTime> {
         let Reminders { interval, limit } = self.settings;
-        let round = reminder_round(Some(created), interval, limit, now).unwrap_or(1);
-        boundary(created, interval, round)
+        let passed = match now.duration_since(created) {
+            Ok(age) => age.as_secs() / interval.as_secs().max(1),
+            Err(_) => 0,
+        };
+        if passed > u64::from(limit) {
+            return None;
+        }
+        boundary(created, interval, u32::try_from(passed.max(1)).ok()?)
     }
 
     /// The boundary after `round`, if there is one.
@@ -97,7 +108,7 @@ impl ReminderClock {
         (round < limit).then(|| boundary(created, interval, round + 1))?
     }
 
-    /// The requests due at `now`, taken out of the index.
+    /// The requests due at `now`, marked as being reminded.
     fn take_due(&self, now: SystemTime) -> Vec<AccessRequest> {
         let mut index = self.index();
         let mut out = Vec::new();
@@ -106,27 +117,33 @@ impl ReminderClock {
                 break;
             }
             index.due.pop_first();
-            if let Some((_, req)) = index.requests.remove(&id) {
-                out.push(req);
+            if let Some((when, req)) = index.requests.get_mut(&id) {
+                *when = None;
+                out.push(req.clone());
             }
         }
         out
     }
 
-    /// Puts a request back for its next round, unless a newer event dropped or re-added it.
+    /// Schedules a request's next round after `round`; drops it after the last one, and leaves
+    /// it alone if it was dropped (resolved, deleted) while its reminder was being sent.
     fn reschedule(&self, req: AccessRequest, round: u32) {
-        let Some(created) = req.created else {
-            return;
-        };
-        let Some(due) = self.after(created, round) else {
-            return;
-        };
         let mut index = self.index();
-        if index.requests.contains_key(&req.id) {
+        let Some((when, _)) = index.requests.get_mut(&req.id) else {
+            return;
+        };
+        if when.is_some() {
             return;
         }
-        index.due.insert((due, req.id.clone()));
-        index.requests.insert(req.id.clone(), (due, req));
+        match req.created.and_then(|c| self.after(c, round)) {
+            Some(due) => {
+                *when = Some(due);
+                index.due.insert((due, req.id));
+            }
+            None => {
+                index.requests.remove(&req.id);
+            }
+        }
     }
 
     fn next_due(&self) -> Option<SystemTime> {
@@ -172,12 +189,13 @@ pub(super) async fn run(clock: Arc<ReminderClock>, engine: Arc<Engine>, stop: Ca
                 return;
             }
             let round = reminder_round(req.created, interval, limit, now).unwrap_or(0);
-            clock.reschedule(req.clone(), round);
-            let engine = engine.clone();
+            let (engine, clock) = (engine.clone(), clock.clone());
             tokio::spawn(async move {
                 if let Err(e) = engine.remind(&req, interval, limit).await {
                     tracing::debug!(request_id = %req.id, error = %e, "Reminder not (all) sent; the next round tries again");
                 }
+                clock.reschedule(req, round);
+                clock.changed.notify_one();
                 drop(slot);
             });
         }
@@ -218,7 +236,8 @@ mod tests {
         let now = SystemTime::now();
         clock.track(&pending("a", now));
         clock.track(&pending("a", now));
-        clock.track(&pending("b", now - 10 * HOUR));
+        clock.track(&pending("b", now - 2 * HOUR));
+        clock.track(&pending("long past its last round", now - 10 * HOUR));
         assert_eq!(clock.len(), 2);
         let resolved = AccessRequest {
             state: RequestState::Approved,

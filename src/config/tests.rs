@@ -739,6 +739,13 @@ fn reminders_are_off_by_default_and_checked_when_on() {
         p.iter().any(|p| p.contains("delivery.reminder_limit")),
         "{p:?}"
     );
+    let p = problems(&format!(
+        "{base}reminder_interval = \"3000000000000000h\"\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains("delivery.reminder_interval")),
+        "{p:?}"
+    );
     let lone = ok(&format!("{base}reminder_limit = 2\n"));
     assert!(
         lone.warnings.iter().any(|w| w.contains("reminder_limit")),

@@ -126,8 +126,14 @@ impl Engine {
         mut fresh: Option<Fresh>,
     ) -> Result<(), EngineError> {
         let p = &self.policy;
+        // A reminder is tried once: the next round is its retry, and one held back could arrive
+        // after the request was resolved (or hold up the other reminders due).
+        let window = match stage {
+            Stage::Reminder { .. } => Duration::ZERO,
+            _ => p.retry_for,
+        };
         let mut attempts = Attempts {
-            retry: Retry::new(p.min_backoff, p.max_backoff, p.retry_for),
+            retry: Retry::new(p.min_backoff, p.max_backoff, window),
             told_operator: false,
         };
         let mut routing_changed = self.routing_changed.subscribe();

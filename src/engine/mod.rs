@@ -368,10 +368,15 @@ impl Engine {
         let Some(round) = reminder_round(req.created, interval, limit, SystemTime::now()) else {
             return Ok(());
         };
-        if req.state != RequestState::Pending {
+        let now = SystemTime::now();
+        let expired = req.request_expires.is_some_and(|e| e <= now);
+        if req.state != RequestState::Pending || expired {
             return Ok(());
         }
-        let reviewed_by = req.reviews.iter().map(|r| r.author.clone()).collect();
+        // Who is not reminded: whoever reviewed, and the requester (who cannot review it).
+        let reviewed_by = (req.reviews.iter().map(|r| r.author.clone()))
+            .chain([req.user.clone()])
+            .collect();
         let stage = Stage::Reminder {
             round,
             limit,

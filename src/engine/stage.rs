@@ -359,7 +359,11 @@ impl Owed<'_> {
         if round == 0 || self.data.is_resolved() {
             return Vec::new();
         }
-        let reviewed = |e: &str| reviewed_by.iter().any(|a| a.eq_ignore_ascii_case(e));
+        let requester = self.data.requester_address();
+        let reviewed = |e: &str| {
+            reviewed_by.iter().any(|a| a.eq_ignore_ascii_case(e))
+                || requester.is_some_and(|r| r.eq_ignore_ascii_case(e))
+        };
         let owed = |t: &&Thread| {
             self.open(&t.email)
                 && !reviewed(&t.email)

@@ -2124,7 +2124,7 @@ fn aged(id: &str, age: Duration, reviewed_by: &[&str]) -> AccessRequest {
 
 fn reminders_to(mailer: &ScriptedMailer) -> Vec<(String, String)> {
     (mailer.delivered().into_iter())
-        .filter(|m| m.subject.starts_with("Reminder: "))
+        .filter(|m| m.text.starts_with("Reminder "))
         .map(|m| (m.to, m.text.lines().next().unwrap_or_default().to_owned()))
         .collect()
 }
@@ -2143,7 +2143,7 @@ async fn a_reminder_goes_to_each_reviewer_who_has_not_reviewed_once_per_round() 
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, "b@example.com");
     assert!(sent[0].1.starts_with("Reminder 2 of 3"), "{sent:?}");
-    let reminder = (mailer.delivered().into_iter()).find(|m| m.subject.starts_with("Reminder"));
+    let reminder = (mailer.delivered().into_iter()).find(|m| m.text.starts_with("Reminder"));
     assert!(
         reminder.unwrap().in_reply_to.is_some(),
         "in the reviewer's thread"

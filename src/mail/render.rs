@@ -142,8 +142,10 @@ pub fn requester_outcome(request: &RequestSummary, status: &Resolution) -> Rende
 pub fn reminder(request: &RequestSummary, round: u32, limit: u32) -> RenderedMail {
     let heading =
         format!("Reminder {round} of {limit}: this Role Request is still waiting for a review");
+    // The thread's own subject: mail clients that group by subject (Gmail) keep the reminder in
+    // the conversation; the first line says what it is.
     RenderedMail {
-        subject: format!("Reminder: {}", subject(request)),
+        subject: subject(request),
         ..request_mail(&heading, request, &Resolution::Pending)
     }
 }

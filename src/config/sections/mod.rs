@@ -7,6 +7,8 @@ mod teleport;
 
 use toml::{Table, Value};
 
+use std::time::Duration;
+
 use super::reader::{Findings, Section};
 use super::*;
 use crate::address;
@@ -114,7 +116,7 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<Str
 /// `reminder_interval` and `reminder_limit`: off without an interval.
 fn read_reminders(
     f: &mut Findings,
-    interval: Option<std::time::Duration>,
+    interval: Option<Duration>,
     limit: Option<i64>,
 ) -> Option<Reminders> {
     let Some(interval) = interval else {
@@ -123,10 +125,14 @@ fn read_reminders(
         }
         return None;
     };
-    if interval < std::time::Duration::from_secs(60) {
+    let (shortest, longest) = (
+        Duration::from_secs(60),
+        Duration::from_secs(366 * 24 * 3600),
+    );
+    if interval < shortest || interval > longest {
         f.error(
             "delivery.reminder_interval",
-            format!("{interval:?} is too short: reminders are at least a minute apart"),
+            format!("{interval:?} is out of range: between 1m and 8784h (a year)"),
         );
         return None;
     }
