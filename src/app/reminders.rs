@@ -511,4 +511,93 @@ mod tests {
         let _ = task.await;
         assert!(r2_reminded, "r2's reminder waits for r1's retries");
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Second reader's tests (review-rem2). Each fails on 7cf3c57.
+
+    /// Plugin data that panics at the first call once armed (any bug under `remind`).
+    #[derive(Default)]
+    struct Panicky(Store, std::sync::atomic::AtomicBool);
+
+    #[async_trait::async_trait]
+    impl crate::engine::PluginDataStore for Panicky {
+        async fn get(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::engine::RawPluginData>, crate::teleport::TeleportError> {
+            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug under remind");
+            }
+            self.0.get(id).await
+        }
+
+        async fn update(
+            &self,
+            id: &str,
+            set: &crate::engine::RawPluginData,
+            expect: &crate::engine::RawPluginData,
+        ) -> Result<(), crate::teleport::TeleportError> {
+            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a bug under remind");
+            }
+            self.0.update(id, set, expect).await
+        }
+    }
+
+    /// `take_due` marks a request in flight (`None`) and only the reminder task's `reschedule`
+    /// puts it back. A task that dies before it (a panic anywhere under `remind`) leaves the
+    /// request in flight for good: never due again while it stays pending, and the next
+    /// reconcile's `track` of the same pending request does not heal it (a held request only
+    /// has its copy replaced). Its remaining rounds are lost until a restart.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_a_reminder_task_that_dies_does_not_lose_the_request_for_good() {
+        let store = Arc::new(Panicky::default());
+        let mails = Arc::new(Mails::default());
+        let map =
+            std::collections::BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
+        let routing = crate::engine::Routing {
+            recipients: crate::config::RecipientMap::new(map),
+            mailer: mails.clone(),
+            notify_requester: false,
+        };
+        let policy = crate::engine::DeliveryPolicy {
+            instance: "me".into(),
+            id_host: "example.com".into(),
+            ..Default::default()
+        };
+        let cluster = crate::teleport::ClusterInfo {
+            name: "cluster".into(),
+            server_version: "18.0.0".into(),
+            advanced_workflows: false,
+            proxy_public_addr: String::new(),
+        };
+        let engine = Arc::new(Engine::with_store(store.clone(), cluster, routing, policy));
+        let r = pending("r", SystemTime::now() - HOUR - Duration::from_secs(60));
+        engine
+            .handle_event(crate::teleport::WatchEvent::Put(Box::new(r.clone())))
+            .await;
+        store.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        let clock = Arc::new(ReminderClock::new(Reminders {
+            interval: HOUR,
+            limit: 3,
+        }));
+        clock.track(&r);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(clock.clone(), engine, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !store.1.load(std::sync::atomic::Ordering::SeqCst),
+            "the task ran"
+        );
+        // The next reconcile lists the request, still pending.
+        clock.track(&r);
+        let next = clock.next_due();
+        stop.cancel();
+        let _ = task.await;
+        assert_eq!(clock.len(), 1, "still held");
+        assert!(
+            next.is_some(),
+            "a pending request with two rounds to go is never due again"
+        );
+    }
 }

@@ -2323,3 +2323,226 @@ async fn review_rem_a_reminder_keeps_the_threads_subject() {
     let bare = |s: &str| s.trim_start_matches("Re: ").to_owned();
     assert_eq!(bare(&reminder.subject), bare(&first));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Second reader's tests (review-rem2): reminders after "Review fixes (reminders)". Each fails on
+// 7cf3c57.
+// ---------------------------------------------------------------------------------------------
+
+mod review_rem2 {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// The log lines at `level` logged while it lives (this thread: paused tests run on one).
+    #[derive(Clone)]
+    struct Lines(Arc<Mutex<Vec<String>>>, tracing::Level);
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Lines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() == self.1 {
+                let mut m = Message(String::new());
+                event.record(&mut m);
+                self.0.lock().unwrap().push(m.0);
+            }
+        }
+    }
+
+    impl Lines {
+        fn at(level: tracing::Level) -> Self {
+            Self(Arc::default(), level)
+        }
+
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let subscriber = tracing_subscriber::registry().with(self.clone());
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn all(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    const DUE: Duration = Duration::from_secs(3600 + 60);
+
+    /// The watcher handles one request's events one at a time, but the reminders' loop is not
+    /// part of that: a reminder runs beside the event being handled for the same request, in
+    /// the same process, under the same claim owner (`Holder::Us`, not Busy). It claims over
+    /// the event's claim and, done, releases it (`record(.., keep = false)`) while the event's
+    /// stage is still sending. The other replica, waiting on that claim for the same event,
+    /// then takes it and sends the same review mail again: a reviewer mailed twice.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_a_reminder_does_not_release_the_claim_of_a_stage_under_way_in_the_same_process()
+     {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let a = engine(&store, &mailer, "a");
+        let b = engine(&store, &mailer, "b");
+        a.handle_event(put("r1")).await; // a@ and b@ get their threads
+        // A review by someone else comes; replica a's first review mail is slow to go.
+        let reviewed = aged("r1", DUE, &["c@example.com"]);
+        mailer.then([Answer::Slow(Duration::from_secs(20))]);
+        let on_a = {
+            let (a, req) = (a.clone(), reviewed.clone());
+            tokio::spawn(async move { a.handle_event(WatchEvent::Put(Box::new(req))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Replica b has the same event: it waits on a's claim.
+        let on_b = {
+            let (b, req) = (b.clone(), reviewed.clone());
+            tokio::spawn(async move { b.handle_event(WatchEvent::Put(Box::new(req))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Replica a's reminders' loop: this request's round falls due now.
+        a.remind(&reviewed, HOUR, 3).await.unwrap();
+        on_a.await.unwrap();
+        on_b.await.unwrap();
+        let counts = per_message(&mailer);
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "a mail sent twice: {counts:?}"
+        );
+    }
+
+    /// A reminder is tried once (zero retry window), and that window also bounds the wait for
+    /// a claim held by someone else: a Busy claim makes the reminder give up at once, leaving
+    /// the round "to the holder" — who may be doing another stage, or be dead. After a crash the
+    /// restarted daemon finds the dead instance's claim (up to a lease) on exactly the requests
+    /// it was working on; their round (the one the restart looks at "in case it went unsent")
+    /// is dropped, for good when it is the last one. The claim runs out within the lease.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_a_reminder_waits_out_a_dead_instances_claim() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        engine(&store, &mailer, "dead")
+            .handle_event(put("r1"))
+            .await;
+        // It crashed while holding the request (e.g. mid-review): its claim stays a lease.
+        let mut left = decoded(&store, "r1");
+        left.claim = Some(Claim {
+            owner: "dead".into(),
+            until_ms: crate::engine::now_ms() + LEASE.as_millis() as u64,
+        });
+        store.put(
+            "r1",
+            (left.encode().into_iter())
+                .filter(|(_, v)| !v.is_empty())
+                .collect(),
+        );
+        let restarted = engine(&store, &mailer, "restarted");
+        restarted
+            .remind(
+                &aged("r1", 3 * HOUR + Duration::from_secs(60), &[]),
+                HOUR,
+                3,
+            )
+            .await
+            .unwrap();
+        let sent = reminders_to(&mailer);
+        assert_eq!(
+            sent.len(),
+            2,
+            "the last round (3 of 3) given up for a claim that ran out {LEASE:?} later: {sent:?}"
+        );
+    }
+
+    /// Two replicas' clocks fire for the same round at the same moment (the boundary is computed
+    /// from the request alone): one sends, the other finds its claim. That is the normal case
+    /// of every round of every request in a replicated deployment, yet the loser WARNs that
+    /// "another instance has held the request's claim for the whole retry period" (it waited
+    /// for nothing: the window is zero).
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_the_replica_that_loses_the_reminder_race_does_not_warn() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let a = engine(&store, &mailer, "a");
+        let b = engine(&store, &mailer, "b");
+        a.handle_event(put("r1")).await;
+        mailer.then([Answer::Slow(Duration::from_secs(1))]);
+        let req = aged("r1", DUE, &[]);
+        let warnings = Lines::at(tracing::Level::WARN);
+        let _guard = warnings.capture();
+        let one = {
+            let (a, req) = (a.clone(), req.clone());
+            tokio::spawn(async move { a.remind(&req, HOUR, 3).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.remind(&req, HOUR, 3).await.unwrap();
+        one.await.unwrap().unwrap();
+        assert_eq!(reminders_to(&mailer).len(), 2, "sent once, by a");
+        assert!(
+            warnings.all().is_empty(),
+            "WARN for the ordinary race: {:?}",
+            warnings.all()
+        );
+    }
+
+    /// A reminder that fails for a passing reason is not retried: the next round is its retry
+    /// (README). The ERROR says the opposite of what happens: "giving up until the next
+    /// reload, restart or reconnect" (neither a reload nor a reconnect retries it: `track` of a
+    /// held request changes nothing) with `retried_for` = the whole retry period, though it was
+    /// tried once.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_a_failed_reminder_says_the_next_round_retries_it() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine(&store, &mailer, "r1");
+        engine.handle_event(put("r1")).await;
+        mailer.then([
+            Answer::Fail(connection_refused()),
+            Answer::Fail(connection_refused()),
+        ]);
+        let errors = Lines::at(tracing::Level::ERROR);
+        let _guard = errors.capture();
+        let _ = engine.remind(&aged("r1", DUE, &[]), HOUR, 3).await;
+        let misleading: Vec<String> = (errors.all().into_iter())
+            .filter(|m| m.contains("reload, restart or reconnect"))
+            .collect();
+        assert!(
+            misleading.is_empty(),
+            "a reminder's failure logged as waiting for a reload: {misleading:?}"
+        );
+    }
+
+    /// "The requester is never reminded": only a requester whose user name is their address,
+    /// or whose address was stored for `notify_requester`, is left out. A requester `alice`
+    /// whose `email` trait is a@example.com, a recipient (a team list), is reminded to review
+    /// her own request (which she cannot).
+    #[tokio::test(start_paused = true)]
+    async fn review_rem2_a_requester_known_by_her_email_trait_is_not_reminded() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine(&store, &mailer, "r1");
+        let engine = Arc::into_inner(engine)
+            .unwrap()
+            .with_directory(Arc::new(Emails(Some("a@example.com"))));
+        engine.handle_event(put("r1")).await; // user "alice"
+        engine.remind(&aged("r1", DUE, &[]), HOUR, 3).await.unwrap();
+        let to: Vec<String> = reminders_to(&mailer)
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(
+            to,
+            ["b@example.com"],
+            "alice reminded to review her own request"
+        );
+    }
+}
