@@ -157,6 +157,22 @@ impl ReminderClock {
     }
 }
 
+/// Schedules a request's next round when dropped.
+struct Next {
+    clock: Arc<ReminderClock>,
+    req: Option<AccessRequest>,
+    round: u32,
+}
+
+impl Drop for Next {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            self.clock.reschedule(req, self.round);
+            self.clock.changed.notify_one();
+        }
+    }
+}
+
 /// When round `round` falls due; `None` past the end of time (a huge interval).
 fn boundary(created: SystemTime, interval: Duration, round: u32) -> Option<SystemTime> {
     created.checked_add(interval.checked_mul(round)?)
@@ -191,11 +207,16 @@ pub(super) async fn run(clock: Arc<ReminderClock>, engine: Arc<Engine>, stop: Ca
             let round = reminder_round(req.created, interval, limit, now).unwrap_or(0);
             let (engine, clock) = (engine.clone(), clock.clone());
             tokio::spawn(async move {
+                // Put back for its next round however the task ends (a panic included).
+                let next = Next {
+                    clock,
+                    req: Some(req.clone()),
+                    round,
+                };
                 if let Err(e) = engine.remind(&req, interval, limit).await {
                     tracing::debug!(request_id = %req.id, error = %e, "Reminder not (all) sent; the next round tries again");
                 }
-                clock.reschedule(req, round);
-                clock.changed.notify_one();
+                drop(next);
                 drop(slot);
             });
         }

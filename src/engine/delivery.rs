@@ -136,6 +136,13 @@ impl Engine {
             retry: Retry::new(p.min_backoff, p.max_backoff, window),
             told_operator: false,
         };
+        // Another holder is waited for as long as mail is retried; a reminder, which is not
+        // retried, waits out a claim's lease (a holder that died, or the other replica's round).
+        let waiting = match stage {
+            Stage::Reminder { .. } => p.lease + CLOCK_TOLERANCE,
+            _ => p.retry_for,
+        };
+        let holder_deadline = Retry::new(p.min_backoff, p.max_backoff, waiting);
         let mut routing_changed = self.routing_changed.subscribe();
         let mut busy = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
@@ -147,7 +154,7 @@ impl Engine {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(until) => {
                     if !self
-                        .wait_for_holder(id, until, &mut busy, &attempts.retry)
+                        .wait_for_holder(id, until, &mut busy, &holder_deadline)
                         .await
                     {
                         return Ok(());
@@ -426,7 +433,11 @@ impl Engine {
         }
         let Some(wait) = wait else {
             for (email, e) in &failures.retry {
-                tracing::error!(request_id = %id, email = %email, stage, error = %e, retried_for = ?self.policy.retry_for, "Mail could not be delivered; giving up until the next reload, restart or reconnect");
+                if stage == "reminder" {
+                    tracing::error!(request_id = %id, email = %email, stage, error = %e, "Reminder could not be delivered; the next round (or a restart) tries again");
+                } else {
+                    tracing::error!(request_id = %id, email = %email, stage, error = %e, retried_for = ?self.policy.retry_for, "Mail could not be delivered; giving up until the next reload, restart or reconnect");
+                }
             }
             return;
         };

@@ -19,6 +19,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -131,6 +132,8 @@ pub struct Engine {
     monitoring: Option<Monitoring>,
     /// Where users' traits are read (rules' conditions, the requester's `email` trait).
     users: Option<Arc<Users>>,
+    /// The requests being worked on in this process, one stage at a time each.
+    working: RequestLocks,
     /// The last survey (the bulk read before a reconcile) failed: further failures in a row are
     /// logged at DEBUG.
     survey_refused: AtomicBool,
@@ -164,6 +167,7 @@ impl Engine {
             monitoring: None,
             users: None,
             survey_refused: AtomicBool::new(false),
+            working: RequestLocks::default(),
         }
     }
 
@@ -212,6 +216,12 @@ impl Engine {
 
     /// Handles one event; errors are logged here, at ERROR when mail was lost.
     pub async fn handle_event(&self, event: WatchEvent) {
+        let key = match &event {
+            WatchEvent::Put(req) => req.id.as_str(),
+            WatchEvent::Delete { id } => id.as_str(),
+            _ => return,
+        };
+        let _one_at_a_time = self.working.lock(key).await;
         let (id, result) = match &event {
             WatchEvent::Put(req) => (req.id.clone(), self.on_put(req).await),
             WatchEvent::Delete { id } => (id.clone(), self.on_delete(id).await),
@@ -373,9 +383,18 @@ impl Engine {
         if req.state != RequestState::Pending || expired {
             return Ok(());
         }
-        // Who is not reminded: whoever reviewed, and the requester (who cannot review it).
+        // One stage of a request at a time in this process: a reminder never runs beside an
+        // event's stage of the same request (both would take the claim as ours).
+        let _one_at_a_time = self.working.lock(&req.id).await;
+        // Who is not reminded: whoever reviewed, and the requester (who cannot review it), by
+        // their name and by their address.
+        let requester = match self.users.is_some() {
+            true => self.requester_address(req).await.filter(|a| !a.is_empty()),
+            false => None,
+        };
         let reviewed_by = (req.reviews.iter().map(|r| r.author.clone()))
             .chain([req.user.clone()])
+            .chain(requester)
             .collect();
         let stage = Stage::Reminder {
             round,
@@ -425,6 +444,42 @@ pub fn reminder_round(
     let age = now.duration_since(created?).ok()?;
     let rounds = age.as_secs() / interval.as_secs().max(1);
     (rounds >= 1).then(|| u32::try_from(rounds).unwrap_or(u32::MAX).min(limit))
+}
+
+/// One lock per request being worked on, gone when nobody holds or waits for it.
+#[derive(Default)]
+struct RequestLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds a request's lock; the last holder removes it from the map.
+struct RequestLock<'a> {
+    locks: &'a RequestLocks,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RequestLocks {
+    async fn lock(&self, id: &str) -> RequestLock<'_> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(id.to_owned()).or_default().clone()
+        };
+        RequestLock {
+            locks: self,
+            id: id.to_owned(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for RequestLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the map holds it now: nobody waits.
+        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.id);
+        }
+    }
 }
 
 /// Whether a request was created in the last minute (by our clock; a skewed one only costs a
