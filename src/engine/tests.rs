@@ -2546,3 +2546,148 @@ mod review_rem2 {
         );
     }
 }
+
+/// Second read of the per-request lock and the reminders' holder deadline.
+mod review_lock {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    const DUE: Duration = Duration::from_secs(3600 + 60);
+
+    /// WARN lines logged while the guard lives (paused tests run on one thread).
+    #[derive(Clone, Default)]
+    struct Warns(Arc<Mutex<Vec<String>>>);
+
+    struct Message(String);
+
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Warns {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut m = Message(String::new());
+                event.record(&mut m);
+                self.0.lock().unwrap().push(m.0);
+            }
+        }
+    }
+
+    /// The reminder now waits out the other replica's claim (up to lease + tolerance) with the
+    /// copy of the request its clock took before the wait. The claim it waits for is, often,
+    /// the other replica announcing a new review of the same request; once it is released the
+    /// reminder claims and reminds that very reviewer to review. (Its own replica's event for
+    /// that review is queued behind it on the request's lock, so nothing here learns of it.)
+    /// Before the change the reminder gave up at the Busy claim.
+    #[tokio::test(start_paused = true)]
+    async fn review_lock_a_reminder_that_waited_for_a_claim_does_not_remind_the_reviewer_it_announced()
+     {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let a = engine(&store, &mailer, "a");
+        let b = engine(&store, &mailer, "b");
+        a.handle_event(put("r1")).await; // a@ and b@ get their threads
+        // b@ reviews; replica b is announcing it (its first review mail is slow).
+        mailer.then([Answer::Slow(Duration::from_secs(10))]);
+        let on_b = {
+            let (b, req) = (b.clone(), aged("r1", DUE, &["b@example.com"]));
+            tokio::spawn(async move { b.handle_event(WatchEvent::Put(Box::new(req))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Replica a's round falls due with the copy it held before the review.
+        a.remind(&aged("r1", DUE, &[]), HOUR, 3).await.unwrap();
+        on_b.await.unwrap();
+        let to: Vec<String> = reminders_to(&mailer).into_iter().map(|(to, _)| to).collect();
+        assert!(
+            !to.iter().any(|t| t == "b@example.com"),
+            "b@ reminded to review right after her review was mailed: {to:?}"
+        );
+    }
+
+    /// "The other replica's round no longer loses the round": only when its claim goes within a
+    /// lease. A live replica that holds the request longer (an event's stage retrying a passing
+    /// failure, up to `retry_for`, renewing its claim) still makes the reminder give up — with a
+    /// WARN about "the whole retry period" after 35 s — and the holder never sends the round.
+    #[tokio::test(start_paused = true)]
+    async fn review_lock_a_reminder_is_not_lost_to_a_live_replica_retrying_an_event() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let a = engine(&store, &mailer, "a");
+        let b = engine(&store, &mailer, "b");
+        a.handle_event(put("r1")).await;
+        // c@ (not a recipient) reviews; replica b cannot reach the mail server for a while.
+        mailer.always(Some(Answer::Fail(connection_refused())));
+        let on_b = {
+            let (b, req) = (b.clone(), aged("r1", DUE, &["c@example.com"]));
+            tokio::spawn(async move { b.handle_event(WatchEvent::Put(Box::new(req))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let on_a = {
+            let (a, req) = (a.clone(), aged("r1", DUE, &["c@example.com"]));
+            tokio::spawn(async move { a.remind(&req, HOUR, 3).await })
+        };
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        mailer.always(None); // the mail server is back, within b's retry period
+        on_b.await.unwrap();
+        let _ = on_a.await.unwrap();
+        assert_eq!(
+            reminders_to(&mailer).len(),
+            2,
+            "round 1 of 3 lost to a live replica's claim held past a lease"
+        );
+    }
+
+    /// Every reminder now reads the requester's traits, also with `notify_requester` off. A
+    /// role without `read` on `user` (needed for nothing else then) gets a WARN at the first
+    /// reminder telling the operator the requester cannot be mailed and to grant the
+    /// permission — for a feature that is off.
+    #[tokio::test(start_paused = true)]
+    async fn review_lock_a_reminder_with_notify_requester_off_does_not_warn_about_reading_users() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine(&store, &mailer, "r1"); // notify_requester off
+        let engine = Arc::into_inner(engine)
+            .unwrap()
+            .with_directory(Arc::new(Emails(None))); // access denied
+        engine.handle_event(put("r1")).await;
+        let warns = Warns::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(warns.clone()));
+        engine.remind(&aged("r1", DUE, &[]), HOUR, 3).await.unwrap();
+        let all = warns.0.lock().unwrap().clone();
+        assert!(all.is_empty(), "WARN from a reminder: {all:?}");
+        assert_eq!(reminders_to(&mailer).len(), 2);
+    }
+
+    /// Latent (no caller drops a `lock` future today; all run in spawned tasks): a waiter whose
+    /// future is dropped after the holder released leaves the entry behind, since the holder's
+    /// Drop saw the waiter's clone and the waiter has no Drop of its own.
+    #[tokio::test(start_paused = true)]
+    async fn review_lock_a_cancelled_waiter_leaves_no_entry_in_the_lock_map() {
+        let locks = super::super::RequestLocks::default();
+        let held = locks.lock("r1").await;
+        let mut waiter = Box::pin(locks.lock("r1"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), &mut waiter)
+                .await
+                .is_err()
+        );
+        drop(held);
+        drop(waiter);
+        let left = locks.0.lock().unwrap().len();
+        assert_eq!(left, 0, "entries left in the lock map");
+    }
+}
