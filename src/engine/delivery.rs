@@ -136,12 +136,9 @@ impl Engine {
             retry: Retry::new(p.min_backoff, p.max_backoff, window),
             told_operator: false,
         };
-        // Another holder is waited for as long as mail is retried; a reminder, which is not
-        // retried, waits out a claim's lease (a holder that died, or the other replica's round).
-        let waiting = match stage {
-            Stage::Reminder { .. } => p.lease + CLOCK_TOLERANCE,
-            _ => p.retry_for,
-        };
+        // Another holder is waited for as long as mail is retried, a reminder's too (waiting
+        // sends nothing; a reminder whose copy of the request turns out stale is dropped then).
+        let waiting = p.retry_for;
         let holder_deadline = Retry::new(p.min_backoff, p.max_backoff, waiting);
         let mut routing_changed = self.routing_changed.subscribe();
         let mut busy = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));

@@ -389,7 +389,7 @@ impl Engine {
         // Who is not reminded: whoever reviewed, and the requester (who cannot review it), by
         // their name and by their address.
         let requester = match self.users.is_some() {
-            true => self.requester_address(req).await.filter(|a| !a.is_empty()),
+            true => self.requester_address_quietly(req).await,
             false => None,
         };
         let reviewed_by = (req.reviews.iter().map(|r| r.author.clone()))
@@ -400,6 +400,7 @@ impl Engine {
             round,
             limit,
             reviewed_by,
+            reviews: req.reviews.len(),
         };
         self.run_stage(&req.id, stage, None).await
     }
@@ -450,10 +451,12 @@ pub fn reminder_round(
 #[derive(Default)]
 struct RequestLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
-/// Holds a request's lock; the last holder removes it from the map.
+/// Holds (or waits for) a request's lock; the last one out, holder or waiter, removes it from
+/// the map, a waiter whose wait is cancelled included.
 struct RequestLock<'a> {
     locks: &'a RequestLocks,
     id: String,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -463,19 +466,23 @@ impl RequestLocks {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(id.to_owned()).or_default().clone()
         };
-        RequestLock {
+        let mut held = RequestLock {
             locks: self,
             id: id.to_owned(),
-            guard: Some(lock.lock_owned().await),
-        }
+            lock: Some(lock.clone()),
+            guard: None,
+        };
+        held.guard = Some(lock.lock_owned().await);
+        held
     }
 }
 
 impl Drop for RequestLock<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
+        drop(self.lock.take());
         let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Only the map holds it now: nobody waits.
+        // Only the map holds it now: nobody holds or waits.
         if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
             map.remove(&self.id);
         }

@@ -55,7 +55,7 @@ type Read = Result<Traits, String>;
 struct Remembered {
     at: Instant,
     read: Read,
-    told: [bool; 2],
+    told: [bool; 3],
 }
 
 /// Who reads a user's traits: each is told of a refusal once (a WARN of its own).
@@ -63,6 +63,8 @@ struct Remembered {
 pub(super) enum Reader {
     Rules = 0,
     Requester = 1,
+    /// Never warns.
+    Quiet = 2,
 }
 
 impl Users {
@@ -85,7 +87,7 @@ impl Users {
             return known;
         }
         let read = self.directory.user_traits(user).await;
-        let mut told = [false; 2];
+        let mut told = [false; 3];
         told[reader as usize] = true;
         match &read {
             Ok(t) => self.remember(user, Ok(t.clone()), told),
@@ -111,7 +113,7 @@ impl Users {
         ))
     }
 
-    fn remember(&self, user: &str, read: Read, told: [bool; 2]) {
+    fn remember(&self, user: &str, read: Read, told: [bool; 3]) {
         let mut cache = self.traits.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= TRAITS_CACHE_MAX {
             cache.clear();
@@ -176,6 +178,19 @@ impl Engine {
             tracing::debug!(request_id = %req.id, user = %req.user.escape_debug(), "The requester has no email address (neither their name nor an `email` trait); not mailed");
         }
         Some(found.cloned().unwrap_or_default())
+    }
+
+    /// The requester's address when it can be told without a word in the log (for leaving the
+    /// requester out of reminders, whether or not they are mailed themselves).
+    pub(super) async fn requester_address_quietly(&self, req: &AccessRequest) -> Option<String> {
+        let usable = |a: &str| address::is_bare_address(a) && address::fits_thread_encoding(a);
+        if usable(&req.user) {
+            return Some(req.user.clone());
+        }
+        let (traits, _) = self.users.as_ref()?.traits(&req.user, Reader::Quiet).await;
+        let traits = traits.ok()?;
+        let found = (traits.get("email").into_iter().flatten()).find(|a| usable(a));
+        found.cloned()
     }
 
     /// The addresses to mail about `req`: the matching rules' recipients, else

@@ -31,6 +31,10 @@ pub(super) enum Stage {
         round: u32,
         limit: u32,
         reviewed_by: Vec<String>,
+        /// How many reviews the reminder's copy of the request has: fewer than the data has
+        /// counted means the copy is stale (someone may have reviewed since), and the round
+        /// waits for the next look.
+        reviews: usize,
     },
     /// The outcome, in the requester's thread.
     RequesterOutcome {
@@ -102,8 +106,8 @@ impl Stage {
             Stage::RequesterOutcome { .. } => {
                 d.requester_thread.as_ref()?;
             }
-            Stage::Reminder { round, .. } => {
-                if d.threads.is_empty() || d.is_resolved() {
+            Stage::Reminder { round, reviews, .. } => {
+                if d.threads.is_empty() || d.is_resolved() || d.reviews_count > *reviews {
                     return None;
                 }
                 d.reminders = d.reminders.max(*round);

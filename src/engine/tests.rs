@@ -2610,7 +2610,10 @@ mod review_lock {
         // Replica a's round falls due with the copy it held before the review.
         a.remind(&aged("r1", DUE, &[]), HOUR, 3).await.unwrap();
         on_b.await.unwrap();
-        let to: Vec<String> = reminders_to(&mailer).into_iter().map(|(to, _)| to).collect();
+        let to: Vec<String> = reminders_to(&mailer)
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect();
         assert!(
             !to.iter().any(|t| t == "b@example.com"),
             "b@ reminded to review right after her review was mailed: {to:?}"
