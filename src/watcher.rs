@@ -528,24 +528,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::teleport::{AccessRequest, RequestState};
+    use crate::teleport::AccessRequest;
 
     fn put(id: &str, reason: &str) -> WatchEvent {
         WatchEvent::Put(Box::new(AccessRequest {
-            id: id.into(),
             user: "u".into(),
             roles: vec![],
-            state: RequestState::Pending,
             reason: reason.into(),
-            resolve_reason: String::new(),
-            created: None,
-            expires: None,
-            reviews: vec![],
-            suggested_reviewers: vec![],
-            promoted_to: None,
-            system_annotations: Default::default(),
-            requested_resources: 0,
-            request_expires: None,
+            ..AccessRequest::sample(id)
         }))
     }
 

@@ -229,20 +229,8 @@ mod tests {
 
     fn pending(id: &str, created: SystemTime) -> AccessRequest {
         AccessRequest {
-            id: id.into(),
-            user: "alice".into(),
-            roles: vec!["editor".into()],
-            state: RequestState::Pending,
-            reason: String::new(),
-            resolve_reason: String::new(),
             created: Some(created),
-            expires: None,
-            reviews: vec![],
-            suggested_reviewers: vec![],
-            promoted_to: None,
-            system_annotations: Default::default(),
-            requested_resources: 0,
-            request_expires: None,
+            ..AccessRequest::sample(id)
         }
     }
 

@@ -159,22 +159,7 @@ mod tests {
     use crate::teleport::AccessRequest;
 
     fn listed(id: &str) -> AccessRequest {
-        AccessRequest {
-            id: id.into(),
-            user: "alice".into(),
-            roles: vec!["editor".into()],
-            state: RequestState::Pending,
-            reason: String::new(),
-            resolve_reason: String::new(),
-            created: None,
-            expires: None,
-            reviews: vec![],
-            suggested_reviewers: vec![],
-            promoted_to: None,
-            system_annotations: Default::default(),
-            requested_resources: 0,
-            request_expires: None,
-        }
+        AccessRequest::sample(id)
     }
 
     #[test]

@@ -58,22 +58,7 @@ fn engine_telling_requester(
 }
 
 fn request(id: &str) -> AccessRequest {
-    AccessRequest {
-        id: id.into(),
-        user: "alice".into(),
-        roles: vec!["editor".into()],
-        state: RequestState::Pending,
-        reason: "please".into(),
-        resolve_reason: String::new(),
-        created: None,
-        expires: None,
-        reviews: vec![],
-        suggested_reviewers: vec![],
-        promoted_to: None,
-        system_annotations: Default::default(),
-        requested_resources: 0,
-        request_expires: None,
-    }
+    AccessRequest::sample(id)
 }
 
 /// Handles a PUT of request `id` in a task of its own.

@@ -106,6 +106,30 @@ pub struct AccessRequest {
     pub request_expires: Option<SystemTime>,
 }
 
+#[cfg(test)]
+impl AccessRequest {
+    /// A pending request `id` by `alice` for `editor`, reason "please", nothing else set: the
+    /// unit tests' starting point.
+    pub(crate) fn sample(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            user: "alice".into(),
+            roles: vec!["editor".into()],
+            state: RequestState::Pending,
+            reason: "please".into(),
+            resolve_reason: String::new(),
+            created: None,
+            expires: None,
+            reviews: vec![],
+            suggested_reviewers: vec![],
+            promoted_to: None,
+            system_annotations: Default::default(),
+            requested_resources: 0,
+            request_expires: None,
+        }
+    }
+}
+
 impl From<AccessRequestV3> for AccessRequest {
     fn from(r: AccessRequestV3) -> Self {
         let spec = r.spec.unwrap_or_default();
