@@ -149,7 +149,6 @@ impl Engine {
     /// is an address (SSO users), else their `email` trait; `Some("")` when they have none we
     /// can mail; `None` when it cannot be told now (the users cannot be read).
     pub(super) async fn requester_address(&self, req: &AccessRequest) -> Option<String> {
-        let usable = |a: &str| address::is_bare_address(a) && address::fits_thread_encoding(a);
         if usable(&req.user) {
             return Some(req.user.clone());
         }
@@ -173,24 +172,21 @@ impl Engine {
                 return None;
             }
         };
-        let found = (traits.get("email").into_iter().flatten()).find(|a| usable(a));
+        let found = email_trait(&traits);
         if found.is_none() {
             tracing::debug!(request_id = %req.id, user = %req.user.escape_debug(), "The requester has no email address (neither their name nor an `email` trait); not mailed");
         }
-        Some(found.cloned().unwrap_or_default())
+        Some(found.unwrap_or_default())
     }
 
     /// The requester's address when it can be told without a word in the log (for leaving the
     /// requester out of reminders, whether or not they are mailed themselves).
     pub(super) async fn requester_address_quietly(&self, req: &AccessRequest) -> Option<String> {
-        let usable = |a: &str| address::is_bare_address(a) && address::fits_thread_encoding(a);
         if usable(&req.user) {
             return Some(req.user.clone());
         }
         let (traits, _) = self.users.as_ref()?.traits(&req.user, Reader::Quiet).await;
-        let traits = traits.ok()?;
-        let found = (traits.get("email").into_iter().flatten()).find(|a| usable(a));
-        found.cloned()
+        email_trait(&traits.ok()?)
     }
 
     /// The addresses to mail about `req`: the matching rules' recipients, else
@@ -227,9 +223,21 @@ impl Engine {
     }
 }
 
+/// Whether `a` is one address that can be mailed and recorded in the plugin data.
+fn usable(a: &str) -> bool {
+    address::is_bare_address(a) && address::fits_thread_encoding(a)
+}
+
+/// The first usable address among a user's `email` traits.
+fn email_trait(traits: &Traits) -> Option<String> {
+    (traits.get("email").into_iter().flatten())
+        .find(|a| usable(a))
+        .cloned()
+}
+
 /// Whether a rule's recipient can be mailed and recorded; a WARN names the one that cannot.
 fn mailable(request_id: &str, recipient: &str) -> bool {
-    let ok = address::is_bare_address(recipient) && address::fits_thread_encoding(recipient);
+    let ok = usable(recipient);
     if !ok {
         tracing::warn!(request_id, recipient = %recipient.escape_debug(), "Skipping an access monitoring rule recipient that is not an email address");
     }
