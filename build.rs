@@ -17,6 +17,7 @@ fn compile_protos() {
         "proto/teleport/legacy/client/proto/authservice.proto",
         "proto/teleport/accessmonitoringrules/v1/access_monitoring_rules_service.proto",
         "proto/teleport/users/v1/users_service.proto",
+        "proto/teleport/accesslist/v1/accesslist_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = match protox::compile(roots, ["proto"]) {

@@ -2,14 +2,15 @@
 //!
 //! `cargo run --example sandbox` starts a fake Auth Service (real mTLS, real gRPC) and an SMTP
 //! receiver, writes an identity file and a config, runs `teleport-email`'s own `app::run` on them,
-//! files three Access Requests (one approved by two reviews, one denied, one that expires), and
-//! prints every mail as it arrives. `--verbose` shows the daemon's log too.
+//! files three Access Requests (one approved by two reviews, one denied, one that expires), sets an
+//! Access List's review date close, and prints every mail as it arrives. `--verbose` shows the
+//! daemon's log too.
 
 use std::time::Duration;
 
 use teleport_email::app;
 use teleport_email::logging::Logging;
-use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
+use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
 use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::SmtpReceiver;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,8 @@ starttls_policy = "disabled"
 sender = "Teleport Access <noreply@example.com>"
 # Off by default (as the original); on here to show the requester's own thread.
 notify_requester = true
+# Off by default; on here to show an Access List owner's review reminder.
+access_list_reminders = true
 
 [role_to_recipients]
 "*" = "security@example.com"
@@ -77,7 +80,12 @@ notify_requester = true
 
     let config = teleport_email::config::load(&config_path)?.config;
     let stop = CancellationToken::new();
-    let daemon = tokio::spawn(app::run(config, stop.clone()));
+    // Access Lists are checked every 3 hours; here every second, so the story need not wait.
+    let hooks = app::Hooks {
+        access_list_checks: Some(Duration::from_secs(1)),
+        ..app::Hooks::default()
+    };
+    let daemon = tokio::spawn(app::run_with(config, stop.clone(), hooks));
     let deadline = tokio::time::Instant::now() + WAIT;
     while auth.watcher_count() == 0 {
         anyhow::ensure!(
@@ -125,7 +133,19 @@ notify_requester = true
     let c = auth.create_request("carol@example.com", &["auditor"], "quarterly audit", &[]);
     shown = show(&smtp, shown, 2).await?;
     auth.delete_request(&c);
-    show(&smtp, shown, 2).await?;
+    shown = show(&smtp, shown, 2).await?;
+
+    story(
+        "4. the Access List \"Payments on-call\" is due for review in 5 days; its owner hears of it",
+    );
+    auth.put_access_list(FakeList {
+        name: "payments-oncall".into(),
+        title: "Payments on-call".into(),
+        owners: vec!["dev-leads@example.com".into()],
+        next_review: Some(std::time::SystemTime::now() + Duration::from_secs(5 * 24 * 3600)),
+        ..FakeList::default()
+    });
+    show(&smtp, shown, 1).await?;
 
     stop.cancel();
     let exit = daemon.await?;

@@ -18,6 +18,18 @@ pub fn fits_thread_encoding(s: &str) -> bool {
     !s.contains(['/', ','])
 }
 
+/// Whether `a` is one address that can be mailed and recorded in the plugin data.
+pub fn usable(a: &str) -> bool {
+    is_bare_address(a) && fits_thread_encoding(a)
+}
+
+/// The first usable address among a user's `email` traits (trait name → values).
+pub fn email_trait(traits: &std::collections::BTreeMap<String, Vec<String>>) -> Option<String> {
+    (traits.get("email").into_iter().flatten())
+        .find(|a| usable(a))
+        .cloned()
+}
+
 /// Whether `s` is a sender: a bare address, or `Display Name <address>`.
 pub fn is_mailbox(s: &str) -> bool {
     if is_bare_address(s) {

@@ -96,6 +96,9 @@ async fn check_connection(config: &Config, r: &mut Report) -> bool {
     check_list(&client, r).await;
     check_plugin_data(&client, r).await;
     check_monitoring(&client, &user, r).await;
+    if config.delivery.access_list_reminders {
+        check_access_lists(&client, r).await;
+    }
     true
 }
 
@@ -203,6 +206,29 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
             "cannot read users (the role needs `read` on `user`): rule conditions on user.traits see none",
         ),
         Err(e) => r.fail("users", e.to_string()),
+    }
+}
+
+/// What `delivery.access_list_reminders` needs: Access Lists the role may list.
+async fn check_access_lists(client: &TeleportClient, r: &mut Report) {
+    match client.access_list_page("").await {
+        Ok((lists, next)) => {
+            let more = if next.is_empty() { "" } else { " or more" };
+            r.pass(
+                "access lists",
+                format!("may list Access Lists ({}{more}) for review reminders", lists.len()),
+            )
+        }
+        Err(TeleportError::Unimplemented(_)) => r.fail(
+            "access lists",
+            "not offered by this cluster (Access Lists are a Teleport Enterprise feature): \
+             delivery.access_list_reminders sends nothing",
+        ),
+        Err(TeleportError::AccessDenied(e)) => r.fail(
+            "access lists",
+            format!("{e}: for delivery.access_list_reminders the role needs `list` and `read` on `access_list`"),
+        ),
+        Err(e) => r.fail("access lists", e.to_string()),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod exit;
+pub mod lists;
 pub mod logging;
 pub mod mail;
 pub mod metrics;

@@ -107,7 +107,7 @@ async fn run_until_signalled(
     };
     let hooks = Hooks {
         reload: Some(reload(signals)),
-        ready: None,
+        ..Hooks::default()
     };
     tokio::select! {
         exit = run_with(config, root.clone(), hooks) => exit,
@@ -125,6 +125,9 @@ pub struct Hooks {
     pub reload: Option<Reload>,
     /// Set `true` while the watch is established, `false` while it is not.
     pub ready: Option<watch::Sender<bool>>,
+    /// How often Access Lists are checked for reviews coming due (and how soon the first check
+    /// runs), instead of every 3 hours; for tests.
+    pub access_list_checks: Option<Duration>,
 }
 
 /// Runs the daemon with a validated config until `root` is cancelled or a fatal error.
@@ -160,6 +163,7 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
     let mailer = build_mailer(&config).await?;
     let rules = Arc::new(RuleSet::new(PLUGIN_NAME));
     let engine = build_engine(&config, &client, cluster, &mailer, &metrics, &rules, &root);
+    let hooks_checks = hooks.access_list_checks;
     let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
     let reloads_stop = root.child_token();
     let reloads = hooks.reload.map(|reload| {
@@ -196,6 +200,10 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         ));
         clock
     });
+    if config.delivery.access_list_reminders {
+        let reminders = list_reminders(&config, &client, &engine, &links.metrics, &hooks_checks);
+        tokio::spawn(reminders.run(root.child_token()));
+    }
     let handler = Arc::new(Handler { engine, clock });
     let watched = watcher::run(client, handler, watcher_config, links, root).await;
     reloads_stop.cancel();
@@ -261,6 +269,30 @@ fn routing(config: &Config, mailer: &Arc<dyn Mailer>) -> Routing {
         mailer: Arc::new(CloseWhenDropped(mailer.clone())),
         notify_requester: config.delivery.notify_requester,
     }
+}
+
+/// The Access List review reminders (`delivery.access_list_reminders`), checking every `checks`
+/// when given (tests), else every 3 hours.
+fn list_reminders(
+    config: &Config,
+    client: &TeleportClient,
+    engine: &Arc<Engine>,
+    metrics: &Arc<Metrics>,
+    checks: &Option<Duration>,
+) -> crate::lists::ListReminders {
+    let cluster = engine.cluster();
+    let settings = crate::lists::Settings {
+        plugin: PLUGIN_NAME,
+        cluster: cluster.name.clone(),
+        web_base: crate::engine::web_base(&cluster.proxy_public_addr),
+        id_host: message_id_host(&config.delivery.sender),
+        retry_for: config.delivery.retry_timeout,
+        every: checks.unwrap_or(crate::lists::CHECK_EVERY),
+        first_within: checks.unwrap_or(crate::lists::FIRST_CHECK_WITHIN),
+    };
+    let engine = engine.clone();
+    let mailer: crate::lists::MailerSource = Arc::new(move || engine.mailer());
+    crate::lists::ListReminders::new(client.clone(), mailer, metrics.clone(), settings)
 }
 
 /// Keeps the identity-expiry gauge current (the identity file may be renewed under us).

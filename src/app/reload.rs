@@ -158,6 +158,10 @@ async fn reloaded(reload: &Reload, in_force: &Config) -> Result<Current, String>
             config.delivery.reminders != in_force.delivery.reminders,
         ),
         (
+            "delivery.access_list_reminders",
+            config.delivery.access_list_reminders != in_force.delivery.access_list_reminders,
+        ),
+        (
             "The domain of delivery.sender (the right-hand side of Message-IDs; the From changes at once)",
             id_host(&config) != id_host(in_force),
         ),

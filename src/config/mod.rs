@@ -117,6 +117,9 @@ pub struct DeliveryConfig {
     /// `reminder_interval` and `reminder_limit` (ours): reviewers who have not reviewed a
     /// pending request are reminded in its thread; off when `None`.
     pub reminders: Option<Reminders>,
+    /// `access_list_reminders` (ours): the owners of Access Lists whose review is coming due or
+    /// overdue are reminded by mail, on the Slack plugin's schedule.
+    pub access_list_reminders: bool,
 }
 
 /// Reminders of pending requests: one after `interval` from the request's creation, then one

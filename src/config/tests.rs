@@ -282,6 +282,7 @@ fn configure_output_documents_every_key() {
         "notify_requester",
         "reminder_interval",
         "reminder_limit",
+        "access_list_reminders",
         "listen",
         "sender",
         "recipients",

@@ -31,7 +31,7 @@ pub use delivery::{CLOCK_TOLERANCE, Holder, holder};
 pub use monitoring::Directory;
 use monitoring::{Monitoring, Users};
 pub use plugindata::{Claim, PLUGIN_NAME, PluginData, RequesterThread, Resolution, Thread};
-pub use recipients::{recipients_for, web_link};
+pub use recipients::{recipients_for, web_base, web_link};
 use stage::Stage;
 use store::PluginStore;
 pub use store::{EachRecord, MAX_CAS_TRIES, PluginDataStore, RawPluginData};
@@ -208,6 +208,16 @@ impl Engine {
         *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
         self.routing_changed
             .send_modify(|generation| *generation += 1);
+    }
+
+    /// The cluster, as Ping described it at start.
+    pub fn cluster(&self) -> &ClusterInfo {
+        &self.cluster
+    }
+
+    /// The mailer in use now (a reload may replace it).
+    pub fn mailer(&self) -> Arc<dyn Mailer> {
+        self.routing().mailer.clone()
     }
 
     fn routing(&self) -> Arc<Routing> {

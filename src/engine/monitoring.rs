@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Engine;
 use super::recipients::recipients_for;
-use crate::address;
+use crate::address::{email_trait, usable};
 use crate::rules::RuleSet;
 use crate::rules::condition::Env;
 use crate::teleport::{AccessRequest, TeleportClient, TeleportError, Traits};
@@ -221,18 +221,6 @@ impl Engine {
             .recipients(&req.id, &env, req.requested_resources > 0)?;
         Some(to.into_iter().filter(|r| mailable(&req.id, r)).collect())
     }
-}
-
-/// Whether `a` is one address that can be mailed and recorded in the plugin data.
-fn usable(a: &str) -> bool {
-    address::is_bare_address(a) && address::fits_thread_encoding(a)
-}
-
-/// The first usable address among a user's `email` traits.
-fn email_trait(traits: &Traits) -> Option<String> {
-    (traits.get("email").into_iter().flatten())
-        .find(|a| usable(a))
-        .cloned()
 }
 
 /// Whether a rule's recipient can be mailed and recorded; a WARN names the one that cannot.

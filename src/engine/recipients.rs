@@ -32,6 +32,16 @@ pub fn recipients_for(map: &RecipientMap, req: &AccessRequest) -> Vec<String> {
 /// `https://<proxy>/web/requests/<id>`: `https://` added when no scheme is given, `:443` dropped,
 /// any path in the address replaced.
 pub fn web_link(proxy_addr: &str, id: &str) -> Option<String> {
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    Some(format!("{}/web/requests/{id}", web_base(proxy_addr)?))
+}
+
+/// `https://<proxy>` of the Web UI: `https://` added when no scheme is given, `:443` dropped, any
+/// path in the address left out; `None` when the address is empty.
+pub fn web_base(proxy_addr: &str) -> Option<String> {
     let addr = proxy_addr.trim();
     if addr.is_empty() {
         return None;
@@ -48,11 +58,7 @@ pub fn web_link(proxy_addr: &str, id: &str) -> Option<String> {
         Some(h) if scheme == "https" => h,
         _ => host,
     };
-    let id: String = id
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
-    Some(format!("{scheme}://{host}/web/requests/{id}"))
+    Some(format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ use crate::calendar::civil_from_days;
 
 use super::text::{body_field, header_field, html_escape};
 
+mod lists;
+
+pub use lists::{ListDue, list_reminder};
+
 /// What a mail says about one Access Request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestSummary {

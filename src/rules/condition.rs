@@ -24,7 +24,6 @@ mod check;
 mod eval;
 mod funcs;
 mod lexer;
-mod rfc3339;
 mod syntax;
 #[cfg(test)]
 mod tests;

@@ -148,11 +148,21 @@ impl TeleportClient {
         id: &str,
         plugin: &str,
     ) -> Result<Option<PluginData>, TeleportError> {
+        self.plugin_data_of(ACCESS_REQUEST_KIND, id, plugin).await
+    }
+
+    /// The `plugin`'s data on the resource of `kind` named `name`; `None` when there is none.
+    pub(super) async fn plugin_data_of(
+        &self,
+        kind: &str,
+        name: &str,
+        plugin: &str,
+    ) -> Result<Option<PluginData>, TeleportError> {
         let resp = deadline(
             "GetPluginData",
             self.grpc.clone().get_plugin_data(PluginDataFilter {
-                kind: ACCESS_REQUEST_KIND.into(),
-                resource: id.into(),
+                kind: kind.into(),
+                resource: name.into(),
                 plugin: plugin.into(),
             }),
         )
@@ -165,7 +175,7 @@ impl TeleportClient {
         Ok(seq
             .plugin_data
             .into_iter()
-            .filter(|d| d.metadata.as_ref().is_some_and(|m| m.name == id))
+            .filter(|d| d.metadata.as_ref().is_some_and(|m| m.name == name))
             .find_map(|d| d.spec?.entries.remove(plugin))
             .map(|e| e.data.into_iter().collect()))
     }
@@ -179,13 +189,26 @@ impl TeleportClient {
         set: &PluginData,
         expect: &PluginData,
     ) -> Result<(), TeleportError> {
+        self.update_plugin_data_of(ACCESS_REQUEST_KIND, id, plugin, set, expect)
+            .await
+    }
+
+    /// [`Self::update_plugin_data`] on the resource of `kind` named `name`.
+    pub(super) async fn update_plugin_data_of(
+        &self,
+        kind: &str,
+        name: &str,
+        plugin: &str,
+        set: &PluginData,
+        expect: &PluginData,
+    ) -> Result<(), TeleportError> {
         deadline(
             "UpdatePluginData",
             self.grpc
                 .clone()
                 .update_plugin_data(PluginDataUpdateParams {
-                    kind: ACCESS_REQUEST_KIND.into(),
-                    resource: id.into(),
+                    kind: kind.into(),
+                    resource: name.into(),
                     plugin: plugin.into(),
                     set: to_hash(set),
                     expect: to_hash(expect),

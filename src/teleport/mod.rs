@@ -6,6 +6,7 @@ mod credentials;
 pub mod dial;
 mod error;
 pub mod identity;
+mod lists;
 pub(crate) mod pb;
 mod rules;
 mod scan;
@@ -20,6 +21,7 @@ pub use client::{
 pub use credentials::CredentialStore;
 pub use dial::{DialError, DialOptions, DialPath, UpgradeMode};
 pub use error::TeleportError;
+pub use lists::{ACCESS_LIST_KIND, AccessList, DEFAULT_NOTIFY_BEFORE};
 pub use rules::{ACCESS_MONITORING_RULE_KIND, MonitoringRule, RULES_PAGE_SIZE, Traits};
 pub use scan::{HEADERS_TIMEOUT, SCAN_TIMEOUT};
 pub use types::{AccessRequest, ClusterInfo, RequestState, Review, WatchEvent};

@@ -34,6 +34,12 @@ pub mod teleport {
         }
     }
 
+    pub mod accesslist {
+        pub mod v1 {
+            tonic::include_proto!("teleport.accesslist.v1");
+        }
+    }
+
     pub mod users {
         pub mod v1 {
             tonic::include_proto!("teleport.users.v1");

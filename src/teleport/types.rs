@@ -178,11 +178,15 @@ pub(super) fn time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
         return None;
     }
     let nanos = Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0));
-    if t.seconds >= 0 {
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t.seconds.unsigned_abs()) + nanos)
+    let secs = Duration::from_secs(t.seconds.unsigned_abs());
+    // Checked: a hostile or corrupt timestamp beyond what the clock can hold is "unset", not a
+    // panic.
+    let at = if t.seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(secs)
     } else {
-        Some(SystemTime::UNIX_EPOCH - Duration::from_secs(t.seconds.unsigned_abs()) + nanos)
-    }
+        SystemTime::UNIX_EPOCH.checked_sub(secs)
+    };
+    at?.checked_add(nanos)
 }
 
 /// One event of an access-request watch.

@@ -35,6 +35,7 @@ fn reloading(
             file_check,
         }),
         ready: Some(ready_tx),
+        access_list_checks: None,
     };
     (reload, ready, hooks)
 }

@@ -426,6 +426,15 @@ fn metrics_add_the_listener_port_and_probes() {
         loaded.config.delivery.retry_timeout,
         Duration::from_secs(30 * 60)
     );
+    let delivery = &loaded.config.delivery;
+    assert!(delivery.notify_requester && delivery.access_list_reminders);
+    assert_eq!(
+        delivery.reminders,
+        Some(teleport_email::config::Reminders {
+            interval: Duration::from_secs(4 * 3600),
+            limit: 2
+        })
+    );
     let deployment = r.doc("deployment.yaml");
     for needle in [
         "- name: metrics\n              containerPort: 9105",
@@ -546,6 +555,8 @@ fn values_schema_rejects_mistyped_values() {
             "automountServiceAccountToken",
         ),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("delivery.accessListReminders=sure", "accessListReminders"),
+        ("delivery.reminderLimit=many", "reminderLimit"),
     ] {
         let err = template(&["--set", set])
             .err()

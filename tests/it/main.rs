@@ -2,6 +2,7 @@
 // `pub` here means "shared between the modules of this binary"; nothing is exported.
 #![allow(unreachable_pub)]
 
+mod access_lists;
 mod aiosmtpd;
 mod cli;
 mod daemon;

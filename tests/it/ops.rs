@@ -357,3 +357,56 @@ async fn metrics_and_health_during_a_run() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_access_list_reminders_can_work() {
+    let smtp = SmtpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |auth: &FakeAuth, name: &str| {
+        let identity = auth.write_plugin_identity(&dir.path().join(name), KeyKind::Ecdsa);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n{}[delivery]\nsender = \"noreply@example.com\"\naccess_list_reminders = true\n[role_to_recipients]\n\"*\" = \"all@example.com\"\n",
+                auth.addr(),
+                identity.display(),
+                smtp_section(smtp.port(), "", "").replace("username = \"\"\npassword = \"\"\n", "")
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let enterprise = FakeAuth::start(FakeAuthOptions::default()).await;
+    enterprise.put_access_list(teleport_email::testkit::auth::FakeList {
+        name: "ops".into(),
+        ..Default::default()
+    });
+    let (code, out) = check(&config(&enterprise, "ent"), &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "access lists").starts_with('✓')
+            && line(&out, "access lists").contains("may list Access Lists (1)"),
+        "{out}"
+    );
+    let mut narrow = teleport_email::testkit::auth::default_roles()["access-plugin"];
+    narrow.read_access_lists = false;
+    enterprise.set_role("access-plugin", narrow);
+    let (code, out) = check(&config(&enterprise, "narrow"), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "access lists").contains("the role needs `list` and `read` on `access_list`"),
+        "{out}"
+    );
+    let community = FakeAuth::start(FakeAuthOptions {
+        community_edition: true,
+        ..FakeAuthOptions::default()
+    })
+    .await;
+    let (code, out) = check(&config(&community, "ce"), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "access lists").contains("a Teleport Enterprise feature"),
+        "{out}"
+    );
+}

@@ -545,3 +545,39 @@ async fn review_class_a_reloaded_sender_moves_the_message_id_host_or_is_warned()
         "MAIL FROM {from}, Message-ID <{message_id}>, and no WARN naming delivery.sender"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_list_reminders_on_a_cluster_without_access_lists_say_so_once_and_carry_on() {
+    let auth = FakeAuth::start(FakeAuthOptions {
+        community_edition: true,
+        ..FakeAuthOptions::default()
+    })
+    .await;
+    let smtp = SmtpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
+    let peers = Peers { auth, smtp, dir };
+    let path = peers.dir.path().join("lists.toml");
+    let text =
+        std::fs::read_to_string(peers.write_config("base.toml", &format!("\"*\" = \"{ALL}\"\n")))
+            .unwrap()
+            .replace("[delivery]\n", "[delivery]\naccess_list_reminders = true\n");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&path, peers.dir.path().join("log")).await;
+    daemon
+        .wait_log("This cluster does not offer Access Lists", 1)
+        .await;
+    let id = peers
+        .auth
+        .create_request("alice@example.com", &["editor"], "", &[]);
+    wait_messages(&peers.smtp, 1).await;
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("does not offer Access Lists").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(log.contains(&id), "the request was handled: {log}");
+    assert_eq!(daemon.stop().await, 0);
+}

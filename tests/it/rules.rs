@@ -21,6 +21,7 @@ const GUIDE_ROLE: Perms = Perms {
     admin: false,
     read_rules: false,
     read_users: false,
+    read_access_lists: false,
 };
 
 async fn plugin_client(auth: &FakeAuth, dir: &tempfile::TempDir) -> TeleportClient {

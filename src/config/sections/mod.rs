@@ -94,6 +94,7 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<Str
     let notify_requester = s.bool(f, "notify_requester").unwrap_or(false);
     let reminder_interval = s.duration(f, "reminder_interval");
     let reminder_limit = s.integer(f, "reminder_limit", &[]);
+    let access_list_reminders = s.bool(f, "access_list_reminders").unwrap_or(false);
     s.finish(f);
     let reminders = read_reminders(f, reminder_interval, reminder_limit);
     if sender.is_empty() {
@@ -109,6 +110,7 @@ fn read_delivery(f: &mut Findings, t: &Table) -> (DeliveryConfig, Option<Vec<Str
         retry_timeout,
         notify_requester,
         reminders,
+        access_list_reminders,
     };
     (delivery, recipients)
 }

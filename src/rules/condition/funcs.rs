@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::eval::Value;
-use super::rfc3339;
 use super::text::{email_local, regexp_replace, replace_all, simple_case, split, transform};
+use crate::calendar::parse_rfc3339;
 
 /// Static types, as `typical` knows them at parse time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +279,7 @@ fn call_times(f: Func, mut a: Args) -> Result<Value, String> {
     match f {
         Func::Rfc3339 => {
             let s = a.str()?;
-            rfc3339::parse(&s)
+            parse_rfc3339(&s)
                 .map(Value::Time)
                 .map_err(|e| format!("parsing time {s:?} as RFC 3339: {e}"))
         }

@@ -3,6 +3,7 @@
 //! Access Monitoring Rules and users' traits.
 //! It can drop its watch streams, hang, and stop and restart on the same port with its state kept.
 
+mod lists;
 mod rules;
 mod service;
 mod state;
@@ -26,12 +27,14 @@ pub use state::{GO_ZERO_SECONDS, new_uuid};
 use super::pki::{ClusterPki, KeyKind};
 use crate::teleport::MonitoringRule;
 use crate::teleport::pb::proto::auth_service_server::AuthServiceServer;
+use crate::teleport::pb::teleport::accesslist::v1::access_list_service_server::AccessListServiceServer;
 use crate::teleport::pb::teleport::accessmonitoringrules::v1::access_monitoring_rules_service_server::AccessMonitoringRulesServiceServer;
 use crate::teleport::pb::teleport::users::v1::users_service_server::UsersServiceServer;
 use crate::teleport::pb::types::{
     AccessRequestSpecV3, AccessRequestV3, AccessReview, AccessReviewThreshold, Metadata,
     RequestState,
 };
+pub use lists::FakeList;
 use service::{Service, Shared};
 use state::State;
 
@@ -57,6 +60,8 @@ pub struct FakeAuthOptions {
     /// A broken or hostile listing that never ends: every page is empty and names a next key
     /// never named before (past every request), so no key comes round again.
     pub list_without_end: bool,
+    /// No Access List service, as Teleport Community Edition (calls answer UNIMPLEMENTED).
+    pub community_edition: bool,
 }
 
 impl Default for FakeAuthOptions {
@@ -73,6 +78,7 @@ impl Default for FakeAuthOptions {
             legacy_users_only: false,
             list_in_a_circle: false,
             list_without_end: false,
+            community_edition: false,
         }
     }
 }
@@ -161,6 +167,9 @@ impl FakeAuth {
         let users = (!self.shared.options.legacy_users_only)
             .then(|| UsersServiceServer::new(service.clone()));
         let rules = AccessMonitoringRulesServiceServer::new(service.clone());
+        // Access Lists are Teleport Enterprise's: Community Edition has no such service.
+        let lists = (!self.shared.options.community_edition)
+            .then(|| AccessListServiceServer::new(service.clone()));
         let service = AuthServiceServer::new(service);
         let server_stop = stop.clone();
         let handle = tokio::spawn(async move {
@@ -168,6 +177,7 @@ impl FakeAuth {
                 .add_service(service)
                 .add_service(rules)
                 .add_optional_service(users)
+                .add_optional_service(lists)
                 .serve_with_incoming_shutdown(
                     ReceiverStream::new(rx),
                     server_stop.cancelled_owned(),
@@ -492,6 +502,33 @@ impl FakeAuth {
     /// How many pages of rules were served.
     pub fn rule_list_calls(&self) -> u64 {
         self.shared.lock().rule_list_calls
+    }
+
+    /// Creates or replaces an Access List.
+    pub fn put_access_list(&self, list: FakeList) {
+        let mut state = self.shared.lock();
+        state.access_lists.insert(list.name.clone(), list);
+    }
+
+    /// The plugin's data on Access List `name`.
+    pub fn list_plugin_data(&self, name: &str, plugin: &str) -> Option<BTreeMap<String, String>> {
+        let state = self.shared.lock();
+        let key = ("access_list".to_owned(), name.to_owned());
+        state.plugin_data.get(&key)?.get(plugin).cloned()
+    }
+
+    /// Sets the plugin's data on Access List `name` as another writer (a replica, the Slack
+    /// plugin under its own name, an older version) left it.
+    pub fn put_list_plugin_data(&self, name: &str, plugin: &str, data: &[(&str, &str)]) {
+        let mut state = self.shared.lock();
+        let key = ("access_list".to_owned(), name.to_owned());
+        let entry = state.plugin_data.entry(key).or_default();
+        entry.insert(
+            plugin.to_owned(),
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
     }
 
     /// Creates `user` (or replaces its traits) with `traits`.

@@ -43,6 +43,8 @@ pub struct Perms {
     pub read_rules: bool,
     /// read user (needed for GetUser, and so for the requester's traits).
     pub read_users: bool,
+    /// list and read access_list (needed to list Access Lists and their owners).
+    pub read_access_lists: bool,
 }
 
 /// The built-in role table: the plugin's `access-plugin` role and the user guide's roles.
@@ -57,6 +59,7 @@ pub fn default_roles() -> HashMap<String, Perms> {
         write_plugin_data: true,
         read_rules: true,
         read_users: true,
+        read_access_lists: true,
         ..Perms::default()
     };
     m.insert("access-plugin".into(), plugin);
@@ -83,6 +86,7 @@ pub fn default_roles() -> HashMap<String, Perms> {
         admin: true,
         read_rules: true,
         read_users: true,
+        read_access_lists: true,
     };
     m.insert("admin".into(), admin);
     m
@@ -105,7 +109,7 @@ impl Shared {
     }
 
     /// Returns once the service is not hung.
-    async fn answering(&self) {
+    pub(super) async fn answering(&self) {
         let _ = self.hung.subscribe().wait_for(|hung| !hung).await;
     }
 }
@@ -151,6 +155,7 @@ impl Service {
                     admin: a.admin || p.admin,
                     read_rules: a.read_rules || p.read_rules,
                     read_users: a.read_users || p.read_users,
+                    read_access_lists: a.read_access_lists || p.read_access_lists,
                 });
         Caller {
             user: info.user,

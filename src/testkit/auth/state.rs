@@ -59,6 +59,8 @@ pub(super) struct State {
     pub requests: BTreeMap<String, AccessRequestV3>,
     /// Access Monitoring Rules by name (the backend's key order, which paging follows).
     pub rules: BTreeMap<String, AccessMonitoringRule>,
+    /// Access Lists by name (the backend's key order, which paging follows).
+    pub access_lists: BTreeMap<String, super::lists::FakeList>,
     /// Users by name, with their traits (requesters are added when they first ask).
     pub users: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     /// Number of ListAccessMonitoringRulesWithFilter calls (pages served).
@@ -363,7 +365,12 @@ impl State {
         self.plugin_data_writes += 1;
         check_kind(kind)?;
         let key = (kind.to_owned(), resource.to_owned());
-        if !self.plugin_data.contains_key(&key) && !self.requests.contains_key(resource) {
+        // Teleport loads the request before creating its record; Access Lists are not looked up.
+        let is_request = kind == "access_request";
+        if is_request
+            && !self.plugin_data.contains_key(&key)
+            && !self.requests.contains_key(resource)
+        {
             return Err(not_found(resource));
         }
         if self.forced_compare_failures > 0 {

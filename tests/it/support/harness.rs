@@ -138,6 +138,9 @@ fn spawn_daemon(
     let (ready_tx, ready) = watch::channel(false);
     let hooks = app::Hooks {
         ready: Some(ready_tx),
+        // Access Lists (when their reminders are on) are checked often, so a test waits little,
+        // and every check after the first shows that nothing is sent twice.
+        access_list_checks: Some(Duration::from_millis(300)),
         ..Default::default()
     };
     (

@@ -1,9 +1,10 @@
-//! `time.RFC3339(...)`: Go's `time.Parse(time.RFC3339, s)`, without a date library.
+//! RFC 3339 times as Go's `time.Parse(time.RFC3339, s)` reads them (conditions' `time.RFC3339(...)`,
+//! plugin data written by Go plugins), without a date library.
 
 use std::time::{Duration, SystemTime};
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, validating every field as Go does.
-pub(super) fn parse(s: &str) -> Result<SystemTime, String> {
+pub fn parse(s: &str) -> Result<SystemTime, String> {
     let b = s.as_bytes();
     if b.len() < 20
         || !(b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':')

@@ -1,7 +1,11 @@
-//! Calendar dates from Unix time, for the few places that print a date (mail, certificates,
-//! plugin data, logs) without a date library.
+//! Calendar dates from Unix time, for the few places that print or read a date (mail,
+//! certificates, plugin data, logs, conditions) without a date library.
 
 use std::time::SystemTime;
+
+mod rfc3339;
+
+pub use rfc3339::parse as parse_rfc3339;
 
 /// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian
 /// (Howard Hinnant's civil-from-days).

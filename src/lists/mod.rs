@@ -1,0 +1,503 @@
+//! Access List review reminders (`delivery.access_list_reminders`): every few hours, the owners of
+//! each list whose review is coming due or overdue get one mail naming all their such lists.
+//!
+//! The facts follow the Slack plugin, which sends the same reminders to Slack: the check runs every
+//! 3 hours (first shortly after start), owners include those inherited through nested owner lists,
+//! reminders are weekly from the list's notification start and daily once the review date has
+//! passed, and when each owner was last reminded is kept in the list's plugin data under
+//! `user_notifications`. Unlike the Slack plugin, a reminder is *claimed* there before it is sent
+//! (with a time limit, so a replica that stops mid-send leaves it to the next check) and the claim
+//! is undone when the mail cannot be delivered, so the next check tries again: replicas and
+//! restarts send each reminder once, and a mail server that is down loses none.
+
+mod record;
+mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::address::{email_trait, usable};
+use crate::backoff::Retry;
+use crate::calendar::rfc3339;
+use crate::mail::render::{ListDue, list_reminder};
+use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
+use crate::metrics::Metrics;
+use crate::teleport::{AccessList, TeleportClient, TeleportError};
+
+use record::Record;
+pub use schedule::{Due, due};
+
+/// How often the lists are checked, as the Slack plugin (each wait shortened by up to a seventh,
+/// at random, so replicas drift apart).
+pub const CHECK_EVERY: Duration = Duration::from_secs(3 * 3600);
+
+/// How soon after start the first check runs (at random within it).
+pub const FIRST_CHECK_WITHIN: Duration = Duration::from_secs(10);
+
+/// How soon a check that failed for a passing reason (Teleport unreachable) is tried again.
+const RETRY_FAILED_CHECK: Duration = Duration::from_secs(60);
+
+/// A claim's time limit beyond the time mail is retried for.
+const LEASE_MARGIN: Duration = Duration::from_secs(300);
+
+/// Compare-and-swap attempts on one list's record before the check gives up on it.
+const CAS_ATTEMPTS: u32 = 8;
+
+/// Pages of lists read in one check at most (100 lists a page: far beyond any cluster).
+const MAX_PAGES: usize = 10_000;
+
+/// What the reminders need besides the client and the mailer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The plugin's name in the plugin data (`email`).
+    pub plugin: &'static str,
+    /// The cluster's name, for the mail.
+    pub cluster: String,
+    /// `https://<proxy>` of the Web UI, for links; `None` when unknown.
+    pub web_base: Option<String>,
+    /// The right-hand side of Message-IDs.
+    pub id_host: String,
+    /// How long a mail that failed for a passing reason is retried.
+    pub retry_for: Duration,
+    /// How often the lists are checked ([`CHECK_EVERY`]).
+    pub every: Duration,
+    /// How soon the first check runs ([`FIRST_CHECK_WITHIN`]).
+    pub first_within: Duration,
+}
+
+/// Where the mail goes: whatever mailer is in use when a reminder is sent (a reload may replace it).
+pub type MailerSource = Arc<dyn Fn() -> Arc<dyn Mailer> + Send + Sync>;
+
+/// The reminders' task.
+pub struct ListReminders {
+    client: TeleportClient,
+    mailer: MailerSource,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+}
+
+/// Why a check ended early.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    /// The cluster has no Access Lists (the service is Teleport Enterprise's).
+    #[error("{0}")]
+    NotOffered(String),
+    #[error(transparent)]
+    Teleport(#[from] TeleportError),
+}
+
+/// One owner's reminder about one list, claimed in that list's record.
+#[derive(Debug, Clone)]
+struct Claim {
+    list: String,
+    user: String,
+    address: String,
+    item: ListDue,
+    /// The period it is for (part of the Message-ID).
+    period: SystemTime,
+    /// What was written: the reminder time and the claim's limit, as stored.
+    reminded_at: String,
+    held_until: String,
+    /// The owner's last reminder before the claim, put back if the mail cannot be sent.
+    previous: Option<String>,
+}
+
+impl ListReminders {
+    pub fn new(
+        client: TeleportClient,
+        mailer: MailerSource,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            mailer,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Checks the lists until `stop` is cancelled, or until the cluster shows it has none.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut wait = random_within(self.settings.first_within);
+        let mut refused = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = seventh_jitter(self.settings.every);
+            match self.check(&stop).await {
+                Ok(sent) => {
+                    refused = false;
+                    tracing::debug!(
+                        reminders = sent,
+                        "Checked the Access Lists for reviews coming due"
+                    );
+                }
+                Err(CheckError::NotOffered(e)) => {
+                    tracing::info!(error = %e, "This cluster does not offer Access Lists (a Teleport Enterprise feature): no Access List review reminders are sent");
+                    return;
+                }
+                Err(CheckError::Teleport(TeleportError::AccessDenied(e))) => {
+                    if !std::mem::replace(&mut refused, true) {
+                        tracing::warn!(error = %e, "Cannot list Access Lists for review reminders: the plugin's role needs `list` and `read` on `access_list`; trying again at every check");
+                    }
+                }
+                Err(CheckError::Teleport(e)) => {
+                    tracing::warn!(error = %e, "Cannot check the Access Lists for reviews coming due; trying again shortly");
+                    wait = seventh_jitter(RETRY_FAILED_CHECK.min(self.settings.every));
+                }
+            }
+        }
+    }
+
+    /// One check now, as the task makes every few hours (tests run replicas' checks side by side).
+    /// Returns how many mails were sent, or why the check could not be made.
+    pub async fn check_once(&self, stop: &CancellationToken) -> Result<usize, String> {
+        self.check(stop).await.map_err(|e| e.to_string())
+    }
+
+    /// One check of every list: claims the reminders owed now, sends one mail per owner, and
+    /// settles the claims. Returns how many mails were sent.
+    async fn check(&self, stop: &CancellationToken) -> Result<usize, CheckError> {
+        let now = SystemTime::now();
+        let mut owed: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
+        let mut addresses = Addresses::default();
+        let mut token = String::new();
+        for _ in 0..MAX_PAGES {
+            let (lists, next) = match self.client.access_list_page(&token).await {
+                Err(TeleportError::Unimplemented(e)) => return Err(CheckError::NotOffered(e)),
+                page => page?,
+            };
+            for list in lists {
+                let Some(due) = due(&list, now) else {
+                    continue;
+                };
+                match self.claim(&list, &due, now, &mut addresses).await {
+                    Ok(claims) => {
+                        for c in claims {
+                            owed.entry(c.address.clone()).or_default().push(c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(access_list = %list.name.escape_debug(), error = %e, "Cannot claim the review reminders of an Access List; trying again at the next check");
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            if next == token {
+                tracing::warn!(token = %next.escape_debug(), "Teleport returned the same page of Access Lists twice; the rest are checked next time");
+                break;
+            }
+            token = next;
+        }
+        let mut sent = 0;
+        for (address, claims) in owed {
+            sent += usize::from(self.send(&address, &claims, stop).await);
+        }
+        Ok(sent)
+    }
+
+    /// Claims, in `list`'s record, the reminders its owners are owed now.
+    async fn claim(
+        &self,
+        list: &AccessList,
+        due: &Due,
+        now: SystemTime,
+        addresses: &mut Addresses,
+    ) -> Result<Vec<Claim>, TeleportError> {
+        let owners = match self.client.access_list_owners(&list.name).await {
+            Ok(owners) => owners,
+            // Before nested lists the owners are the list's own.
+            Err(TeleportError::Unimplemented(_)) => list.owners.clone(),
+            Err(e) => return Err(e),
+        };
+        let mut mailable = Vec::new();
+        for owner in &owners {
+            if let Some(address) = addresses.of(&self.client, owner).await {
+                mailable.push((owner.clone(), address));
+            }
+        }
+        if mailable.is_empty() {
+            tracing::debug!(access_list = %list.name.escape_debug(), "No owner of this Access List can be mailed");
+            return Ok(Vec::new());
+        }
+        let owners: BTreeSet<&String> = owners.iter().collect();
+        let lease = self.settings.retry_for + LEASE_MARGIN;
+        let item =
+            ListDue {
+                name: list.name.clone(),
+                title: list.title.clone(),
+                by: due.by,
+                overdue_days: due.overdue_days,
+                link: self.settings.web_base.as_ref().map(|base| {
+                    format!("{base}/web/accesslists/{}#review", path_segment(&list.name))
+                }),
+            };
+        let plugin = self.settings.plugin;
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(random_within(Duration::from_millis(
+                    50 * u64::from(attempt),
+                )))
+                .await;
+            }
+            let data = self.client.list_plugin_data(&list.name, plugin).await?;
+            let (mut record, problem) = Record::read(&list.name, data.as_ref());
+            if let Some(problem) = problem {
+                tracing::warn!(error = %problem, "Replacing plugin data that cannot be read; the list's owners are reminded again");
+            }
+            // As the Slack plugin: only the current owners are kept.
+            record.notified.retain(|u, _| owners.contains(u));
+            record.sending.retain(|u, _| owners.contains(u));
+            let mut claims = Vec::new();
+            for (user, address) in &mailable {
+                let held = record.held_until(user);
+                if held.is_some_and(|until| until > now) {
+                    continue; // Another replica is sending it now.
+                }
+                // A claim past its limit: its replica stopped before it was done.
+                let lapsed = held.is_some();
+                if !lapsed && !due.owed_after(record.last_reminded(user)) {
+                    continue;
+                }
+                let previous = match lapsed {
+                    true => None,
+                    false => record.notified.get(user).cloned(),
+                };
+                record.claim(user, now, now + lease);
+                claims.push(Claim {
+                    list: list.name.clone(),
+                    user: user.clone(),
+                    address: address.clone(),
+                    item: item.clone(),
+                    period: due.period,
+                    reminded_at: record.notified[user].clone(),
+                    held_until: record.sending[user].clone(),
+                    previous,
+                });
+            }
+            if claims.is_empty() {
+                return Ok(claims);
+            }
+            let (set, expect) = record.swap();
+            match (self.client)
+                .update_list_plugin_data(&list.name, plugin, &set, &expect)
+                .await
+            {
+                Ok(()) => return Ok(claims),
+                Err(TeleportError::CompareFailed(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(TeleportError::CompareFailed(format!(
+            "the plugin data kept changing ({CAS_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Sends `address` one mail about the lists in `claims`, then settles every claim: kept when
+    /// sent, undone when not. Returns whether it was sent.
+    async fn send(&self, address: &str, claims: &[Claim], stop: &CancellationToken) -> bool {
+        let lists: Vec<ListDue> = claims.iter().map(|c| c.item.clone()).collect();
+        let mail = list_reminder(&self.settings.cluster, &lists);
+        let key: Vec<String> = claims
+            .iter()
+            .map(|c| format!("{}\n{}", c.list, rfc3339(c.period)))
+            .collect();
+        let key = format!("access-list-review\n{address}\n{}", key.join("\n"));
+        let id = MessageId::derived(&key, &self.settings.id_host);
+        let mail = OutgoingMail::new(address, mail, id, None);
+        let names: Vec<&str> = claims.iter().map(|c| c.list.as_str()).collect();
+        let result = self.deliver(&mail, stop).await;
+        let backend = (self.mailer)().backend();
+        self.metrics
+            .mail(backend, "access_list_reminder", result.is_ok());
+        match &result {
+            Ok(()) => {
+                tracing::info!(to = %address, access_lists = ?names, "Sent an Access List review reminder")
+            }
+            Err(e) => {
+                tracing::error!(to = %address, access_lists = ?names, error = %e, "An Access List review reminder could not be sent; it is tried again at the next check")
+            }
+        }
+        let mut by_list: BTreeMap<&str, Vec<&Claim>> = BTreeMap::new();
+        for c in claims {
+            by_list.entry(&c.list).or_default().push(c);
+        }
+        for (list, claims) in by_list {
+            self.settle(list, &claims, result.is_ok()).await;
+        }
+        result.is_ok()
+    }
+
+    /// Sends `mail`, retrying failures that may pass for `retry_for`, until `stop`.
+    async fn deliver(
+        &self,
+        mail: &OutgoingMail,
+        stop: &CancellationToken,
+    ) -> Result<(), MailError> {
+        let mut retry = Retry::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            self.settings.retry_for,
+        );
+        loop {
+            let e = match (self.mailer)().send(mail).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            let wait = match e.is_transient() {
+                true => retry.next_wait(e.retry_after(), Duration::from_secs(60)),
+                false => None,
+            };
+            let Some(wait) = wait else {
+                return Err(e);
+            };
+            tracing::warn!(to = %mail.to, error = %e, retry_in = ?wait, "Access List review reminder not sent yet; retrying");
+            tokio::select! {
+                _ = stop.cancelled() => return Err(e),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Drops the claims in `list`'s record; when the mail was not `sent`, puts back each owner's
+    /// previous reminder time so the next check owes it again.
+    async fn settle(&self, list: &str, claims: &[&Claim], sent: bool) {
+        let plugin = self.settings.plugin;
+        let mut retry = Retry::new(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+        loop {
+            let outcome = match self.client.list_plugin_data(list, plugin).await {
+                Ok(data) => {
+                    let (mut record, _) = Record::read(list, data.as_ref());
+                    for c in claims {
+                        if record.sending.get(&c.user) == Some(&c.held_until) {
+                            record.sending.remove(&c.user);
+                        }
+                        if !sent && record.notified.get(&c.user) == Some(&c.reminded_at) {
+                            match &c.previous {
+                                Some(p) => record.notified.insert(c.user.clone(), p.clone()),
+                                None => record.notified.remove(&c.user),
+                            };
+                        }
+                    }
+                    if !record.changed() {
+                        return;
+                    }
+                    let (set, expect) = record.swap();
+                    (self.client)
+                        .update_list_plugin_data(list, plugin, &set, &expect)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let e = match outcome {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            let Some(wait) = retry.next_wait(None, Duration::from_secs(5)) else {
+                tracing::error!(access_list = %list.escape_debug(), error = %e, sent, "Could not record the outcome of Access List review reminders; when their claim runs out they are sent again");
+                return;
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Owners' addresses, read once per check: the user name when it is an address, else the user's
+/// `email` trait.
+#[derive(Default)]
+struct Addresses {
+    known: HashMap<String, Option<String>>,
+    /// The role may not read users: said once per check.
+    refused: bool,
+}
+
+impl Addresses {
+    async fn of(&mut self, client: &TeleportClient, user: &str) -> Option<String> {
+        if usable(user) {
+            return Some(user.to_owned());
+        }
+        if let Some(known) = self.known.get(user) {
+            return known.clone();
+        }
+        let found = match client.user_traits(user).await {
+            Ok(traits) => email_trait(&traits),
+            Err(TeleportError::AccessDenied(e)) => {
+                if !std::mem::replace(&mut self.refused, true) {
+                    tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot mail an Access List owner whose name is not an email address: the plugin's role may not read users (it needs `read` on `user`) for their `email` trait");
+                }
+                None
+            }
+            Err(TeleportError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot read an Access List owner's `email` trait; they are not reminded this time");
+                return None;
+            }
+        };
+        if found.is_none() {
+            tracing::debug!(user = %user.escape_debug(), "An Access List owner has no email address (neither their name nor an `email` trait)");
+        }
+        self.known.insert(user.to_owned(), found.clone());
+        found
+    }
+}
+
+/// `name` for a URL path: unreserved characters as they are, the rest percent-encoded.
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `d`, shortened by up to a seventh at random.
+fn seventh_jitter(d: Duration) -> Duration {
+    d - random_within(d / 7)
+}
+
+/// A random duration up to `d`.
+fn random_within(d: Duration) -> Duration {
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_names_are_safe_in_a_link() {
+        assert_eq!(path_segment("ops-team_1.x~"), "ops-team_1.x~");
+        assert_eq!(path_segment("a/b c?#\"<"), "a%2Fb%20c%3F%23%22%3C");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn jitter_stays_within_a_seventh() {
+        for _ in 0..100 {
+            let d = seventh_jitter(CHECK_EVERY);
+            assert!(
+                d <= CHECK_EVERY && d >= CHECK_EVERY - CHECK_EVERY / 7,
+                "{d:?}"
+            );
+        }
+        assert_eq!(random_within(Duration::ZERO), Duration::ZERO);
+    }
+}

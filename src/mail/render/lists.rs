@@ -1,0 +1,208 @@
+//! The words of an Access List review reminder: one mail per owner, naming each of their lists
+//! whose review is coming due or overdue, with a link to review it.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::super::text::{MAX_HEADER_FIELD_BYTES, header_safe, html_escape, truncate};
+use super::{RenderedMail, html_document};
+use crate::calendar::civil_from_days;
+
+/// One list in a reminder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListDue {
+    /// The list's name (its id in links).
+    pub name: String,
+    /// Its title; the name stands in when it is empty.
+    pub title: String,
+    /// The review date.
+    pub by: SystemTime,
+    /// Whole days since the review date, once it has passed.
+    pub overdue_days: Option<u64>,
+    /// The Web UI page to review it, when the proxy address is known.
+    pub link: Option<String>,
+}
+
+impl ListDue {
+    /// The title (or name) on one line, bounded: it is set by whoever made the list.
+    fn label(&self) -> String {
+        let label = match self.title.trim() {
+            "" => &self.name,
+            t => t,
+        };
+        truncate(&header_safe(label), MAX_HEADER_FIELD_BYTES)
+    }
+
+    /// `due by 2023-03-01` or `7 days past due`.
+    fn standing(&self) -> String {
+        match self.overdue_days {
+            None => format!("due by {}", date(self.by)),
+            Some(1) => "1 day past due".to_owned(),
+            Some(n) => format!("{n} days past due"),
+        }
+    }
+}
+
+/// A reminder to one owner about `lists` (at least one; the earliest due first) in `cluster`.
+pub fn list_reminder(cluster: &str, lists: &[ListDue]) -> RenderedMail {
+    let mut lists = lists.to_vec();
+    lists.sort_by(|a, b| a.by.cmp(&b.by).then_with(|| a.name.cmp(&b.name)));
+    let cluster = truncate(&header_safe(cluster), MAX_HEADER_FIELD_BYTES);
+    let subject = match lists.as_slice() {
+        [one] => {
+            let standing = match one.overdue_days {
+                None => format!("due for review by {}", date(one.by)),
+                Some(_) => format!("{} for review", one.standing()),
+            };
+            format!(
+                "Reminder: Access List \"{}\" is {standing} ({cluster})",
+                one.label()
+            )
+        }
+        many => {
+            let earliest = many.first().map(ListDue::standing).unwrap_or_default();
+            format!(
+                "Reminder: {} Access Lists are due for review, the earliest {earliest} ({cluster})",
+                many.len()
+            )
+        }
+    };
+    let intro = match lists.len() {
+        1 => "An Access List you own is due for review".to_owned(),
+        n => format!("{n} Access Lists you own are due for review"),
+    };
+    let mut text = String::with_capacity(512);
+    let mut html = String::with_capacity(1024);
+    // Writing to a String cannot fail.
+    let _ = write!(text, "{intro} in cluster {cluster}:\n\n");
+    let _ = write!(
+        html,
+        "<p>{} in cluster {}:</p>\n<ul>\n",
+        html_escape(&intro),
+        html_escape(&cluster)
+    );
+    for l in &lists {
+        let (label, standing) = (l.label(), l.standing());
+        let _ = writeln!(text, "- {label} ({standing})");
+        let _ = write!(
+            html,
+            "<li>{} ({})",
+            html_escape(&label),
+            html_escape(&standing)
+        );
+        if let Some(link) = &l.link {
+            let _ = writeln!(text, "  Review it: {link}");
+            let link = html_escape(link);
+            let _ = write!(html, "<br>Review it: <a href=\"{link}\">{link}</a>");
+        }
+        html.push_str("</li>\n");
+    }
+    text.push_str(
+        "\nReviewing a list confirms who still belongs in it. Reminders go to every owner, \
+         weekly until the review date, then daily until the list is reviewed.\n",
+    );
+    html.push_str(
+        "</ul>\n<p>Reviewing a list confirms who still belongs in it. Reminders go to every \
+         owner, weekly until the review date, then daily until the list is reviewed.</p>\n",
+    );
+    RenderedMail {
+        subject,
+        text,
+        html: html_document(&html),
+    }
+}
+
+/// `YYYY-MM-DD` (UTC).
+fn date(t: SystemTime) -> String {
+    let days = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX / 2),
+        Err(e) => -i64::try_from(e.duration().as_secs().div_ceil(86_400)).unwrap_or(0),
+    };
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn list(name: &str, title: &str, day: u64, overdue: Option<u64>) -> ListDue {
+        ListDue {
+            name: name.into(),
+            title: title.into(),
+            by: UNIX_EPOCH + Duration::from_secs(1_672_531_200 + day * 86_400),
+            overdue_days: overdue,
+            link: Some(format!(
+                "https://teleport.example.com/web/accesslists/{name}#review"
+            )),
+        }
+    }
+
+    #[test]
+    fn one_list_coming_due_and_one_overdue() {
+        let m = list_reminder("prod", &[list("ops", "Ops team", 59, None)]);
+        assert_eq!(
+            m.subject,
+            "Reminder: Access List \"Ops team\" is due for review by 2023-03-01 (prod)"
+        );
+        assert!(
+            m.text.contains("- Ops team (due by 2023-03-01)\n"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text
+                .contains("Review it: https://teleport.example.com/web/accesslists/ops#review")
+        );
+        let m = list_reminder("prod", &[list("ops", "", 59, Some(7))]);
+        assert_eq!(
+            m.subject,
+            "Reminder: Access List \"ops\" is 7 days past due for review (prod)"
+        );
+        let m = list_reminder("prod", &[list("ops", "Ops", 59, Some(1))]);
+        assert!(
+            m.subject.contains("is 1 day past due for review"),
+            "{}",
+            m.subject
+        );
+    }
+
+    #[test]
+    fn several_lists_in_one_mail_earliest_first() {
+        let m = list_reminder(
+            "prod",
+            &[list("b", "Later", 60, None), list("a", "Sooner", 59, None)],
+        );
+        assert_eq!(
+            m.subject,
+            "Reminder: 2 Access Lists are due for review, the earliest due by 2023-03-01 (prod)"
+        );
+        let sooner = m.text.find("Sooner").unwrap();
+        assert!(sooner < m.text.find("Later").unwrap());
+        assert!(
+            m.html.contains("<li>Sooner (due by 2023-03-01)"),
+            "{}",
+            m.html
+        );
+    }
+
+    #[test]
+    fn hostile_titles_cannot_add_headers_lines_or_markup() {
+        let title = format!(
+            "Ops\r\nBcc: victim@example.com\n<script>{}",
+            "x".repeat(5000)
+        );
+        let m = list_reminder("prod\r\nX-Evil: 1", &[list("ops", &title, 59, None)]);
+        assert!(!m.subject.contains(['\r', '\n']), "{}", m.subject);
+        assert!(m.subject.len() < 700, "{}", m.subject.len());
+        assert!(!m.html.contains("<script>"), "escaped");
+        let item = m.text.lines().find(|l| l.starts_with("- Ops")).unwrap();
+        assert!(
+            item.contains("Bcc: victim@example.com"),
+            "kept on its own line: {item}"
+        );
+        assert!(item.len() < 400, "bounded: {}", item.len());
+    }
+}
