@@ -200,13 +200,19 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         ));
         clock
     });
-    if config.delivery.access_list_reminders {
+    // Stopped after the watch, and awaited: a reminder being sent settles its claim first.
+    let lists_stop = root.child_token();
+    let lists = config.delivery.access_list_reminders.then(|| {
         let reminders = list_reminders(&config, &client, &engine, &links.metrics, &hooks_checks);
-        tokio::spawn(reminders.run(root.child_token()));
-    }
+        tokio::spawn(reminders.run(lists_stop.clone()))
+    });
     let handler = Arc::new(Handler { engine, clock });
     let watched = watcher::run(client, handler, watcher_config, links, root).await;
     reloads_stop.cancel();
+    lists_stop.cancel();
+    if let Some(task) = lists {
+        let _ = task.await;
+    }
     let mailer = match reloads {
         Some(task) => task.await.unwrap_or(mailer),
         None => mailer,

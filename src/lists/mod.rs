@@ -89,20 +89,38 @@ enum CheckError {
     Teleport(#[from] TeleportError),
 }
 
+/// A list whose review is due now, and who owns it.
+#[derive(Debug)]
+struct DueList {
+    list: AccessList,
+    due: Due,
+    /// Every owner (nested lists expanded), mailable or not.
+    owners: BTreeSet<String>,
+    /// What the mail says of it.
+    item: ListDue,
+}
+
 /// One owner's reminder about one list, claimed in that list's record.
 #[derive(Debug, Clone)]
 struct Claim {
-    list: String,
+    list: Arc<DueList>,
     user: String,
-    address: String,
-    item: ListDue,
-    /// The period it is for (part of the Message-ID).
-    period: SystemTime,
     /// What was written: the reminder time and the claim's limit, as stored.
     reminded_at: String,
     held_until: String,
     /// The owner's last reminder before the claim, put back if the mail cannot be sent.
     previous: Option<String>,
+}
+
+/// Whether `user` is owed a reminder for a list due as `due`, as its `record` stands at `now`:
+/// `None` when not (reminded this period, or another replica is sending it now), else whether it
+/// is owed because a claim ran out (its replica stopped mid-send).
+fn owes(record: &Record, due: &Due, user: &str, now: SystemTime) -> Option<bool> {
+    match record.held_until(user) {
+        Some(until) if until > now => None,
+        Some(_) => Some(true),
+        None => due.owed_after(record.last_reminded(user)).then_some(false),
+    }
 }
 
 impl ListReminders {
@@ -161,11 +179,14 @@ impl ListReminders {
         self.check(stop).await.map_err(|e| e.to_string())
     }
 
-    /// One check of every list: claims the reminders owed now, sends one mail per owner, and
-    /// settles the claims. Returns how many mails were sent.
+    /// One check of every list: finds the reminders owed now, then for each owner's address in
+    /// turn claims theirs, sends one mail and settles the claims (so a claim only ever waits for
+    /// its own mail). Returns how many mails were sent.
     async fn check(&self, stop: &CancellationToken) -> Result<usize, CheckError> {
         let now = SystemTime::now();
-        let mut owed: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
+        // Address → list name → the list and which of its owners (with that address) are owed.
+        let mut owed: BTreeMap<String, BTreeMap<String, (Arc<DueList>, Vec<String>)>> =
+            BTreeMap::new();
         let mut addresses = Addresses::default();
         let mut token = String::new();
         for _ in 0..MAX_PAGES {
@@ -177,14 +198,19 @@ impl ListReminders {
                 let Some(due) = due(&list, now) else {
                     continue;
                 };
-                match self.claim(&list, &due, now, &mut addresses).await {
-                    Ok(claims) => {
-                        for c in claims {
-                            owed.entry(c.address.clone()).or_default().push(c);
+                let name = list.name.clone();
+                match self.owed(list, due, now, &mut addresses).await {
+                    Ok((list, users)) => {
+                        for (user, address) in users {
+                            let per_list = owed.entry(address).or_default();
+                            let entry = per_list
+                                .entry(name.clone())
+                                .or_insert_with(|| (list.clone(), Vec::new()));
+                            entry.1.push(user);
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(access_list = %list.name.escape_debug(), error = %e, "Cannot claim the review reminders of an Access List; trying again at the next check");
+                        tracing::warn!(access_list = %name.escape_debug(), error = %e, "Cannot read who owes a review reminder for an Access List; trying again at the next check");
                     }
                 }
             }
@@ -198,20 +224,32 @@ impl ListReminders {
             token = next;
         }
         let mut sent = 0;
-        for (address, claims) in owed {
-            sent += usize::from(self.send(&address, &claims, stop).await);
+        for (address, lists) in owed {
+            let mut claims = Vec::new();
+            for (list, users) in lists.values() {
+                match self.claim(list, users, now).await {
+                    Ok(claimed) => claims.extend(claimed),
+                    Err(e) => {
+                        tracing::warn!(access_list = %list.list.name.escape_debug(), error = %e, "Cannot claim the review reminders of an Access List; trying again at the next check");
+                    }
+                }
+            }
+            if !claims.is_empty() {
+                sent += usize::from(self.send(&address, &claims, stop).await);
+            }
         }
         Ok(sent)
     }
 
-    /// Claims, in `list`'s record, the reminders its owners are owed now.
-    async fn claim(
+    /// The owners of `list` (due as `due`) owed a reminder now, with their addresses: read from
+    /// its record, without writing.
+    async fn owed(
         &self,
-        list: &AccessList,
-        due: &Due,
+        list: AccessList,
+        due: Due,
         now: SystemTime,
         addresses: &mut Addresses,
-    ) -> Result<Vec<Claim>, TeleportError> {
+    ) -> Result<(Arc<DueList>, Vec<(String, String)>), TeleportError> {
         let owners = match self.client.access_list_owners(&list.name).await {
             Ok(owners) => owners,
             // Before nested lists the owners are the list's own.
@@ -224,12 +262,6 @@ impl ListReminders {
                 mailable.push((owner.clone(), address));
             }
         }
-        if mailable.is_empty() {
-            tracing::debug!(access_list = %list.name.escape_debug(), "No owner of this Access List can be mailed");
-            return Ok(Vec::new());
-        }
-        let owners: BTreeSet<&String> = owners.iter().collect();
-        let lease = self.settings.retry_for + LEASE_MARGIN;
         let item =
             ListDue {
                 name: list.name.clone(),
@@ -240,7 +272,39 @@ impl ListReminders {
                     format!("{base}/web/accesslists/{}#review", path_segment(&list.name))
                 }),
             };
-        let plugin = self.settings.plugin;
+        let due_list = Arc::new(DueList {
+            owners: owners.into_iter().collect(),
+            list,
+            due,
+            item,
+        });
+        if mailable.is_empty() {
+            tracing::debug!(access_list = %due_list.list.name.escape_debug(), "No owner of this Access List can be mailed");
+            return Ok((due_list, mailable));
+        }
+        let name = &due_list.list.name;
+        let data = self
+            .client
+            .list_plugin_data(name, self.settings.plugin)
+            .await?;
+        let (record, problem) = Record::read(name, data.as_ref());
+        if let Some(problem) = problem {
+            tracing::warn!(error = %problem, "Replacing plugin data that cannot be read; the list's owners are reminded again");
+        }
+        mailable.retain(|(user, _)| owes(&record, &due_list.due, user, now).is_some());
+        Ok((due_list, mailable))
+    }
+
+    /// Claims, in `list`'s record, the reminders of `users` (who share one address) if they are
+    /// still owed.
+    async fn claim(
+        &self,
+        list: &Arc<DueList>,
+        users: &[String],
+        now: SystemTime,
+    ) -> Result<Vec<Claim>, TeleportError> {
+        let lease = self.settings.retry_for + LEASE_MARGIN;
+        let (plugin, name) = (self.settings.plugin, &list.list.name);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(random_within(Duration::from_millis(
@@ -248,36 +312,24 @@ impl ListReminders {
                 )))
                 .await;
             }
-            let data = self.client.list_plugin_data(&list.name, plugin).await?;
-            let (mut record, problem) = Record::read(&list.name, data.as_ref());
-            if let Some(problem) = problem {
-                tracing::warn!(error = %problem, "Replacing plugin data that cannot be read; the list's owners are reminded again");
-            }
+            let data = self.client.list_plugin_data(name, plugin).await?;
+            let (mut record, _) = Record::read(name, data.as_ref());
             // As the Slack plugin: only the current owners are kept.
-            record.notified.retain(|u, _| owners.contains(u));
-            record.sending.retain(|u, _| owners.contains(u));
+            record.notified.retain(|u, _| list.owners.contains(u));
+            record.sending.retain(|u, _| list.owners.contains(u));
             let mut claims = Vec::new();
-            for (user, address) in &mailable {
-                let held = record.held_until(user);
-                if held.is_some_and(|until| until > now) {
-                    continue; // Another replica is sending it now.
-                }
-                // A claim past its limit: its replica stopped before it was done.
-                let lapsed = held.is_some();
-                if !lapsed && !due.owed_after(record.last_reminded(user)) {
+            for user in users {
+                let Some(lapsed) = owes(&record, &list.due, user, now) else {
                     continue;
-                }
+                };
                 let previous = match lapsed {
                     true => None,
                     false => record.notified.get(user).cloned(),
                 };
                 record.claim(user, now, now + lease);
                 claims.push(Claim {
-                    list: list.name.clone(),
+                    list: list.clone(),
                     user: user.clone(),
-                    address: address.clone(),
-                    item: item.clone(),
-                    period: due.period,
                     reminded_at: record.notified[user].clone(),
                     held_until: record.sending[user].clone(),
                     previous,
@@ -288,7 +340,7 @@ impl ListReminders {
             }
             let (set, expect) = record.swap();
             match (self.client)
-                .update_list_plugin_data(&list.name, plugin, &set, &expect)
+                .update_list_plugin_data(name, plugin, &set, &expect)
                 .await
             {
                 Ok(()) => return Ok(claims),
@@ -304,16 +356,21 @@ impl ListReminders {
     /// Sends `address` one mail about the lists in `claims`, then settles every claim: kept when
     /// sent, undone when not. Returns whether it was sent.
     async fn send(&self, address: &str, claims: &[Claim], stop: &CancellationToken) -> bool {
-        let lists: Vec<ListDue> = claims.iter().map(|c| c.item.clone()).collect();
-        let mail = list_reminder(&self.settings.cluster, &lists);
-        let key: Vec<String> = claims
-            .iter()
-            .map(|c| format!("{}\n{}", c.list, rfc3339(c.period)))
+        // Each list once (two owners may share an address).
+        let mut lists: BTreeMap<&str, &DueList> = BTreeMap::new();
+        for c in claims {
+            lists.insert(&c.list.list.name, &c.list);
+        }
+        let items: Vec<ListDue> = lists.values().map(|l| l.item.clone()).collect();
+        let mail = list_reminder(&self.settings.cluster, &items);
+        let key: Vec<String> = lists
+            .values()
+            .map(|l| format!("{}\n{}", l.list.name, rfc3339(l.due.period)))
             .collect();
         let key = format!("access-list-review\n{address}\n{}", key.join("\n"));
         let id = MessageId::derived(&key, &self.settings.id_host);
         let mail = OutgoingMail::new(address, mail, id, None);
-        let names: Vec<&str> = claims.iter().map(|c| c.list.as_str()).collect();
+        let names: Vec<&str> = lists.keys().copied().collect();
         let result = self.deliver(&mail, stop).await;
         let backend = (self.mailer)().backend();
         self.metrics
@@ -328,7 +385,7 @@ impl ListReminders {
         }
         let mut by_list: BTreeMap<&str, Vec<&Claim>> = BTreeMap::new();
         for c in claims {
-            by_list.entry(&c.list).or_default().push(c);
+            by_list.entry(&c.list.list.name).or_default().push(c);
         }
         for (list, claims) in by_list {
             self.settle(list, &claims, result.is_ok()).await;
