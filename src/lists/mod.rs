@@ -100,6 +100,10 @@ struct DueList {
     item: ListDue,
 }
 
+/// What one address is owed: list name → the list and which of its owners (with that address)
+/// are owed a reminder.
+type Owed = BTreeMap<String, (Arc<DueList>, Vec<String>)>;
+
 /// One owner's reminder about one list, claimed in that list's record.
 #[derive(Debug, Clone)]
 struct Claim {
@@ -184,9 +188,7 @@ impl ListReminders {
     /// its own mail). Returns how many mails were sent.
     async fn check(&self, stop: &CancellationToken) -> Result<usize, CheckError> {
         let now = SystemTime::now();
-        // Address → list name → the list and which of its owners (with that address) are owed.
-        let mut owed: BTreeMap<String, BTreeMap<String, (Arc<DueList>, Vec<String>)>> =
-            BTreeMap::new();
+        let mut owed: BTreeMap<String, Owed> = BTreeMap::new();
         let mut addresses = Addresses::default();
         let mut token = String::new();
         for _ in 0..MAX_PAGES {
