@@ -423,9 +423,49 @@ impl Engine {
         };
         // The request is gone: whatever the reviewers' mails came to, the requester is told.
         let reviewers = self.run_stage(id, expired, None).await;
+        let late = self.confirm_undecided(id).await;
         let requester = self.tell_requester(id, Resolution::Expired, "", None).await;
         self.store.forget(id);
-        reviewers.and(requester)
+        reviewers.and(late).and(requester)
+    }
+
+    /// A requester whose address could not be read while the request was pending (a passing
+    /// failure, and no later event) is looked up once more as the request goes, by the user
+    /// name in its data, and gets the confirmation the outcome is threaded under: otherwise they
+    /// would never hear of their request.
+    async fn confirm_undecided(&self, id: &str) -> Result<(), EngineError> {
+        if !self.routing().notify_requester {
+            return Ok(());
+        }
+        let data = match self.store.last_written(id) {
+            Some(d) if !d.requester_undecided() => return Ok(()),
+            _ => self.store.read(id).await?,
+        };
+        let Some(data) = data.filter(|d| d.requester_undecided() && !d.user.is_empty()) else {
+            return Ok(());
+        };
+        let gone = AccessRequest {
+            id: id.to_owned(),
+            user: data.user.clone(),
+            roles: data.roles.clone(),
+            state: RequestState::Pending,
+            reason: data.request_reason.clone(),
+            resolve_reason: String::new(),
+            created: None,
+            expires: None,
+            reviews: Vec::new(),
+            suggested_reviewers: Vec::new(),
+            promoted_to: None,
+            system_annotations: Default::default(),
+            requested_resources: 0,
+            request_expires: None,
+        };
+        let address = self.requester_address(&gone).await;
+        if address.is_none() {
+            tracing::warn!(request_id = %id, "The requester of an expired request still cannot be looked up; they are not told it expired");
+        }
+        self.run_stage(id, Stage::RequesterThread { address }, None)
+            .await
     }
 
     fn summary(&self, id: &str, data: &PluginData) -> RequestSummary {

@@ -168,6 +168,12 @@ impl PluginStore {
         Err(EngineError::TooManyConflicts)
     }
 
+    /// A request's plugin data as stored now (`None`: there is none).
+    pub(super) async fn read(&self, id: &str) -> Result<Option<PluginData>, TeleportError> {
+        let raw = self.backend.get(id).await?;
+        Ok(raw.as_ref().map(PluginData::decode))
+    }
+
     fn last_write(&self, id: &str) -> Option<RawPluginData> {
         self.cache().get(id).cloned()
     }

@@ -1767,6 +1767,43 @@ mod review_req {
         );
     }
 
+    /// Open finding (session 5): the requester's address could not be read while the request
+    /// was pending (a passing failure), and no later event came before it expired. The delete
+    /// carries no request to read the user from, and the outcome needs the confirmation's
+    /// thread: the requester never heard of their request at all.
+    #[tokio::test(start_paused = true)]
+    async fn an_undecided_requester_is_looked_up_and_told_when_the_request_expires() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |n| match n {
+                0 => Err(TeleportError::Unavailable("auth restarting".into())),
+                _ => Ok(email_trait("alice@corp.example")),
+            },
+        });
+        let engine = with_directory(engine_telling_requester(&store, &mailer, "r1"), directory);
+        engine.handle_event(put("r1")).await; // user "alice": the read fails, for now
+        assert_eq!(decoded(&store, "r1").requester.as_deref(), Some("?"));
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let mine: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "alice@corp.example")
+            .map(|m| m.subject)
+            .collect();
+        assert_eq!(mine.len(), 2, "confirmation, then the outcome: {mine:?}");
+        assert!(mine[1].contains("expired"), "{mine:?}");
+        // Told once: the same delete again (a replica, a retry) sends nothing more.
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let again = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "alice@corp.example")
+            .count();
+        assert_eq!(again, 2);
+    }
+
     /// MEDIUM. The confirmation goes only to the stored address if it is still the requester's
     /// today; the outcome goes to whatever `te_requester` says, unchecked. Whoever may write the
     /// `email` plugin's data (another plugin's role) points it at their own mailbox, or at a
