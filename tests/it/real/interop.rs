@@ -50,6 +50,7 @@ impl Setup {
             identity: &self.identity,
             smtp_port: self.mailbox.port(),
             refresh_identity: None,
+            delivery: "",
         }
     }
 
@@ -550,4 +551,121 @@ fn a_rotated_identity_is_picked_up_without_a_restart() {
     check_new_threads(&mails, &id, REQUESTER, "after", &[ALL, REVIEWER1]);
     assert!(ours.json_events("Terminating with fatal error").is_empty());
     ours.stop();
+}
+
+/// Ours with `[delivery]` extras (the keys the original does not know).
+fn start_ours_with(setup: &Setup, delivery: &str) -> PluginProcess {
+    let config = PluginConfig {
+        delivery,
+        ..setup.config(setup.cluster.auth_addr().to_string())
+    };
+    PluginProcess::start(&Which::Ours, setup.cluster.scratch_dir(), &config, &[])
+}
+
+/// `delivery.notify_requester` with the real `tsh` and `tctl`: a requester whose user name is an
+/// address gets a confirmation naming who was asked, then the outcome in the same thread; the
+/// reviewers' threads are as without it.
+#[test]
+fn ours_tells_the_requester_in_a_thread_of_their_own() {
+    let bins = real_binaries_or_skip!();
+    let _one = one_at_a_time();
+    let setup = Setup::new(bins);
+    let requester = "requester@example.com";
+    let user = serde_json::json!({"kind": "user", "version": "v2", "metadata": {"name": requester},
+        "spec": {"roles": [super::rbac::REQUESTER_ROLE]}});
+    assert!(setup.cluster.create_resources(&[user]));
+    let plugin = start_ours_with(&setup, "notify_requester = true\n");
+    let id = setup.cluster.create_request(
+        requester,
+        &[REQUESTED_ROLE],
+        "for the requester",
+        &[REVIEWER1],
+    );
+    let threads = setup.mailbox.wait_for(&id, 2);
+    check_new_threads(
+        &threads,
+        &id,
+        requester,
+        "for the requester",
+        &[ALL, REVIEWER1],
+    );
+    let mine = setup.mailbox.wait_to(requester, 1, Duration::from_secs(30));
+    let cluster = super::cluster::CLUSTER_NAME;
+    assert_eq!(
+        mine[0].subject,
+        format!("Your Role Request {id} was submitted ({cluster})")
+    );
+    assert!(
+        mine[0].text.contains("Reviewers asked: "),
+        "{}",
+        mine[0].text
+    );
+    setup.cluster.approve_as_admin(&id, "fine by me");
+    let mine = setup.mailbox.wait_to(requester, 2, Duration::from_secs(30));
+    assert_eq!(
+        mine[1].subject,
+        format!("Your Role Request {id} was approved ({cluster})")
+    );
+    assert!(
+        mine[1].text.contains("Status: ✅ APPROVED (fine by me)"),
+        "{}",
+        mine[1].text
+    );
+    assert_eq!(
+        mine[1].in_reply_to.as_deref(),
+        Some(mine[0].message_id.as_str())
+    );
+    setup.mailbox.exactly(&id, 4);
+    plugin.stop();
+}
+
+/// `delivery.reminder_interval` with the real cluster: a request nobody reviews gets one reminder
+/// per recipient in its thread after the interval (1 minute, the shortest allowed), and no more.
+#[test]
+fn ours_reminds_an_unreviewed_request_after_its_interval() {
+    let bins = real_binaries_or_skip!();
+    let _one = one_at_a_time();
+    let setup = Setup::new(bins);
+    let plugin = start_ours_with(&setup, "reminder_interval = \"1m\"\nreminder_limit = 1\n");
+    let id = setup
+        .cluster
+        .create_request(REQUESTER, &[REQUESTED_ROLE], "remind me", &[REVIEWER1]);
+    let first = setup.mailbox.wait_for(&id, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while setup.mailbox.mails_for(&id).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reminders: {:#?}",
+            setup.mailbox.mails_for(&id)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let all = setup.mailbox.exactly(&id, 4);
+    let reminders = &all[2..];
+    check_all_contain(reminders, &["Reminder 1 of 1"]);
+    assert_threaded(&first, reminders);
+    plugin.stop();
+}
+
+/// `delivery.access_list_reminders` on Community Edition, which serves no Access Lists: one INFO
+/// line says so, and access requests are mailed as ever.
+#[test]
+fn access_list_reminders_on_community_edition_say_so_once() {
+    let bins = real_binaries_or_skip!();
+    let _one = one_at_a_time();
+    let setup = Setup::new(bins);
+    let plugin = start_ours_with(&setup, "access_list_reminders = true\n");
+    plugin.wait_log("does not offer Access Lists", Duration::from_secs(60));
+    let id = setup
+        .cluster
+        .create_request(REQUESTER, &[REQUESTED_ROLE], "lists or not", &[]);
+    setup.mailbox.exactly(&id, 1);
+    assert_eq!(
+        plugin
+            .log_text()
+            .matches("does not offer Access Lists")
+            .count(),
+        1
+    );
+    plugin.stop();
 }

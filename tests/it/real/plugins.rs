@@ -74,6 +74,30 @@ impl Mailbox {
             .collect()
     }
 
+    /// Every mail so far, in arrival order.
+    pub fn all(&self) -> Vec<Mail> {
+        let messages = self.receiver.messages();
+        messages.iter().map(|m| from_smtp(&m.data)).collect()
+    }
+
+    /// Waits until `n` mails to `to` have arrived and returns them.
+    #[track_caller]
+    pub fn wait_to(&self, to: &str, n: usize, wait: Duration) -> Vec<Mail> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let mails: Vec<Mail> = self.all().into_iter().filter(|m| m.to == to).collect();
+            if mails.len() >= n {
+                return mails;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {wait:?} for {n} mail(s) to {to}, got {}: {mails:#?}",
+                mails.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The SMTP users that authenticated for the mails about `id`.
     pub fn auth_users_for(&self, id: &str) -> Vec<Option<String>> {
         self.receiver
@@ -133,6 +157,8 @@ pub struct PluginConfig<'a> {
     pub smtp_port: u16,
     /// `refresh_identity_interval` with `refresh_identity = true` (ours only).
     pub refresh_identity: Option<&'a str>,
+    /// More `[delivery]` lines (ours only: the keys the original does not know).
+    pub delivery: &'a str,
 }
 
 impl PluginConfig<'_> {
@@ -150,11 +176,12 @@ impl PluginConfig<'_> {
         format!(
             "[teleport]\naddr = \"{addr}\"\nidentity = \"{identity}\"\n{refresh}\
              [smtp]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{SMTP_USER}\"\npassword = \"{SMTP_PASSWORD}\"\nstarttls_policy = \"disabled\"\n\
-             [delivery]\nsender = \"{SENDER}\"\n\
+             [delivery]\nsender = \"{SENDER}\"\n{delivery}\
              [role_to_recipients]\n\"*\" = \"{ALL}\"\n{log}",
             addr = self.addr,
             identity = self.identity.display(),
             port = self.smtp_port,
+            delivery = self.delivery,
         )
     }
 }
