@@ -566,3 +566,43 @@ async fn lines_that_start_with_a_dot_arrive_intact() {
     assert!(receiver.stats().pipelined > 0);
     assert_eq!(parse_mail(&got[0].data).text, mail.text);
 }
+
+/// A server that offers CRAM-MD5 and neither PLAIN nor LOGIN (the original's Go library prefers
+/// CRAM-MD5, so such a server works with the original): the mail goes through, the password
+/// never crosses the wire, and a wrong password is a permanent AUTH failure.
+#[tokio::test]
+async fn auth_cram_md5_when_it_is_all_the_server_offers() {
+    crypto();
+    let pki = pki();
+    let receiver = SmtpReceiver::builder()
+        .starttls(pki.server_config().unwrap())
+        .auth(USER, PASSWORD)
+        .auth_mechanisms(&[AuthMechanism::CramMd5])
+        .start()
+        .await
+        .unwrap();
+    let config = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, PASSWORD)),
+    );
+    let mailer = smtp_mailer(&config, Some(&pki));
+    mailer.health_check().await.unwrap();
+    mailer.send(&new_thread_mail()).await.unwrap();
+    let got = receiver.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(got[0].auth_user.as_deref(), Some(USER));
+
+    let wrong = smtp_config(
+        receiver.port(),
+        StartTlsPolicy::Mandatory,
+        Some((USER, "wrong-pw-456")),
+    );
+    let err = smtp_mailer(&wrong, Some(&pki))
+        .send(&new_thread_mail())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MailError::Auth { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(!format!("{err} {err:?}").contains("wrong-pw-456"));
+    assert_eq!(receiver.stats().auth_failures, 1);
+}

@@ -83,7 +83,8 @@ fn smtp(server: String, e: &SmtpError, step: SmtpStep) -> MailError {
         return if reason.contains("authentication mechanism") {
             MailError::Auth {
                 server,
-                reason: "the server offers no AUTH mechanism we use (PLAIN, LOGIN)".into(),
+                reason: "the server offers no AUTH mechanism we use (PLAIN, LOGIN, CRAM-MD5)"
+                    .into(),
             }
         } else {
             MailError::Protocol {

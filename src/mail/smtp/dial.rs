@@ -15,8 +15,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::super::SmtpStep;
+use super::cram;
 use super::opening::{self, Opened, StartTls};
 use super::stream::{AnswerClock, Deadline, Handover, Io, timed_out};
+use crate::secret::Secret;
 
 /// The AUTH mechanisms we use, in order of preference.
 const MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
@@ -57,8 +59,14 @@ pub(super) struct Dialer {
     pub timeout: Duration,
     pub hello: ClientId,
     pub security: Security,
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<Login>,
     pub plaintext_auth: PlaintextAuth,
+}
+
+/// The AUTH user name and password.
+pub(super) struct Login {
+    pub user: String,
+    pub password: Secret,
 }
 
 /// Why a connection could not be opened or used.
@@ -125,6 +133,7 @@ impl Dialer {
         let opened = self.open(plain).await?;
         let encrypted = opened.encrypted || matches!(self.security, Security::Implicit(_));
         let pipelining = opened.hello.offers("PIPELINING");
+        let mechanisms = opened.hello.auth_mechanisms();
         let Opened {
             stream,
             greeting,
@@ -136,7 +145,7 @@ impl Dialer {
             .await
             .map_err(|e| Failure::Smtp(e, SmtpStep::Session))?;
         if let Some(credentials) = &self.credentials {
-            self.authenticate(&mut smtp, credentials, encrypted, peer.ip())
+            self.authenticate(&mut smtp, credentials, &mechanisms, encrypted, peer.ip())
                 .await?;
         }
         Ok(Connection {
@@ -173,11 +182,13 @@ impl Dialer {
         opening::open(stream, &self.hello, starttls).await
     }
 
-    /// AUTH, unless it would send the password in clear (then QUIT and a refusal).
+    /// AUTH, unless it would send the password in clear (then QUIT and a refusal): PLAIN or
+    /// LOGIN through lettre, or CRAM-MD5 when the server offers that alone of the three.
     async fn authenticate(
         &self,
         smtp: &mut AsyncSmtpConnection,
-        credentials: &Credentials,
+        login: &Login,
+        offered: &[String],
         encrypted: bool,
         peer: IpAddr,
     ) -> Result<(), Failure> {
@@ -188,11 +199,19 @@ impl Dialer {
                 _ => "the server did not offer STARTTLS",
             }));
         }
-        if let Err(e) = smtp.auth(&MECHANISMS, credentials).await {
+        let has = |m: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(m));
+        let result = if !has("PLAIN") && !has("LOGIN") && has("CRAM-MD5") {
+            cram::authenticate(smtp, &login.user, login.password.expose()).await
+        } else {
+            let credentials = Credentials::new(login.user.clone(), login.password.expose().into());
+            (smtp.auth(&MECHANISMS, &credentials).await)
+                .map(drop)
+                .map_err(|e| Failure::Smtp(e, SmtpStep::Session))
+        };
+        if result.is_err() {
             smtp.abort().await;
-            return Err(Failure::Smtp(e, SmtpStep::Session));
         }
-        Ok(())
+        result
     }
 }
 

@@ -5,7 +5,7 @@
 //! `smtp.starttls_policy` (`mandatory` → STARTTLS required, `opportunistic` → used when offered,
 //! `disabled` → never) unless `implicit_tls` is set, when TLS starts with the first byte. Server
 //! certificates are checked against the OS trust store, which honours `SSL_CERT_FILE` and
-//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN) is used only when a username is configured, and
+//! `SSL_CERT_DIR`. AUTH (PLAIN, then LOGIN, then CRAM-MD5) is used only when a username is configured, and
 //! only over TLS, to a server on this machine, or with `smtp.allow_plaintext_auth`. Every
 //! network operation has a deadline (see [`stream`]).
 //!
@@ -17,6 +17,7 @@
 //! encoding).
 
 mod classify;
+mod cram;
 mod dial;
 mod mime;
 mod opening;
@@ -33,13 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
+
 use lettre::transport::smtp::extension::ClientId;
 use tokio::sync::oneshot;
 
 use super::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::config::SmtpConfig;
-use dial::{Dialer, Failure, PlaintextAuth};
+use crate::secret::Secret;
+use dial::{Dialer, Failure, Login, PlaintextAuth};
 use pool::Pool;
 use queue::{Queue, Queued};
 use wire::{BodyCache, Wire};
@@ -108,9 +110,9 @@ impl SmtpMailer {
             .map_err(|e| setup(format!("delivery.sender {from:?} is not a mailbox: {e}")))?;
         let security = tls::security(config, &options.extra_root_certs_pem)
             .map_err(|e| setup(format!("TLS setup for {}: {e}", config.host)))?;
-        let credentials = config.username.as_ref().map(|user| {
-            let password = config.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            Credentials::new(user.clone(), password.to_owned())
+        let credentials = config.username.as_ref().map(|user| Login {
+            user: user.clone(),
+            password: config.password.clone().unwrap_or_else(|| Secret::new("")),
         });
         let pool_size = options.pool_max_size.max(1) as usize;
         let inner = Inner {

@@ -70,6 +70,19 @@ impl Reply {
         })
     }
 
+    /// The AUTH mechanisms an EHLO reply offers (`AUTH PLAIN LOGIN`, or the older `AUTH=...`),
+    /// upper-cased.
+    pub(super) fn auth_mechanisms(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in self.lines().skip(1) {
+            let mut words = line.split(|c: char| c.is_ascii_whitespace() || c == '=');
+            if words.next().is_some_and(|k| k.eq_ignore_ascii_case("AUTH")) {
+                out.extend(words.filter(|w| !w.is_empty()).map(str::to_ascii_uppercase));
+            }
+        }
+        out
+    }
+
     /// The refusal this reply is, when negative.
     fn accepted(self) -> Result<Self, Failure> {
         if self.is_positive() {

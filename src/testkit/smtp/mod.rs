@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub enum AuthMechanism {
     Plain,
     Login,
+    /// RFC 2195's challenge and HMAC-MD5 answer.
+    CramMd5,
 }
 
 impl AuthMechanism {
@@ -32,6 +34,7 @@ impl AuthMechanism {
         match self {
             Self::Plain => "PLAIN",
             Self::Login => "LOGIN",
+            Self::CramMd5 => "CRAM-MD5",
         }
     }
 }
