@@ -120,4 +120,30 @@ mod tests {
         assert!(d.period <= at(10));
         assert!(d.owed_after(None));
     }
+
+    /// Kept as a regression test (passes): review dates and notification starts at the ends of
+    /// what the wire carries (seconds up to i64::MAX) neither panic nor overflow.
+    #[test]
+    fn review_extreme_review_dates_and_starts() {
+        let now = at(10);
+        for (secs, before) in [
+            (i64::MAX as u64, i64::MAX as u64),
+            (i64::MAX as u64, 0),
+            (1, i64::MAX as u64),
+            (0, u64::MAX),
+        ] {
+            let mut l = list();
+            l.next_review = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+            l.notify_before = Duration::from_secs(before);
+            if let Some(d) = due(&l, now) {
+                assert!(d.period <= now);
+                let _ = d.owed_after(Some(SystemTime::UNIX_EPOCH));
+            }
+        }
+        let mut l = list();
+        l.next_review =
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(i64::MAX as u64 / 2));
+        let d = due(&l, now).unwrap();
+        assert!(d.overdue_days.unwrap() > 1_000_000);
+    }
 }

@@ -581,3 +581,50 @@ async fn access_list_reminders_on_a_cluster_without_access_lists_say_so_once_and
     assert!(log.contains(&id), "the request was handled: {log}");
     assert_eq!(daemon.stop().await, 0);
 }
+
+/// Review finding 3 (the real binary). The Access List reminders task is spawned detached and
+/// never joined: SIGTERM while an owner's reminder waits to be retried ends the process when the
+/// watcher is done, without the claims of that check being undone. The reminders that were never
+/// delivered stay claimed (`te_sending`) until the lease runs out (`retry_timeout` + 5 min, 15 min
+/// by default): a restart sends nothing until then, and a mail that was accepted just before the
+/// runtime was dropped is sent again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_sigterm_mid_reminder_undoes_its_claims() {
+    let peers = Peers::start().await;
+    peers.smtp.inject(
+        teleport_email::testkit::smtp::Stage::RcptTo,
+        "451 4.3.0 try again later",
+        1000,
+    );
+    let in_days = std::time::SystemTime::now() + Duration::from_secs(3 * 24 * 3600);
+    peers
+        .auth
+        .put_access_list(teleport_email::testkit::auth::FakeList {
+            name: "ops".into(),
+            title: "Ops".into(),
+            owners: vec!["a@example.com".into(), "b@example.com".into()],
+            next_review: Some(in_days),
+            ..Default::default()
+        });
+    let path = peers.dir.path().join("lists.toml");
+    let text = std::fs::read_to_string(peers.config())
+        .unwrap()
+        .replace("[delivery]\n", "[delivery]\naccess_list_reminders = true\n");
+    std::fs::write(&path, text).unwrap();
+    let daemon = Daemon::start(&path, peers.dir.path().join("log")).await;
+    // The first check runs within 10 s; its first mail is refused for now and retried.
+    daemon
+        .wait_log("Access List review reminder not sent yet; retrying", 1)
+        .await;
+    let claimed = peers.auth.list_plugin_data("ops", "email").unwrap();
+    assert!(claimed.contains_key("te_sending"), "{claimed:?}");
+    assert_eq!(daemon.stop().await, 0);
+    let data = peers
+        .auth
+        .list_plugin_data("ops", "email")
+        .unwrap_or_default();
+    assert!(
+        !data.contains_key("te_sending"),
+        "after a clean SIGTERM the undelivered reminders are still claimed: {data:?}"
+    );
+}

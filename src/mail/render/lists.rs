@@ -205,4 +205,66 @@ mod tests {
         );
         assert!(item.len() < 400, "bounded: {}", item.len());
     }
+
+    /// Review finding 7 (low): nothing bounds how many lists one mail names. An owner of every
+    /// list (a platform team owning them all through a nested owner list) gets one mail with all
+    /// of them: 20,000 lists with full-length titles is past the 10 MB most relays accept (Mailgun
+    /// 25 MB); the relay refuses it for good, the claims are undone, and the same too-big mail is
+    /// tried every 3 hours, forever: that owner is never reminded of anything.
+    #[test]
+    fn review_a_mail_about_very_many_lists_stays_within_what_relays_accept() {
+        let title = "T".repeat(400);
+        let lists: Vec<ListDue> = (0..20_000)
+            .map(|i| list(&format!("list-{i:05}"), &title, 59, Some(3)))
+            .collect();
+        let m = list_reminder("prod", &lists);
+        let size = m.subject.len() + m.text.len() + m.html.len();
+        assert!(size < 10_000_000, "{size} bytes in one mail");
+    }
+
+    /// Review finding 8 (low): `header_safe` turns only Cc control characters into spaces.
+    /// U+2028/U+2029 (line and paragraph separators) in a list's title pass into the plain-text
+    /// body, where many clients break the line: a title can draw its own "Review it:" line with
+    /// a link of its choosing under the real list.
+    #[test]
+    fn review_unicode_line_separators_in_a_title_do_not_start_a_new_line() {
+        let title = "Ops\u{2028}  Review it: https://evil.example/login\u{2029}";
+        let m = list_reminder("prod", &[list("ops", title, 59, None)]);
+        assert!(
+            !m.text.contains(['\u{2028}', '\u{2029}'])
+                && !m.subject.contains(['\u{2028}', '\u{2029}']),
+            "{:?}",
+            m.text
+        );
+    }
+
+    /// Kept as a regression test (passes): dates at the ends of what the wire can carry render
+    /// without panicking.
+    #[test]
+    fn review_extreme_dates_render() {
+        let far = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        let past = UNIX_EPOCH - Duration::from_secs(i64::MAX as u64 / 2);
+        for by in [far, past] {
+            let l = ListDue {
+                by,
+                overdue_days: Some(u64::MAX),
+                ..list("ops", "Ops", 0, None)
+            };
+            let m = list_reminder(
+                "prod",
+                &[
+                    l.clone(),
+                    ListDue {
+                        overdue_days: None,
+                        ..l
+                    },
+                ],
+            );
+            assert!(
+                m.subject.starts_with("Reminder: 2 Access Lists"),
+                "{}",
+                m.subject
+            );
+        }
+    }
 }
