@@ -13,7 +13,7 @@
 mod record;
 mod schedule;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -48,6 +48,13 @@ const CAS_ATTEMPTS: u32 = 8;
 
 /// Pages of lists read in one check at most (100 lists a page: far beyond any cluster).
 const MAX_PAGES: usize = 10_000;
+
+/// Lists one mail names at most (the earliest due); the rest go in the next check's mail.
+const MAX_LISTS_PER_MAIL: usize = 50;
+
+/// How far a claim may run past our own lease before it is taken for a clock gone wrong (or a
+/// hostile write) and ignored, as the request engine does.
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// What the reminders need besides the client and the mailer.
 #[derive(Debug, Clone)]
@@ -87,6 +94,9 @@ enum CheckError {
     NotOffered(String),
     #[error(transparent)]
     Teleport(#[from] TeleportError),
+    /// Some lists could not be read or claimed, or an owner had too many for one mail.
+    #[error("{failed} Access List reminder(s) could not be handled now ({sent} mail(s) sent)")]
+    Incomplete { failed: usize, sent: usize },
 }
 
 /// A list whose review is due now, and who owns it.
@@ -119,9 +129,16 @@ struct Claim {
 /// Whether `user` is owed a reminder for a list due as `due`, as its `record` stands at `now`:
 /// `None` when not (reminded this period, or another replica is sending it now), else whether it
 /// is owed because a claim ran out (its replica stopped mid-send).
-fn owes(record: &Record, due: &Due, user: &str, now: SystemTime) -> Option<bool> {
+/// A claim that runs beyond `horizon` (further than any lease of ours) is not believed.
+fn owes(
+    record: &Record,
+    due: &Due,
+    user: &str,
+    now: SystemTime,
+    horizon: SystemTime,
+) -> Option<bool> {
     match record.held_until(user) {
-        Some(until) if until > now => None,
+        Some(until) if until > now && until <= horizon => None,
         Some(_) => Some(true),
         None => due.owed_after(record.last_reminded(user)).then_some(false),
     }
@@ -169,12 +186,21 @@ impl ListReminders {
                         tracing::warn!(error = %e, "Cannot list Access Lists for review reminders: the plugin's role needs `list` and `read` on `access_list`; trying again at every check");
                     }
                 }
+                Err(e @ CheckError::Incomplete { .. }) => {
+                    tracing::warn!(error = %e, "Access Lists checked in part; trying again shortly");
+                    wait = seventh_jitter(RETRY_FAILED_CHECK.min(self.settings.every));
+                }
                 Err(CheckError::Teleport(e)) => {
                     tracing::warn!(error = %e, "Cannot check the Access Lists for reviews coming due; trying again shortly");
                     wait = seventh_jitter(RETRY_FAILED_CHECK.min(self.settings.every));
                 }
             }
         }
+    }
+
+    /// How long a claim of ours holds: the time mail is retried, and a margin.
+    fn lease(&self) -> Duration {
+        self.settings.retry_for + LEASE_MARGIN
     }
 
     /// One check now, as the task makes every few hours (tests run replicas' checks side by side).
@@ -188,9 +214,12 @@ impl ListReminders {
     /// its own mail). Returns how many mails were sent.
     async fn check(&self, stop: &CancellationToken) -> Result<usize, CheckError> {
         let now = SystemTime::now();
-        let mut owed: BTreeMap<String, Owed> = BTreeMap::new();
+        // Address (compared without regard to case) → the lists it is owed a reminder of.
+        let mut owed: BTreeMap<String, (String, Owed)> = BTreeMap::new();
         let mut addresses = Addresses::default();
+        let mut failed = 0;
         let mut token = String::new();
+        let mut seen = HashSet::new();
         for _ in 0..MAX_PAGES {
             let (lists, next) = match self.client.access_list_page(&token).await {
                 Err(TeleportError::Unimplemented(e)) => return Err(CheckError::NotOffered(e)),
@@ -204,7 +233,8 @@ impl ListReminders {
                 match self.owed(list, due, now, &mut addresses).await {
                     Ok((list, users)) => {
                         for (user, address) in users {
-                            let per_list = owed.entry(address).or_default();
+                            let key = address.to_ascii_lowercase();
+                            let (_, per_list) = owed.entry(key).or_insert((address, Owed::new()));
                             let entry = per_list
                                 .entry(name.clone())
                                 .or_insert_with(|| (list.clone(), Vec::new()));
@@ -212,35 +242,52 @@ impl ListReminders {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(access_list = %name.escape_debug(), error = %e, "Cannot read who owes a review reminder for an Access List; trying again at the next check");
+                        failed += 1;
+                        tracing::warn!(access_list = %name.escape_debug(), error = %e, "Cannot read who owes a review reminder for an Access List; trying again shortly");
                     }
                 }
             }
             if next.is_empty() {
                 break;
             }
-            if next == token {
-                tracing::warn!(token = %next.escape_debug(), "Teleport returned the same page of Access Lists twice; the rest are checked next time");
+            if !seen.insert(next.clone()) {
+                tracing::warn!(token = %next.escape_debug(), "Teleport's listing of Access Lists came back to a page it had given already; the lists after it are checked next time");
                 break;
             }
             token = next;
         }
         let mut sent = 0;
-        for (address, lists) in owed {
+        for (address, lists) in owed.into_values() {
+            if stop.is_cancelled() {
+                break;
+            }
+            // The earliest due first; a mail names at most MAX_LISTS_PER_MAIL, the rest wait for
+            // the next check (soon).
+            let mut lists: Vec<_> = lists.into_values().collect();
+            lists.sort_by(|a, b| (a.0.due.by, &a.0.list.name).cmp(&(b.0.due.by, &b.0.list.name)));
+            if lists.len() > MAX_LISTS_PER_MAIL {
+                failed += lists.len() - MAX_LISTS_PER_MAIL;
+                lists.truncate(MAX_LISTS_PER_MAIL);
+            }
             let mut claims = Vec::new();
-            for (list, users) in lists.values() {
-                match self.claim(list, users, now).await {
+            for (list, users) in &lists {
+                // Claimed now, just before this address's mail: its claim waits for no other mail.
+                match self.claim(list, users, SystemTime::now()).await {
                     Ok(claimed) => claims.extend(claimed),
                     Err(e) => {
-                        tracing::warn!(access_list = %list.list.name.escape_debug(), error = %e, "Cannot claim the review reminders of an Access List; trying again at the next check");
+                        failed += 1;
+                        tracing::warn!(access_list = %list.list.name.escape_debug(), error = %e, "Cannot claim the review reminders of an Access List; trying again shortly");
                     }
                 }
             }
             if !claims.is_empty() {
-                sent += usize::from(self.send(&address, &claims, stop).await);
+                sent += usize::from(self.send(&address, claims, stop).await);
             }
         }
-        Ok(sent)
+        match failed {
+            0 => Ok(sent),
+            failed => Err(CheckError::Incomplete { failed, sent }),
+        }
     }
 
     /// The owners of `list` (due as `due`) owed a reminder now, with their addresses: read from
@@ -293,7 +340,8 @@ impl ListReminders {
         if let Some(problem) = problem {
             tracing::warn!(error = %problem, "Replacing plugin data that cannot be read; the list's owners are reminded again");
         }
-        mailable.retain(|(user, _)| owes(&record, &due_list.due, user, now).is_some());
+        let horizon = now + self.lease() + CLOCK_TOLERANCE;
+        mailable.retain(|(user, _)| owes(&record, &due_list.due, user, now, horizon).is_some());
         Ok((due_list, mailable))
     }
 
@@ -305,7 +353,8 @@ impl ListReminders {
         users: &[String],
         now: SystemTime,
     ) -> Result<Vec<Claim>, TeleportError> {
-        let lease = self.settings.retry_for + LEASE_MARGIN;
+        let lease = self.lease();
+        let horizon = now + lease + CLOCK_TOLERANCE;
         let (plugin, name) = (self.settings.plugin, &list.list.name);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
@@ -321,7 +370,7 @@ impl ListReminders {
             record.sending.retain(|u, _| list.owners.contains(u));
             let mut claims = Vec::new();
             for user in users {
-                let Some(lapsed) = owes(&record, &list.due, user, now) else {
+                let Some(lapsed) = owes(&record, &list.due, user, now, horizon) else {
                     continue;
                 };
                 let previous = match lapsed {
@@ -357,10 +406,10 @@ impl ListReminders {
 
     /// Sends `address` one mail about the lists in `claims`, then settles every claim: kept when
     /// sent, undone when not. Returns whether it was sent.
-    async fn send(&self, address: &str, claims: &[Claim], stop: &CancellationToken) -> bool {
+    async fn send(&self, address: &str, claims: Vec<Claim>, stop: &CancellationToken) -> bool {
         // Each list once (two owners may share an address).
         let mut lists: BTreeMap<&str, &DueList> = BTreeMap::new();
-        for c in claims {
+        for c in &claims {
             lists.insert(&c.list.list.name, &c.list);
         }
         let items: Vec<ListDue> = lists.values().map(|l| l.item.clone()).collect();
@@ -385,14 +434,22 @@ impl ListReminders {
                 tracing::error!(to = %address, access_lists = ?names, error = %e, "An Access List review reminder could not be sent; it is tried again at the next check")
             }
         }
-        let mut by_list: BTreeMap<&str, Vec<&Claim>> = BTreeMap::new();
+        let sent = result.is_ok();
+        let mut by_list: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
         for c in claims {
-            by_list.entry(&c.list.list.name).or_default().push(c);
+            by_list.entry(c.list.list.name.clone()).or_default().push(c);
         }
         for (list, claims) in by_list {
-            self.settle(list, &claims, result.is_ok()).await;
+            let settle = Settle {
+                client: self.client.clone(),
+                plugin: self.settings.plugin,
+                list,
+                claims,
+                sent,
+            };
+            settle.run(stop).await;
         }
-        result.is_ok()
+        sent
     }
 
     /// Sends `mail`, retrying failures that may pass for `retry_for`, until `stop`.
@@ -425,51 +482,103 @@ impl ListReminders {
             }
         }
     }
+}
 
-    /// Drops the claims in `list`'s record; when the mail was not `sent`, puts back each owner's
-    /// previous reminder time so the next check owes it again.
-    async fn settle(&self, list: &str, claims: &[&Claim], sent: bool) {
-        let plugin = self.settings.plugin;
+/// Settling one list's claims after a mail: each claim is dropped, and when the mail was not
+/// `sent`, each owner's previous reminder time is put back so the next check owes it again.
+struct Settle {
+    client: TeleportClient,
+    plugin: &'static str,
+    list: String,
+    claims: Vec<Claim>,
+    sent: bool,
+}
+
+/// How long a settle is tried before the check moves on (it goes on in the background).
+const SETTLE_INLINE: Duration = Duration::from_secs(10);
+
+/// How long before a claim runs out its settle stops trying.
+const SETTLE_MARGIN: Duration = Duration::from_secs(30);
+
+impl Settle {
+    /// Settles now; if Teleport refuses for longer than [`SETTLE_INLINE`], goes on trying in the
+    /// background until just before the claims run out (after that another check would send
+    /// the reminder again), or until `stop`.
+    async fn run(self, stop: &CancellationToken) {
         let mut retry = Retry::new(
             Duration::from_millis(200),
-            Duration::from_secs(5),
-            Duration::from_secs(60),
+            Duration::from_secs(2),
+            SETTLE_INLINE,
         );
+        let Err(e) = self.attempt_with(&mut retry, stop).await else {
+            return;
+        };
+        let runs_out = (self.claims.iter())
+            .filter_map(|c| crate::calendar::parse_rfc3339(&c.held_until).ok())
+            .min()
+            .and_then(|t| t.checked_sub(SETTLE_MARGIN))
+            .and_then(|t| t.duration_since(SystemTime::now()).ok());
+        let Some(left) = runs_out.filter(|_| !stop.is_cancelled()) else {
+            return self.give_up(&e);
+        };
+        tracing::warn!(access_list = %self.list.escape_debug(), error = %e, "Cannot record the outcome of Access List review reminders yet; trying on in the background");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut retry = Retry::new(Duration::from_secs(1), Duration::from_secs(2), left);
+            if let Err(e) = self.attempt_with(&mut retry, &stop).await {
+                self.give_up(&e);
+            }
+        });
+    }
+
+    fn give_up(&self, e: &TeleportError) {
+        tracing::error!(access_list = %self.list.escape_debug(), error = %e, sent = self.sent, "Could not record the outcome of Access List review reminders; when their claim runs out they are sent again");
+    }
+
+    /// Attempts until one works, `retry` says stop, or `stop` (then one attempt more at most).
+    async fn attempt_with(
+        &self,
+        retry: &mut Retry,
+        stop: &CancellationToken,
+    ) -> Result<(), TeleportError> {
         loop {
-            let outcome = match self.client.list_plugin_data(list, plugin).await {
-                Ok(data) => {
-                    let (mut record, _) = Record::read(list, data.as_ref());
-                    for c in claims {
-                        if record.sending.get(&c.user) == Some(&c.held_until) {
-                            record.sending.remove(&c.user);
-                        }
-                        if !sent && record.notified.get(&c.user) == Some(&c.reminded_at) {
-                            match &c.previous {
-                                Some(p) => record.notified.insert(c.user.clone(), p.clone()),
-                                None => record.notified.remove(&c.user),
-                            };
-                        }
-                    }
-                    if !record.changed() {
-                        return;
-                    }
-                    let (set, expect) = record.swap();
-                    (self.client)
-                        .update_list_plugin_data(list, plugin, &set, &expect)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            let e = match outcome {
-                Ok(()) => return,
+            let e = match self.attempt().await {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            let Some(wait) = retry.next_wait(None, Duration::from_secs(5)) else {
-                tracing::error!(access_list = %list.escape_debug(), error = %e, sent, "Could not record the outcome of Access List review reminders; when their claim runs out they are sent again");
-                return;
+            let Some(wait) = retry.next_wait(None, Duration::from_secs(2)) else {
+                return Err(e);
             };
+            if stop.is_cancelled() {
+                return Err(e);
+            }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One read and compare-and-swap.
+    async fn attempt(&self) -> Result<(), TeleportError> {
+        let (list, plugin) = (&self.list, self.plugin);
+        let data = self.client.list_plugin_data(list, plugin).await?;
+        let (mut record, _) = Record::read(list, data.as_ref());
+        for c in &self.claims {
+            if record.sending.get(&c.user) == Some(&c.held_until) {
+                record.sending.remove(&c.user);
+            }
+            if !self.sent && record.notified.get(&c.user) == Some(&c.reminded_at) {
+                match &c.previous {
+                    Some(p) => record.notified.insert(c.user.clone(), p.clone()),
+                    None => record.notified.remove(&c.user),
+                };
+            }
+        }
+        if !record.changed() {
+            return Ok(());
+        }
+        let (set, expect) = record.swap();
+        (self.client)
+            .update_list_plugin_data(list, plugin, &set, &expect)
+            .await
     }
 }
 

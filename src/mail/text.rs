@@ -24,14 +24,15 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}{TRUNCATION_NOTE}", &s[..end])
 }
 
-/// Text for a header: every control character (CR and LF included) becomes a space.
+/// Text for a header (or a one-line label): every control character (CR and LF included) and
+/// Unicode's line and paragraph separators (which many clients show as line breaks) become a
+/// space.
 pub fn header_safe(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !s.chars().any(breaks) {
         return s.to_owned();
     }
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if breaks(c) { ' ' } else { c }).collect()
 }
 
 /// Text for a body line: line breaks kept as `\n`, other control characters shown as U+FFFD.

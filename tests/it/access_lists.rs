@@ -202,7 +202,7 @@ async fn a_claim_left_mid_send_is_sent_again_once_it_runs_out_and_a_live_one_is_
     let now = SystemTime::now();
     let recent = rfc3339(now - Duration::from_secs(600));
     let lapsed = rfc3339(now - Duration::from_secs(60));
-    let live = rfc3339(now + Duration::from_secs(3600));
+    let live = rfc3339(now + Duration::from_secs(600));
     h.auth.put_access_list(list("ops", "Ops", &[a, b], 2));
     h.auth.put_list_plugin_data(
         "ops",

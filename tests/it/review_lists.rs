@@ -311,8 +311,9 @@ async fn review_a_delivered_reminder_is_settled_when_teleport_recovers_within_it
     auth.fail_next_plugin_data_writes(0);
     assert_eq!(probe.delivered_to(), [a]);
     assert!(started.elapsed() < Duration::from_secs(120));
-    // Teleport accepts writes again; the claim still has ~14 minutes to run.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Teleport accepts writes again; the claim still has ~14 minutes to run (the settle goes on
+    // in the background, a try every 2 s at most).
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let held = sending(&auth, "ops");
     assert!(
         held.is_empty(),

@@ -8,6 +8,9 @@ use super::super::text::{MAX_HEADER_FIELD_BYTES, header_safe, html_escape, trunc
 use super::{RenderedMail, html_document};
 use crate::calendar::civil_from_days;
 
+/// The most lists one mail names.
+const MAX_LISTS: usize = 100;
+
 /// One list in a reminder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListDue {
@@ -47,6 +50,10 @@ impl ListDue {
 pub fn list_reminder(cluster: &str, lists: &[ListDue]) -> RenderedMail {
     let mut lists = lists.to_vec();
     lists.sort_by(|a, b| a.by.cmp(&b.by).then_with(|| a.name.cmp(&b.name)));
+    // A mail stays small whatever it is asked to name (the daemon asks for 50 at most).
+    let total = lists.len();
+    let more = total.saturating_sub(MAX_LISTS);
+    lists.truncate(MAX_LISTS);
     let cluster = truncate(&header_safe(cluster), MAX_HEADER_FIELD_BYTES);
     let subject = match lists.as_slice() {
         [one] => {
@@ -62,12 +69,11 @@ pub fn list_reminder(cluster: &str, lists: &[ListDue]) -> RenderedMail {
         many => {
             let earliest = many.first().map(ListDue::standing).unwrap_or_default();
             format!(
-                "Reminder: {} Access Lists are due for review, the earliest {earliest} ({cluster})",
-                many.len()
+                "Reminder: {total} Access Lists are due for review, the earliest {earliest} ({cluster})"
             )
         }
     };
-    let intro = match lists.len() {
+    let intro = match total {
         1 => "An Access List you own is due for review".to_owned(),
         n => format!("{n} Access Lists you own are due for review"),
     };
@@ -96,6 +102,10 @@ pub fn list_reminder(cluster: &str, lists: &[ListDue]) -> RenderedMail {
             let _ = write!(html, "<br>Review it: <a href=\"{link}\">{link}</a>");
         }
         html.push_str("</li>\n");
+    }
+    if more > 0 {
+        let _ = writeln!(text, "- and {more} more");
+        let _ = writeln!(html, "<li>and {more} more</li>");
     }
     text.push_str(
         "\nReviewing a list confirms who still belongs in it. Reminders go to every owner, \
@@ -186,6 +196,23 @@ mod tests {
             "{}",
             m.html
         );
+    }
+
+    #[test]
+    fn a_mail_names_a_hundred_lists_and_counts_the_rest() {
+        let lists: Vec<ListDue> = (0..150)
+            .map(|i| list(&format!("l{i:03}"), "", 59 + i, None))
+            .collect();
+        let m = list_reminder("prod", &lists);
+        assert!(
+            m.subject.starts_with("Reminder: 150 Access Lists"),
+            "{}",
+            m.subject
+        );
+        assert_eq!(m.text.lines().filter(|l| l.starts_with("- l")).count(), 100);
+        assert!(m.text.contains("- l099 ("), "the earliest are named");
+        assert!(m.text.contains("- and 50 more\n"), "{}", m.text);
+        assert!(m.html.contains("<li>and 50 more</li>\n</ul>"), "{}", m.html);
     }
 
     #[test]
