@@ -40,13 +40,16 @@ fn sending(auth: &FakeAuth, list: &str) -> BTreeMap<String, String> {
     serde_json::from_str(&json).unwrap_or_default()
 }
 
+/// What a [`Probe`] runs before each send.
+type Hook = Box<dyn Fn(&OutgoingMail) + Send + Sync>;
+
 /// A mailer under the test's control: each send takes `delay` (per address, else `default`),
 /// runs `hook` first, and is recorded once delivered.
 #[derive(Default)]
 struct Probe {
     default: Duration,
     delay: HashMap<String, Duration>,
-    hook: Option<Box<dyn Fn(&OutgoingMail) + Send + Sync>>,
+    hook: Option<Hook>,
     delivered: Mutex<Vec<OutgoingMail>>,
 }
 
