@@ -2,8 +2,9 @@
 //!
 //! `cargo run --example sandbox` starts a fake Auth Service (real mTLS, real gRPC) and an SMTP
 //! receiver, writes an identity file and a config, runs `teleport-email`'s own `app::run` on them,
-//! files three Access Requests (one approved by two reviews, one denied, one that expires), sets an
-//! Access List's review date close, and prints every mail as it arrives. `--verbose` shows the
+//! shows it catch up on a request filed an hour before (and remind its reviewer), files three
+//! Access Requests (one approved by two reviews, one denied, one that expires), sets an Access
+//! List's review date close, and prints every mail as it arrives. `--verbose` shows the
 //! daemon's log too.
 
 use std::time::Duration;
@@ -57,6 +58,8 @@ sender = "Teleport Access <noreply@example.com>"
 notify_requester = true
 # Off by default; on here to show an Access List owner's review reminder.
 access_list_reminders = true
+# Off by default; on here to remind the reviewers of a request nobody reviewed for an hour.
+reminder_interval = "1h"
 
 [role_to_recipients]
 "*" = "security@example.com"
@@ -78,6 +81,10 @@ access_list_reminders = true
     println!("  config:                     {}\n", config_path.display());
     println!("{}", indent(&config_text));
 
+    // Filed an hour ago, while the daemon was not running: it catches up at start.
+    let waiting = auth.create_request("dave@example.com", &["editor"], "on-call handover", &[]);
+    auth.backdate(&waiting, Duration::from_secs(3600 + 60));
+
     let config = teleport_email::config::load(&config_path)?.config;
     let stop = CancellationToken::new();
     // Access Lists are checked every 3 hours; here every second, so the story need not wait.
@@ -98,8 +105,14 @@ access_list_reminders = true
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("The daemon is watching. Filing three Access Requests.\n");
-    let mut shown = 0;
+    println!("The daemon is watching.\n");
+    story(
+        "0. dave asked for `editor` an hour ago, while the daemon was stopped; nobody reviewed it",
+    );
+    // Caught up at start: dev-leads' thread, dave's confirmation, then the reminder in the thread.
+    let mut shown = show(&smtp, 0, 3).await?;
+    let _ = waiting;
+    println!("Filing three Access Requests.\n");
 
     story("1. alice asks for `editor`; two reviewers approve (two approvals needed)");
     let a = auth.create_request_with_thresholds(
