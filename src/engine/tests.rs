@@ -2123,6 +2123,43 @@ mod review_req {
             warnings.0.lock().unwrap()
         );
     }
+
+    /// Review 2, finding E1 (MEDIUM; src/engine/mod.rs:440-462 `confirm_undecided`). On a
+    /// delete the requester is looked up by the `user` field of the plugin data, a field anyone
+    /// who may write the `email` plugin's data can change (the request itself is gone, so it is
+    /// not checked against anything). Every other requester mail is addressed from the request's
+    /// own user, and the stored address is only trusted when it is still that user's today
+    /// (`review_req_the_outcome_goes_to_no_address_a_plugin_data_writer_planted`). Here the
+    /// stored `user` is changed to another person's address while the requester is undecided:
+    /// when the request expires that person is sent the "your request" confirmation and the
+    /// outcome, with the request's roles and reason.
+    #[tokio::test(start_paused = true)]
+    async fn review2_an_expiry_mails_no_requester_the_plugin_data_alone_names() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let directory = Arc::new(ScriptedUsers {
+            calls: AtomicUsize::new(0),
+            answer: |_| Err(TeleportError::Unavailable("auth restarting".into())),
+        });
+        let engine = with_directory(engine_telling_requester(&store, &mailer, "r1"), directory);
+        engine.handle_event(put("r1")).await; // user "alice": cannot be read for now
+        assert!(decoded(&store, "r1").requester_undecided());
+        // Another writer of the plugin's data names someone else as the request's user.
+        let mut raw = store.raw("r1").unwrap();
+        raw.insert("user".into(), "victim@elsewhere.example".into());
+        store.put("r1", raw);
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let strays: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to.contains("victim"))
+            .map(|m| (m.to, m.subject))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "mailed as the requester of a request they never made: {strays:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
