@@ -137,6 +137,33 @@ pub struct Engine {
     /// The last survey (the bulk read before a reconcile) failed: further failures in a row are
     /// logged at DEBUG.
     survey_refused: AtomicBool,
+    /// Requests whose requester could not be looked up yet, with their user as the request's
+    /// events named them.
+    undecided: Undecided,
+}
+
+/// Requests whose requester's address is still undecided → their user (as the watch showed the
+/// request): what an expiry, which carries only the id, needs to tell them. Bounded: emptied
+/// when full (those requesters are then not told of an expiry, with a WARN).
+#[derive(Default)]
+struct Undecided(std::sync::Mutex<HashMap<String, String>>);
+
+/// The most requests [`Undecided`] holds.
+const UNDECIDED_MAX: usize = 10_000;
+
+impl Undecided {
+    fn note(&self, id: &str, user: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= UNDECIDED_MAX && !map.contains_key(id) {
+            map.clear();
+        }
+        map.insert(id.to_owned(), user.to_owned());
+    }
+
+    fn take(&self, id: &str) -> Option<String> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id)
+    }
 }
 
 impl Engine {
@@ -168,6 +195,7 @@ impl Engine {
             users: None,
             survey_refused: AtomicBool::new(false),
             working: RequestLocks::default(),
+            undecided: Undecided::default(),
         }
     }
 
@@ -325,6 +353,12 @@ impl Engine {
             true => self.requester_address(req).await,
             false => None,
         };
+        if notify_requester {
+            match requester {
+                None => self.undecided.note(&req.id, &req.user),
+                Some(_) => drop(self.undecided.take(&req.id)),
+            }
+        }
         // The requester hears about their request as its requester, not as a reviewer.
         if let Some(me) = requester.as_deref().filter(|a| !a.is_empty()) {
             recipients.retain(|r| !r.eq_ignore_ascii_case(me));
@@ -437,16 +471,23 @@ impl Engine {
         if !self.routing().notify_requester {
             return Ok(());
         }
-        let data = match self.store.last_written(id) {
-            Some(d) if !d.requester_undecided() => return Ok(()),
-            _ => self.store.read(id).await?,
+        // The request is gone. Its user is not taken from the plugin data (whoever may update
+        // plugin data could name anyone there) but from this process's memory of the request's
+        // events; after a restart the requester is not told, and a WARN says so.
+        let Some(user) = self.undecided.take(id) else {
+            let data = self.store.read(id).await?;
+            if data.is_some_and(|d| d.requester_undecided()) {
+                tracing::warn!(request_id = %id, "The requester of an expired request was never looked up, and this instance did not see the request to know who they are; they are not told it expired");
+            }
+            return Ok(());
         };
-        let Some(data) = data.filter(|d| d.requester_undecided() && !d.user.is_empty()) else {
+        let data = self.store.read(id).await?;
+        let Some(data) = data.filter(|d| d.requester_undecided()) else {
             return Ok(());
         };
         let gone = AccessRequest {
             id: id.to_owned(),
-            user: data.user.clone(),
+            user,
             roles: data.roles.clone(),
             state: RequestState::Pending,
             reason: data.request_reason.clone(),

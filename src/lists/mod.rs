@@ -40,7 +40,12 @@ pub const FIRST_CHECK_WITHIN: Duration = Duration::from_secs(10);
 /// How soon a check that failed for a passing reason (Teleport unreachable) is tried again.
 const RETRY_FAILED_CHECK: Duration = Duration::from_secs(60);
 
-/// A claim's time limit beyond the time mail is retried for.
+/// How long a claim holds: the same on every replica whatever its `retry_timeout`, so each can
+/// tell a live claim of another from one no replica could have written (see [`CLOCK_TOLERANCE`]).
+const LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// A claim's time limit beyond the time its mail is retried for (retries stop this long before
+/// the claim runs out).
 const LEASE_MARGIN: Duration = Duration::from_secs(300);
 
 /// Compare-and-swap attempts on one list's record before the check gives up on it.
@@ -94,7 +99,11 @@ enum CheckError {
     NotOffered(String),
     #[error(transparent)]
     Teleport(#[from] TeleportError),
-    /// Some lists could not be read or claimed, or an owner had too many for one mail.
+    /// Stopped (shutdown) before the check was done.
+    #[error("stopped")]
+    Stopped,
+    /// Some lists could not be read or claimed, a mail failed for a passing reason, or an owner
+    /// had too many lists for one mail.
     #[error("{failed} Access List reminder(s) could not be handled now ({sent} mail(s) sent)")]
     Incomplete { failed: usize, sent: usize },
 }
@@ -177,6 +186,7 @@ impl ListReminders {
                         "Checked the Access Lists for reviews coming due"
                     );
                 }
+                Err(CheckError::Stopped) => return,
                 Err(CheckError::NotOffered(e)) => {
                     tracing::info!(error = %e, "This cluster does not offer Access Lists (a Teleport Enterprise feature): no Access List review reminders are sent");
                     return;
@@ -198,9 +208,9 @@ impl ListReminders {
         }
     }
 
-    /// How long a claim of ours holds: the time mail is retried, and a margin.
+    /// How long a claim of ours holds.
     fn lease(&self) -> Duration {
-        self.settings.retry_for + LEASE_MARGIN
+        LEASE
     }
 
     /// One check now, as the task makes every few hours (tests run replicas' checks side by side).
@@ -221,7 +231,11 @@ impl ListReminders {
         let mut token = String::new();
         let mut seen = HashSet::new();
         for _ in 0..MAX_PAGES {
-            let (lists, next) = match self.client.access_list_page(&token).await {
+            let page = tokio::select! {
+                _ = stop.cancelled() => return Err(CheckError::Stopped),
+                page = self.client.access_list_page(&token) => page,
+            };
+            let (lists, next) = match page {
                 Err(TeleportError::Unimplemented(e)) => return Err(CheckError::NotOffered(e)),
                 page => page?,
             };
@@ -230,7 +244,11 @@ impl ListReminders {
                     continue;
                 };
                 let name = list.name.clone();
-                match self.owed(list, due, now, &mut addresses).await {
+                let read = tokio::select! {
+                    _ = stop.cancelled() => return Err(CheckError::Stopped),
+                    read = self.owed(list, due, now, &mut addresses) => read,
+                };
+                match read {
                     Ok((list, users)) => {
                         for (user, address) in users {
                             let key = address.to_ascii_lowercase();
@@ -280,10 +298,17 @@ impl ListReminders {
                     }
                 }
             }
-            if !claims.is_empty() {
-                sent += usize::from(self.send(&address, claims, stop).await);
+            if claims.is_empty() {
+                continue;
+            }
+            match self.send(&address, claims, stop).await {
+                Ok(()) => sent += 1,
+                // Tried again soon; a refusal for good waits for the regular check.
+                Err(e) if e.is_transient() => failed += 1,
+                Err(_) => {}
             }
         }
+        failed += addresses.failed;
         match failed {
             0 => Ok(sent),
             failed => Err(CheckError::Incomplete { failed, sent }),
@@ -406,7 +431,12 @@ impl ListReminders {
 
     /// Sends `address` one mail about the lists in `claims`, then settles every claim: kept when
     /// sent, undone when not. Returns whether it was sent.
-    async fn send(&self, address: &str, claims: Vec<Claim>, stop: &CancellationToken) -> bool {
+    async fn send(
+        &self,
+        address: &str,
+        claims: Vec<Claim>,
+        stop: &CancellationToken,
+    ) -> Result<(), MailError> {
         // Each list once (two owners may share an address).
         let mut lists: BTreeMap<&str, &DueList> = BTreeMap::new();
         for c in &claims {
@@ -449,10 +479,11 @@ impl ListReminders {
             };
             settle.run(stop).await;
         }
-        sent
+        result
     }
 
-    /// Sends `mail`, retrying failures that may pass for `retry_for`, until `stop`.
+    /// Sends `mail`, retrying failures that may pass for `retry_for` (at most until
+    /// [`LEASE_MARGIN`] before the claim runs out), until `stop`.
     async fn deliver(
         &self,
         mail: &OutgoingMail,
@@ -461,7 +492,7 @@ impl ListReminders {
         let mut retry = Retry::new(
             Duration::from_secs(1),
             Duration::from_secs(30),
-            self.settings.retry_for,
+            self.settings.retry_for.min(LEASE - LEASE_MARGIN),
         );
         loop {
             let e = match (self.mailer)().send(mail).await {
@@ -589,6 +620,8 @@ struct Addresses {
     known: HashMap<String, Option<String>>,
     /// The role may not read users: said once per check.
     refused: bool,
+    /// Owners whose address could not be read for a passing reason (the check is retried soon).
+    failed: usize,
 }
 
 impl Addresses {
@@ -609,7 +642,8 @@ impl Addresses {
             }
             Err(TeleportError::NotFound(_)) => None,
             Err(e) => {
-                tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot read an Access List owner's `email` trait; they are not reminded this time");
+                self.failed += 1;
+                tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot read an Access List owner's `email` trait; trying again shortly");
                 return None;
             }
         };

@@ -199,8 +199,12 @@ impl Dialer {
                 _ => "the server did not offer STARTTLS",
             }));
         }
-        let has = |m: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(m));
-        let result = if !has("PLAIN") && !has("LOGIN") && has("CRAM-MD5") {
+        // What lettre itself can use (it reads only `AUTH PLAIN`/`AUTH LOGIN`, not the older
+        // `AUTH=LOGIN` or other spellings); CRAM-MD5 when it can use neither.
+        let info = smtp.server_info();
+        let lettre_can = MECHANISMS.iter().any(|m| info.supports_auth_mechanism(*m));
+        let cram_offered = offered.iter().any(|o| o.eq_ignore_ascii_case("CRAM-MD5"));
+        let result = if !lettre_can && cram_offered {
             cram::authenticate(smtp, &login.user, login.password.expose()).await
         } else {
             let credentials = Credentials::new(login.user.clone(), login.password.expose().into());
