@@ -859,7 +859,7 @@ async fn after_the_stop_no_new_claim_is_taken_and_no_mail_handed_over() {
             .unwrap()
             .with_shutdown(stop.clone()),
     );
-    for i in 0..10 {
+    for i in 0..UNDECIDED_MAX {
         let id = format!("r{i}");
         resumed(&store, &id, &[]);
         a.handle_event(put(&id)).await;
@@ -2751,5 +2751,113 @@ mod review_lock {
         drop(waiter);
         let left = locks.0.lock().unwrap().len();
         assert_eq!(left, 0, "entries left in the lock map");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Third reader (review-third) of 0328c7d: `Undecided`, the in-memory map of requesters not yet
+// looked up. Each test FAILS on 0328c7d; see its comment.
+
+mod review_third {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// `alice`'s traits cannot be read on the first call (Auth restarting), then can; every
+    /// other user is named by their address and never looked up.
+    struct FlakyAlice(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Directory for FlakyAlice {
+        async fn user_traits(&self, user: &str) -> Result<crate::teleport::Traits, TeleportError> {
+            assert_eq!(user, "alice", "only alice is looked up");
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(TeleportError::Unavailable("auth restarting".into())),
+                _ => Ok([("email".to_owned(), vec!["alice@corp.example".to_owned()])].into()),
+            }
+        }
+    }
+
+    fn noted(engine: &Engine, id: &str) -> bool {
+        engine.undecided.0.lock().unwrap().contains_key(id)
+    }
+
+    /// Finding 1 (LOW-MEDIUM; src/engine/mod.rs:352-361 `on_pending`). `requester` is `None`
+    /// both when the lookup failed and when it was not made at all because `requester_owed` says
+    /// nothing is owed (the confirmation went out). The second case is noted as "undecided" too:
+    /// every later event of a request whose requester was already told (a review, a reconcile,
+    /// the approval, which runs `on_pending` first) puts it in the map, where it stays until the
+    /// request's DELETE is seen (never, when it came during a watch gap). The map meant for the
+    /// rare undecided requester holds nearly every live request; see the next test for what that
+    /// costs.
+    #[tokio::test(start_paused = true)]
+    async fn review3_a_requester_already_told_is_not_kept_as_undecided() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        engine
+            .handle_event(by_requester("r1", RequestState::Pending))
+            .await;
+        assert_eq!(to_requester(&mailer).len(), 1, "the confirmation");
+        assert!(!noted(&engine, "r1"), "decided at the first event");
+        // A later event of the same request (a reconcile's copy, a review, the approval).
+        engine
+            .handle_event(by_requester("r1", RequestState::Pending))
+            .await;
+        engine
+            .handle_event(by_requester("r1", RequestState::Approved))
+            .await;
+        assert!(
+            !noted(&engine, "r1"),
+            "a request whose requester was told long ago is kept as 'undecided'"
+        );
+    }
+
+    /// Finding 2 (LOW-MEDIUM; src/engine/mod.rs:155-161 `Undecided::note`, with finding 1). The
+    /// map is emptied when 10,000 entries are held. Because of finding 1 it fills with requests
+    /// that are not undecided at all (two events each), and the clear drops the one requester
+    /// who really is undecided: when their request expires, they are not told (a WARN), though
+    /// this process saw the request and the user can be read by then. 10,000 requests seen
+    /// during one process's life (resolved ones live until their access expires; a DELETE
+    /// missed in a watch gap is never taken out) is a large but not absurd cluster.
+    #[tokio::test(start_paused = true)]
+    async fn review3_an_undecided_requester_is_not_forgotten_for_requesters_already_told() {
+        let store = Arc::new(MemoryStore::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let engine = engine_telling_requester(&store, &mailer, "r1");
+        // Only the requester is mailed: keeps the 20,000 events cheap.
+        let mut routing = (*engine.routing()).clone();
+        routing.recipients = RecipientMap::new(BTreeMap::new());
+        engine.set_routing(routing);
+        let engine = Arc::new(
+            Arc::into_inner(engine)
+                .unwrap()
+                .with_directory(Arc::new(FlakyAlice(AtomicUsize::new(0)))),
+        );
+        engine.handle_event(put("r1")).await; // alice: cannot be read for now
+        assert!(decoded(&store, "r1").requester_undecided());
+        assert!(noted(&engine, "r1"));
+        for i in 0..UNDECIDED_MAX {
+            let event = || {
+                WatchEvent::Put(Box::new(AccessRequest {
+                    user: format!("u{i}@example.com"),
+                    ..request(&format!("s{i}"))
+                }))
+            };
+            engine.handle_event(event()).await; // confirmation sent
+            engine.handle_event(event()).await; // a later event of the same request
+        }
+        engine
+            .handle_event(WatchEvent::Delete { id: "r1".into() })
+            .await;
+        let alice: Vec<_> = (mailer.delivered().into_iter())
+            .filter(|m| m.to == "alice@corp.example")
+            .map(|m| m.subject)
+            .collect();
+        assert_eq!(
+            alice.len(),
+            2,
+            "the undecided requester was dropped from memory by requests already settled: {alice:?}"
+        );
     }
 }

@@ -27,6 +27,7 @@ mod review_class;
 mod review_fixes;
 mod review_lists;
 mod review_smtp;
+mod review_third;
 mod rules;
 mod scale;
 mod scan_wire;

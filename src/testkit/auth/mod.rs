@@ -540,6 +540,12 @@ impl FakeAuth {
         self.shared.lock().set_user_traits(user, traits);
     }
 
+    /// Makes GetUser of `user` answer INVALID_ARGUMENT from now on (a user record Auth cannot
+    /// decode: a failure for good, not a passing one).
+    pub fn break_user(&self, user: &str) {
+        self.shared.lock().broken_users.insert(user.to_owned());
+    }
+
     /// The ids of the stored requests.
     pub fn request_ids(&self) -> Vec<String> {
         self.shared.lock().requests.keys().cloned().collect()

@@ -138,6 +138,12 @@ impl State {
 
     /// The user resource, with its traits, as GetUser returns it.
     pub(super) fn user(&self, name: &str) -> Result<UserV2, Status> {
+        if self.broken_users.contains(name) {
+            return Err(status(
+                Code::InvalidArgument,
+                format!("user {name:?}: cannot unmarshal the stored resource"),
+            ));
+        }
         let traits = self
             .users
             .get(name)

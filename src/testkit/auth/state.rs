@@ -63,6 +63,8 @@ pub(super) struct State {
     pub access_lists: BTreeMap<String, super::lists::FakeList>,
     /// Users by name, with their traits (requesters are added when they first ask).
     pub users: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Users whose GetUser answers INVALID_ARGUMENT (a record Auth cannot decode).
+    pub broken_users: std::collections::BTreeSet<String>,
     /// Number of ListAccessMonitoringRulesWithFilter calls (pages served).
     pub rule_list_calls: u64,
     /// (kind, resource) → plugin → data.
