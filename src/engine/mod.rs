@@ -349,11 +349,14 @@ impl Engine {
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
         let mut recipients = self.recipients(req).await;
         let notify_requester = self.routing().notify_requester;
-        let requester = match notify_requester && self.requester_owed(&req.id) {
+        let looked_up = notify_requester && self.requester_owed(&req.id);
+        let requester = match looked_up {
             true => self.requester_address(req).await,
             false => None,
         };
-        if notify_requester {
+        // Only a requester just looked up in vain is remembered as undecided (one already told,
+        // or with no address, is not).
+        if looked_up {
             match requester {
                 None => self.undecided.note(&req.id, &req.user),
                 Some(_) => drop(self.undecided.take(&req.id)),

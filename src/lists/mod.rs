@@ -102,8 +102,8 @@ enum CheckError {
     /// Stopped (shutdown) before the check was done.
     #[error("stopped")]
     Stopped,
-    /// Some lists could not be read or claimed, a mail failed for a passing reason, or an owner
-    /// had too many lists for one mail.
+    /// Some lists could not be read or claimed, an owner's address could not be read for a
+    /// passing reason, or an owner had too many lists for one mail.
     #[error("{failed} Access List reminder(s) could not be handled now ({sent} mail(s) sent)")]
     Incomplete { failed: usize, sent: usize },
 }
@@ -172,13 +172,27 @@ impl ListReminders {
     pub async fn run(self, stop: CancellationToken) {
         let mut wait = random_within(self.settings.first_within);
         let mut refused = false;
+        // Checks in a row that could not finish: each waits twice as long as the one before (a
+        // minute, then two, …, up to the regular interval), so a failure that lasts does not
+        // have every list read every minute.
+        let mut unfinished: u32 = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = seventh_jitter(self.settings.every);
-            match self.check(&stop).await {
+            let result = self.check(&stop).await;
+            unfinished = match &result {
+                Err(CheckError::Incomplete { .. } | CheckError::Teleport(_)) => {
+                    unfinished.saturating_add(1)
+                }
+                _ => 0,
+            };
+            let soon = RETRY_FAILED_CHECK
+                .saturating_mul(1 << unfinished.saturating_sub(1).min(16))
+                .min(self.settings.every);
+            match result {
                 Ok(sent) => {
                     refused = false;
                     tracing::debug!(
@@ -197,12 +211,12 @@ impl ListReminders {
                     }
                 }
                 Err(e @ CheckError::Incomplete { .. }) => {
-                    tracing::warn!(error = %e, "Access Lists checked in part; trying again shortly");
-                    wait = seventh_jitter(RETRY_FAILED_CHECK.min(self.settings.every));
+                    tracing::warn!(error = %e, retry_in = ?soon, "Access Lists checked in part; trying again");
+                    wait = seventh_jitter(soon);
                 }
                 Err(CheckError::Teleport(e)) => {
-                    tracing::warn!(error = %e, "Cannot check the Access Lists for reviews coming due; trying again shortly");
-                    wait = seventh_jitter(RETRY_FAILED_CHECK.min(self.settings.every));
+                    tracing::warn!(error = %e, retry_in = ?soon, "Cannot check the Access Lists for reviews coming due; trying again");
+                    wait = seventh_jitter(soon);
                 }
             }
         }
@@ -301,12 +315,14 @@ impl ListReminders {
             if claims.is_empty() {
                 continue;
             }
-            match self.send(&address, claims, stop).await {
-                Ok(()) => sent += 1,
-                // Tried again soon; a refusal for good waits for the regular check.
-                Err(e) if e.is_transient() => failed += 1,
-                Err(_) => {}
+            // A mail that failed was retried for `retry_timeout` (then an ERROR); it is owed
+            // again at the next regular check, as a request's mail waits for the next restart.
+            if self.send(&address, claims, stop).await.is_ok() {
+                sent += 1;
             }
+        }
+        if stop.is_cancelled() {
+            return Err(CheckError::Stopped);
         }
         failed += addresses.failed;
         match failed {
@@ -641,10 +657,14 @@ impl Addresses {
                 None
             }
             Err(TeleportError::NotFound(_)) => None,
-            Err(e) => {
+            Err(e) if e.is_connection_problem() => {
                 self.failed += 1;
                 tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot read an Access List owner's `email` trait; trying again shortly");
                 return None;
+            }
+            Err(e) => {
+                tracing::warn!(user = %user.escape_debug(), error = %e, "Cannot read an Access List owner's `email` trait; they are not reminded");
+                None
             }
         };
         if found.is_none() {

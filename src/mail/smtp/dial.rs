@@ -15,8 +15,8 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::super::SmtpStep;
-use super::cram;
 use super::opening::{self, Opened, StartTls};
+use super::sasl;
 use super::stream::{AnswerClock, Deadline, Handover, Io, timed_out};
 use crate::secret::Secret;
 
@@ -199,13 +199,14 @@ impl Dialer {
                 _ => "the server did not offer STARTTLS",
             }));
         }
-        // What lettre itself can use (it reads only `AUTH PLAIN`/`AUTH LOGIN`, not the older
-        // `AUTH=LOGIN` or other spellings); CRAM-MD5 when it can use neither.
+        // lettre's own exchange (PLAIN, else LOGIN) when it can use what the server offers (it
+        // reads only `AUTH PLAIN`/`AUTH LOGIN`); else ours, which also speaks CRAM-MD5 and reads
+        // `AUTH=PLAIN` and lower case (CRAM-MD5 first, then PLAIN, then LOGIN, as the original).
         let info = smtp.server_info();
         let lettre_can = MECHANISMS.iter().any(|m| info.supports_auth_mechanism(*m));
-        let cram_offered = offered.iter().any(|o| o.eq_ignore_ascii_case("CRAM-MD5"));
-        let result = if !lettre_can && cram_offered {
-            cram::authenticate(smtp, &login.user, login.password.expose()).await
+        let ours = sasl::Mechanism::choose(offered).filter(|_| !lettre_can);
+        let result = if let Some(mechanism) = ours {
+            sasl::authenticate(smtp, mechanism, &login.user, login.password.expose()).await
         } else {
             let credentials = Credentials::new(login.user.clone(), login.password.expose().into());
             (smtp.auth(&MECHANISMS, &credentials).await)

@@ -17,13 +17,13 @@
 //! encoding).
 
 mod classify;
-mod cram;
 mod dial;
 mod mime;
 mod opening;
 mod pipeline;
 mod pool;
 mod queue;
+mod sasl;
 mod stream;
 #[cfg(test)]
 mod tests;
