@@ -181,8 +181,10 @@ pub struct LogConfig {
 pub enum LogOutput {
     Stderr,
     Stdout,
-    /// A file, opened for appending.
+    /// A file, opened for appending (and reopened when log rotation moves it).
     File(PathBuf),
+    /// The local syslog daemon (`/dev/log`).
+    Syslog,
 }
 
 /// `log.severity`.

@@ -628,3 +628,95 @@ async fn review_sigterm_mid_reminder_undoes_its_claims() {
         "after a clean SIGTERM the undelivered reminders are still claimed: {data:?}"
     );
 }
+
+/// `log.output = "syslog"`: every line goes to the local syslog daemon's datagram socket as the
+/// original sends it (`<4>` = kern.warning, the program's name and pid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_output_syslog_sends_each_line_to_the_local_syslog_socket() {
+    let peers = Peers::start().await;
+    let socket_path = peers.dir.path().join("dev-log");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let config = peers.dir.path().join("syslog.toml");
+    let text = std::fs::read_to_string(peers.config()).unwrap() + "[log]\noutput = \"syslog\"\n";
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teleport-email"))
+        .args(["start", "--config"])
+        .arg(&config)
+        .env(teleport_email::logging::SYSLOG_SOCKET_ENV, &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut seen = Vec::new();
+        loop {
+            let n = socket.recv(&mut buf).expect("a syslog message within 30 s");
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push(line.clone());
+            if line.contains("Plugin is ready") {
+                return (line, seen);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (line, _) = ready;
+    assert!(line.starts_with("<4>"), "{line}");
+    assert!(
+        line.contains(&format!(" teleport-email[{pid}]: ")),
+        "{line}"
+    );
+    assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A log file moved away by logrotate (no signal, no `copytruncate`) is created again at its
+/// path, and the lines go there, as the original does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_file_moved_by_logrotate_is_reopened() {
+    let peers = Peers::start().await;
+    let log = peers.dir.path().join("plugin.log");
+    let config = peers.dir.path().join("file.toml");
+    let text = std::fs::read_to_string(peers.config()).unwrap()
+        + &format!("[log]\noutput = \"{}\"\n", log.display());
+    std::fs::write(&config, text).unwrap();
+    // stderr (the first lines, before the config is read) goes to the same file.
+    let daemon = Daemon::start(&config, log.clone()).await;
+    let rotated = peers.dir.path().join("plugin.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let id = peers
+        .auth
+        .create_request("alice@example.com", &["editor"], "", &[]);
+    wait_messages(&peers.smtp, 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line about {id} in the new {log:?}; the old one has:\n{}",
+            std::fs::read_to_string(&rotated).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !std::fs::read_to_string(&rotated).unwrap().contains(&id),
+        "a line about {id} went to the rotated file"
+    );
+    assert_eq!(daemon.stop().await, 0);
+}

@@ -14,7 +14,7 @@ pub(super) fn read_log(f: &mut Findings, t: &Table) -> Option<LogConfig> {
     let format = s.string(f, "format", &[]).unwrap_or_default();
     s.finish(f);
 
-    let output = log_output(f, output);
+    let output = log_output(output);
     let severity = log_severity(f, &severity);
     let format = log_format(f, &format);
     Some(LogConfig {
@@ -24,15 +24,12 @@ pub(super) fn read_log(f: &mut Findings, t: &Table) -> Option<LogConfig> {
     })
 }
 
-/// `log.output`: a stream name or a file path; syslog falls back to stderr.
-fn log_output(f: &mut Findings, output: String) -> LogOutput {
+/// `log.output`: a stream name, `syslog`, or a file path.
+fn log_output(output: String) -> LogOutput {
     match output.to_ascii_lowercase().as_str() {
         "" | "stderr" | "error" | "2" => LogOutput::Stderr,
         "stdout" | "out" | "1" => LogOutput::Stdout,
-        "syslog" => {
-            f.warn("log.output = \"syslog\" is not supported; logging to stderr (journald collects it under systemd)");
-            LogOutput::Stderr
-        }
+        "syslog" => LogOutput::Syslog,
         _ => LogOutput::File(PathBuf::from(output)),
     }
 }

@@ -1,10 +1,8 @@
-//! Logging: text or JSON lines to stderr, stdout or a file; level, format and output can be
-//! replaced at run time (start-up and config reload) through one [`Logging`] handle.
+//! Logging: text or JSON lines to stderr, stdout, a file (reopened after log rotation) or the
+//! local syslog; level, format and output can be replaced at run time (start-up and config
+//! reload) through one [`Logging`] handle.
 
-use std::fs::OpenOptions;
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
@@ -15,6 +13,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry, reload};
 
 use crate::config::{LogConfig, LogFormat, LogOutput, LogSeverity};
+
+mod writers;
+
+pub use writers::SYSLOG_SOCKET_ENV;
+use writers::{FileWriter, ReopeningFile, Syslog, SyslogWriter};
 
 /// The level filter sits directly on the registry (a global filter: per-layer filters cannot be
 /// swapped at run time); the output layer sits on top of it.
@@ -30,11 +33,11 @@ pub struct Logging {
     output: reload::Handle<BoxedLayer, Filtered>,
 }
 
-/// The log file could not be opened.
+/// The log file could not be opened, or syslog reached.
 #[derive(Debug, thiserror::Error)]
-#[error("log.output: cannot open log file {path}: {source}")]
+#[error("log.output: cannot {what}: {source}")]
 pub struct LogError {
-    path: PathBuf,
+    what: String,
     source: std::io::Error,
 }
 
@@ -99,15 +102,18 @@ fn build(config: &LogConfig, debug: bool) -> Result<(Targets, BoxedLayer), LogEr
             std::io::stdout().is_terminal(),
         ),
         LogOutput::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| LogError {
-                    path: path.clone(),
-                    source,
-                })?;
-            (BoxMakeWriter::new(Arc::new(file)), false)
+            let file = ReopeningFile::open(path).map_err(|source| LogError {
+                what: format!("open log file {}", path.display()),
+                source,
+            })?;
+            (BoxMakeWriter::new(FileWriter(file)), false)
+        }
+        LogOutput::Syslog => {
+            let syslog = Syslog::connect().map_err(|source| LogError {
+                what: "reach the local syslog".into(),
+                source,
+            })?;
+            (BoxMakeWriter::new(SyslogWriter(syslog)), false)
         }
     };
     let layer: BoxedLayer = match config.format {
