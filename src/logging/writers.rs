@@ -270,4 +270,118 @@ mod tests {
             "{got}"
         );
     }
+
+    // ---- second reader (review-logging) ----
+
+    fn syslog_at(path: &Path) -> Arc<Syslog> {
+        Arc::new(Syslog {
+            path: path.to_owned(),
+            socket: Mutex::new(dial(path).unwrap()),
+            tag: "teleport-email".into(),
+        })
+    }
+
+    /// A syslog reader that stops reading (a stalled rsyslog, journald stopped while systemd
+    /// keeps its socket) must not block the writer: the daemon runs on one runtime thread, and
+    /// `UnixDatagram::send` blocks once the receiver's queue (net.unix.max_dgram_qlen, 10 by
+    /// default) is full. Expected: lines beyond the queue are dropped (or the send times out),
+    /// the caller returns.
+    #[test]
+    fn review_syslog_send_does_not_block_when_the_reader_stops_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let _server = UnixDatagram::bind(&path).unwrap(); // never read
+        let writer = SyslogWriter(syslog_at(&path));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for i in 0..1000 {
+                let _ = writer
+                    .make_writer()
+                    .write_all(format!("level=INFO msg=line{i}\n").as_bytes());
+            }
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "1000 log lines to a syslog socket nobody reads did not return within 5 s: \
+             the writer blocks (and with it the daemon's only runtime thread)"
+        );
+    }
+
+    /// A line larger than the socket's datagram limit (sk_sndbuf, ~208 KiB on Linux; 2 KiB on
+    /// the BSDs and macOS) gets EMSGSIZE, then a reconnect, then EMSGSIZE again, and is dropped
+    /// without a trace. Expected: something arrives (the line truncated to fit, with a marker).
+    #[test]
+    fn review_an_oversized_line_still_reaches_syslog_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let writer = SyslogWriter(syslog_at(&path));
+        let mut line = b"level=ERROR msg=big reason=".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 400_000));
+        line.push(b'\n');
+        writer.make_writer().write_all(&line).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let got = server.recv(&mut buf);
+        assert!(
+            got.is_ok(),
+            "a 400 kB log line was silently dropped (nothing reached syslog): {got:?}"
+        );
+        assert!(buf.starts_with(b"<4>"));
+    }
+
+    /// The daemon restarting: the old peer is gone, a new socket at the same path. One line
+    /// may be lost at most; the next goes to the new daemon.
+    #[test]
+    fn review_syslog_reconnects_to_a_restarted_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = UnixDatagram::bind(&path).unwrap();
+        let writer = SyslogWriter(syslog_at(&path));
+        writer.make_writer().write_all(b"one\n").unwrap();
+        let mut buf = [0u8; 512];
+        first.recv(&mut buf).unwrap();
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        let second = UnixDatagram::bind(&path).unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        writer.make_writer().write_all(b"two\n").unwrap();
+        let n = second.recv(&mut buf).expect("the line after the restart");
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with(": two\n"));
+    }
+
+    /// Go's `syslog.Dial` with an empty tag uses `os.Args[0]` as it is (the full path when
+    /// started as `/usr/local/bin/teleport-email`), not its base name; the commit says the lines
+    /// are "as the original sends them".
+    #[test]
+    fn review_syslog_tag_is_os_args_0_as_go_log_syslog() {
+        let arg0 = std::env::args().next().unwrap();
+        assert!(arg0.contains('/'), "the test binary runs by path: {arg0}");
+        assert_eq!(tag(), arg0, "Go tags with os.Args[0] verbatim");
+    }
+
+    /// The path replaced by a directory: writes go on to the old (rotated) file, nothing panics,
+    /// and once a file is back at the path it is used.
+    #[test]
+    fn review_a_directory_at_the_path_keeps_the_old_file_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin.log");
+        let file = ReopeningFile::open(&path).unwrap();
+        let writer = FileWriter(file.clone());
+        std::fs::rename(&path, dir.path().join("plugin.log.1")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        file.state.lock().unwrap().checked = Instant::now() - ROTATION_CHECK;
+        writer.make_writer().write_all(b"a\n").unwrap();
+        std::fs::remove_dir(&path).unwrap();
+        file.state.lock().unwrap().checked = Instant::now() - ROTATION_CHECK;
+        writer.make_writer().write_all(b"b\n").unwrap();
+        let old = std::fs::read_to_string(dir.path().join("plugin.log.1")).unwrap();
+        assert_eq!(old, "a\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
+    }
 }

@@ -26,6 +26,7 @@ mod requester;
 mod review_class;
 mod review_fixes;
 mod review_lists;
+mod review_logging;
 mod review_smtp;
 mod review_third;
 mod rules;
