@@ -76,9 +76,22 @@ pub async fn run(config_path: &Path, send_test: Option<&str>) -> Exit {
         ),
     );
     let config = loaded.config;
+    check_log(&config, &mut r);
     check_teleport(&config, &mut r).await;
     check_mailer(&config, send_test, &mut r).await;
     r.print()
+}
+
+/// `log.output` as `start` will use it: a file it cannot open stops the start.
+fn check_log(config: &Config, r: &mut Report) {
+    match crate::logging::try_output(&config.log.output) {
+        Ok(true) => r.pass("log", "the log output can be written"),
+        Ok(false) => r.pass(
+            "log",
+            "the local syslog cannot be reached now: the daemon logs to stderr until it can",
+        ),
+        Err(e) => r.fail("log", e.to_string()),
+    }
 }
 
 async fn check_teleport(config: &Config, r: &mut Report) {

@@ -17,6 +17,24 @@ use crate::config::{LogConfig, LogFormat, LogOutput, LogSeverity};
 mod writers;
 
 pub use writers::SYSLOG_SOCKET_ENV;
+
+/// Whether `log.output` can be used as `start` would use it (for `check`): `Err` names the problem
+/// for a file that cannot be opened; `Ok(false)` for a syslog that cannot be reached now (the
+/// daemon would log to stderr meanwhile).
+pub fn try_output(output: &LogOutput) -> Result<bool, LogError> {
+    match output {
+        LogOutput::Stderr | LogOutput::Stdout => Ok(true),
+        LogOutput::File(path) => {
+            ReopeningFile::open(path)
+                .map(|_| true)
+                .map_err(|source| LogError {
+                    what: format!("open log file {}", path.display()),
+                    source,
+                })
+        }
+        LogOutput::Syslog => Ok(Syslog::local().reached()),
+    }
+}
 use writers::{FileWriter, ReopeningFile, Syslog, SyslogWriter};
 
 /// The level filter sits directly on the registry (a global filter: per-layer filters cannot be
@@ -33,7 +51,7 @@ pub struct Logging {
     output: reload::Handle<BoxedLayer, Filtered>,
 }
 
-/// The log file could not be opened, or syslog reached.
+/// The log file could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("log.output: cannot {what}: {source}")]
 pub struct LogError {
@@ -108,13 +126,9 @@ fn build(config: &LogConfig, debug: bool) -> Result<(Targets, BoxedLayer), LogEr
             })?;
             (BoxMakeWriter::new(FileWriter(file)), false)
         }
-        LogOutput::Syslog => {
-            let syslog = Syslog::connect().map_err(|source| LogError {
-                what: "reach the local syslog".into(),
-                source,
-            })?;
-            (BoxMakeWriter::new(SyslogWriter(syslog)), false)
-        }
+        // Never an error: while syslog cannot be reached, lines go to stderr (as the original,
+        // the daemon runs on).
+        LogOutput::Syslog => (BoxMakeWriter::new(SyslogWriter(Syslog::local())), false),
     };
     let layer: BoxedLayer = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()

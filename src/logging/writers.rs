@@ -4,7 +4,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +32,10 @@ struct Open {
 }
 
 fn open(path: &Path) -> io::Result<Open> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    // 0644, as the original (whatever the umask allows beyond it).
+    let file = (OpenOptions::new().create(true).append(true))
+        .mode(0o644)
+        .open(path)?;
     let meta = file.metadata()?;
     Ok(Open {
         file,
@@ -101,38 +105,72 @@ pub const SYSLOG_SOCKET_ENV: &str = "TELEPORT_EMAIL_SYSLOG_SOCKET";
 /// `LOG_WARNING` and no facility).
 const PRIORITY: u8 = 4;
 
-/// The local syslog daemon, over its datagram socket, one message per log line, as the original
-/// sends them: `<4>Mmm dd hh:mm:ss teleport-email[pid]: line` (the time in UTC).
+/// The longest line sent to syslog (a datagram larger than the socket allows would be lost
+/// whole; BSDs allow 2 KiB, Linux about 200 KiB); longer ones are cut, with a note.
+const MAX_SYSLOG_LINE: usize = 16 * 1024;
+
+/// How often a syslog that could not be reached is tried again (lines go to stderr meanwhile).
+const SYSLOG_RETRY: Duration = Duration::from_secs(5);
+
+/// The local syslog daemon, one message per log line, as the original sends them:
+/// `<4>Mmm dd hh:mm:ss /path/to/teleport-email[pid]: line` (the time in UTC).
+///
+/// Never blocks and never stops the daemon: the socket is non-blocking (a reader that stopped
+/// reading costs the lines it does not take, not the daemon's one thread), and while syslog
+/// cannot be reached (at start, or restarting) lines go to stderr, and it is tried again every
+/// few seconds. The original also runs on when syslog is missing.
 pub(super) struct Syslog {
-    path: PathBuf,
-    socket: Mutex<UnixDatagram>,
+    candidates: Vec<PathBuf>,
     tag: String,
+    conn: Mutex<Conn>,
+}
+
+enum Conn {
+    Datagram(UnixDatagram),
+    /// `unix-stream` (syslog-ng can offer `/dev/log` so); each message ends with its newline.
+    Stream(UnixStream),
+    Down {
+        since: Instant,
+    },
 }
 
 impl Syslog {
-    /// Connects to the local syslog daemon.
-    pub(super) fn connect() -> io::Result<Arc<Self>> {
+    /// The local syslog daemon: [`SYSLOG_SOCKET_ENV`], else the usual sockets.
+    pub(super) fn local() -> Arc<Self> {
         let candidates: Vec<PathBuf> = match std::env::var_os(SYSLOG_SOCKET_ENV) {
             Some(p) => vec![PathBuf::from(p)],
             None => SYSLOG_SOCKETS.iter().map(PathBuf::from).collect(),
         };
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no syslog socket");
-        for path in candidates {
-            match dial(&path) {
-                Ok(socket) => {
-                    return Ok(Arc::new(Self {
-                        path,
-                        socket: Mutex::new(socket),
-                        tag: tag(),
-                    }));
-                }
-                Err(e) => last = io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-            }
-        }
-        Err(last)
+        Self::at(candidates, tag())
     }
 
-    fn send(&self, line: &[u8]) -> io::Result<()> {
+    /// Syslog at the first of `candidates` that answers, tagging lines with `tag`.
+    pub(super) fn at(candidates: Vec<PathBuf>, tag: String) -> Arc<Self> {
+        let conn = match dial_any(&candidates) {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!(
+                    "Failed to switch logging to syslog ({e}); logging to stderr until it can be reached"
+                );
+                Conn::Down {
+                    since: Instant::now(),
+                }
+            }
+        };
+        Arc::new(Self {
+            candidates,
+            tag,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Whether syslog was reached (for `check`).
+    pub(super) fn reached(&self) -> bool {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        !matches!(*conn, Conn::Down { .. })
+    }
+
+    fn send(&self, line: &[u8]) {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let mut message = format!(
             "<{PRIORITY}>{} {}[{}]: ",
@@ -141,33 +179,120 @@ impl Syslog {
             std::process::id()
         )
         .into_bytes();
-        message.extend_from_slice(line);
-        message.push(b'\n');
-        let mut socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        if socket.send(&message).is_ok() {
-            return Ok(());
+        if line.len() > MAX_SYSLOG_LINE {
+            message.extend_from_slice(&line[..MAX_SYSLOG_LINE]);
+            message.extend_from_slice(TRUNCATED.as_bytes());
+        } else {
+            message.extend_from_slice(line);
         }
-        // The daemon restarted: connect again once, as Go's writer does.
-        *socket = dial(&self.path)?;
-        socket.send(&message).map(drop)
+        message.push(b'\n');
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Conn::Down { since } = *conn {
+            if since.elapsed() < SYSLOG_RETRY {
+                return to_stderr(line);
+            }
+            match dial_any(&self.candidates) {
+                Ok(fresh) => *conn = fresh,
+                Err(_) => {
+                    *conn = Conn::Down {
+                        since: Instant::now(),
+                    };
+                    return to_stderr(line);
+                }
+            }
+        }
+        match try_send(&mut conn, &message) {
+            Sent::Yes | Sent::Dropped => {}
+            Sent::Broken => {
+                // The daemon restarted: connect again once, as Go's writer does.
+                *conn = match dial_any(&self.candidates) {
+                    Ok(fresh) => fresh,
+                    Err(_) => Conn::Down {
+                        since: Instant::now(),
+                    },
+                };
+                if !matches!(try_send(&mut conn, &message), Sent::Yes | Sent::Dropped) {
+                    *conn = Conn::Down {
+                        since: Instant::now(),
+                    };
+                    to_stderr(line);
+                }
+            }
+        }
     }
 }
 
-fn dial(path: &Path) -> io::Result<UnixDatagram> {
-    let socket = UnixDatagram::unbound()?;
-    socket.connect(path)?;
-    Ok(socket)
+/// What the cut-off tail of a long line becomes.
+const TRUNCATED: &str = " … [truncated]";
+
+enum Sent {
+    Yes,
+    /// The reader is not keeping up: the line is dropped rather than wait.
+    Dropped,
+    /// The connection is gone.
+    Broken,
 }
 
-/// The program's name, as Go's `log/syslog` tags messages without a tag of their own.
+fn try_send(conn: &mut Conn, message: &[u8]) -> Sent {
+    let result = match conn {
+        Conn::Datagram(socket) => socket.send(message).map(|_| ()),
+        Conn::Stream(stream) => match stream.write(message) {
+            Ok(n) if n == message.len() => Ok(()),
+            // Half a message would garble the next: start a new connection.
+            Ok(_) => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+            Err(e) => Err(e),
+        },
+        Conn::Down { .. } => Err(io::Error::from(io::ErrorKind::NotConnected)),
+    };
+    match result {
+        Ok(()) => Sent::Yes,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Dropped,
+        Err(_) => Sent::Broken,
+    }
+}
+
+fn to_stderr(line: &[u8]) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(line);
+    let _ = err.write_all(b"\n");
+}
+
+/// The first of `candidates` that answers, as a datagram socket, else a stream (as Go's
+/// `log/syslog` tries `unixgram`, then `unix`, on each path).
+fn dial_any(candidates: &[PathBuf]) -> io::Result<Conn> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no syslog socket");
+    for path in candidates {
+        match dial(path) {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        }
+    }
+    Err(last)
+}
+
+fn dial(path: &Path) -> io::Result<Conn> {
+    let datagram = UnixDatagram::unbound().and_then(|socket| {
+        socket.connect(path)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    });
+    match datagram {
+        Ok(socket) => Ok(Conn::Datagram(socket)),
+        Err(_) => {
+            let stream = UnixStream::connect(path)?;
+            stream.set_nonblocking(true)?;
+            Ok(Conn::Stream(stream))
+        }
+    }
+}
+
+/// The program as it was started (`os.Args[0]`), as Go's `log/syslog` tags messages without a
+/// tag of their own.
 fn tag() -> String {
     std::env::args_os()
         .next()
-        .and_then(|a| {
-            Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.is_empty())
         .unwrap_or_else(|| "teleport-email".into())
 }
 
@@ -196,8 +321,7 @@ pub(super) struct SyslogLine(Arc<Syslog>);
 
 impl Write for SyslogLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // A syslog daemon that is gone cannot be told; the line is dropped.
-        let _ = self.0.send(buf);
+        self.0.send(buf);
         Ok(buf.len())
     }
 
@@ -250,11 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let server = UnixDatagram::bind(&path).unwrap();
-        let syslog = Arc::new(Syslog {
-            path: path.clone(),
-            socket: Mutex::new(dial(&path).unwrap()),
-            tag: "teleport-email".into(),
-        });
+        let syslog = Syslog::at(vec![path.clone()], "teleport-email".into());
         let writer = SyslogWriter(syslog);
         writer
             .make_writer()
@@ -274,11 +394,7 @@ mod tests {
     // ---- second reader (review-logging) ----
 
     fn syslog_at(path: &Path) -> Arc<Syslog> {
-        Arc::new(Syslog {
-            path: path.to_owned(),
-            socket: Mutex::new(dial(path).unwrap()),
-            tag: "teleport-email".into(),
-        })
+        Syslog::at(vec![path.to_owned()], "teleport-email".into())
     }
 
     /// A syslog reader that stops reading (a stalled rsyslog, journald stopped while systemd

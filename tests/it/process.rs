@@ -630,7 +630,7 @@ async fn review_sigterm_mid_reminder_undoes_its_claims() {
 }
 
 /// `log.output = "syslog"`: every line goes to the local syslog daemon's datagram socket as the
-/// original sends it (`<4>` = kern.warning, the program's name and pid).
+/// original sends it (`<4>` = kern.warning, the program as started and its pid).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_output_syslog_sends_each_line_to_the_local_syslog_socket() {
     let peers = Peers::start().await;
@@ -668,10 +668,9 @@ async fn log_output_syslog_sends_each_line_to_the_local_syslog_socket() {
     .unwrap();
     let (line, _) = ready;
     assert!(line.starts_with("<4>"), "{line}");
-    assert!(
-        line.contains(&format!(" teleport-email[{pid}]: ")),
-        "{line}"
-    );
+    // Tagged with the program as started (os.Args[0]), as Go's log/syslog does.
+    let program = env!("CARGO_BIN_EXE_teleport-email");
+    assert!(line.contains(&format!(" {program}[{pid}]: ")), "{line}");
     assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
