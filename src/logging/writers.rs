@@ -500,4 +500,69 @@ mod tests {
         assert_eq!(old, "a\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
     }
+
+    // ---- second reader (review-final) ----
+
+    /// Finding L1 (MEDIUM; writers.rs `dial`, `UnixStream::connect`): the stream fallback
+    /// connects in blocking mode. A syslog-ng `unix-stream` that stops accepting (hung, or its
+    /// backlog full) makes `connect` block: at start and on every reload (`Syslog::local()` in
+    /// `build`), and after a broken stream or the 5 s retry (inside `send`, holding the mutex, on
+    /// the daemon's one runtime thread). The commit promises syslog "never blocks".
+    #[tokio::test]
+    async fn review_final_dialing_a_stream_syslog_that_does_not_accept_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let socket = tokio::net::UnixSocket::new_stream().unwrap();
+        socket.bind(&path).unwrap();
+        let _listener = socket.listen(0).unwrap(); // never accepts
+        // Fill the backlog (Linux: one pending connection with a backlog of 0).
+        let filler_path = path.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok(s) = UnixStream::connect(&filler_path) {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_secs(3600));
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let syslog = syslog_at(&path);
+            SyslogWriter(syslog)
+                .make_writer()
+                .write_all(b"level=INFO msg=ready\n")
+                .unwrap();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "Syslog::at / send blocked for 5 s connecting to a stream syslog that does not \
+             accept: start, reload and the logging thread hang"
+        );
+    }
+
+    /// Finding L2 (LOW; writers.rs `send`, `&line[..MAX_SYSLOG_LINE]`): the cut is at a byte,
+    /// so a multi-byte character (a request reason, a user name) at the 16 KiB boundary is split
+    /// and the message is no longer UTF-8; journald then stores and shows the whole line as a
+    /// blob (`[16.4K blob data]`), not text.
+    #[test]
+    fn review_final_a_cut_line_is_still_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let writer = SyslogWriter(syslog_at(&path));
+        let mut line = vec![b'x'; MAX_SYSLOG_LINE - 1];
+        line.extend_from_slice("é and more".as_bytes());
+        line.push(b'\n');
+        writer.make_writer().write_all(&line).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let n = server.recv(&mut buf).unwrap();
+        assert!(
+            std::str::from_utf8(&buf[..n]).is_ok(),
+            "the line cut at 16 KiB splits a UTF-8 character: the syslog message is not UTF-8"
+        );
+    }
 }
