@@ -476,6 +476,9 @@ impl ListReminders {
             Ok(()) => {
                 tracing::info!(to = %address, access_lists = ?names, "Sent an Access List review reminder")
             }
+            Err(e) if stop.is_cancelled() => {
+                tracing::warn!(to = %address, access_lists = ?names, error = %e, "Stopping before an Access List review reminder was sent; it is owed again after the restart")
+            }
             Err(e) => {
                 tracing::error!(to = %address, access_lists = ?names, error = %e, "An Access List review reminder could not be sent; it is tried again at the next check")
             }

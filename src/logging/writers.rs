@@ -180,7 +180,12 @@ impl Syslog {
         )
         .into_bytes();
         if line.len() > MAX_SYSLOG_LINE {
-            message.extend_from_slice(&line[..MAX_SYSLOG_LINE]);
+            // Cut before a UTF-8 continuation byte, never inside a character.
+            let mut end = MAX_SYSLOG_LINE;
+            while end > 0 && (line[end] & 0xC0) == 0x80 {
+                end -= 1;
+            }
+            message.extend_from_slice(&line[..end]);
             message.extend_from_slice(TRUNCATED.as_bytes());
         } else {
             message.extend_from_slice(line);
@@ -279,9 +284,12 @@ fn dial(path: &Path) -> io::Result<Conn> {
     match datagram {
         Ok(socket) => Ok(Conn::Datagram(socket)),
         Err(_) => {
-            let stream = UnixStream::connect(path)?;
-            stream.set_nonblocking(true)?;
-            Ok(Conn::Stream(stream))
+            // Non-blocking before the connect: a listener whose backlog is full answers "try
+            // again" at once instead of holding the daemon's thread.
+            let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+            socket.set_nonblocking(true)?;
+            socket.connect(&socket2::SockAddr::unix(path)?)?;
+            Ok(Conn::Stream(UnixStream::from(socket)))
         }
     }
 }
