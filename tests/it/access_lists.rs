@@ -9,13 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use teleport_email::calendar::{parse_rfc3339, rfc3339};
-use teleport_email::config::Credentials;
-use teleport_email::lists::{ListReminders, MailerSource, Settings};
+use teleport_email::lists::ListReminders;
 use teleport_email::mail::Mailer;
-use teleport_email::metrics::Metrics;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient, UpgradeMode};
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
-use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::{SmtpReceiver, Stage};
 use tokio_util::sync::CancellationToken;
 
@@ -247,27 +243,7 @@ async fn a_cluster_without_access_lists_keeps_mailing_access_requests() {
 }
 
 /// A replica of the reminders: its own client (and certificate) on the same cluster.
-async fn replica(
-    auth: &FakeAuth,
-    dir: &std::path::Path,
-    smtp: &SmtpReceiver,
-    name: &str,
-) -> ListReminders {
-    let identity = auth.write_plugin_identity(&dir.join(name), KeyKind::Ecdsa);
-    let store = CredentialStore::load(&Credentials::IdentityFile {
-        path: identity,
-        refresh: None,
-    })
-    .unwrap();
-    let opts = DialOptions {
-        addr: auth.addr().to_string(),
-        upgrade: UpgradeMode::Auto,
-        web_roots: None,
-        timeout: Duration::from_secs(5),
-    };
-    let client = TeleportClient::connect(opts, store, Duration::from_secs(5))
-        .await
-        .unwrap();
+async fn replica(auth: &FakeAuth, smtp: &SmtpReceiver) -> ListReminders {
     let text = format!(
         "[teleport]\naddr = \"{}\"\nidentity = \"x\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
          starttls_policy = \"disabled\"\n[delivery]\nsender = \"noreply@example.com\"\n\
@@ -280,31 +256,20 @@ async fn replica(
         .config;
     let mailer: Arc<dyn Mailer> =
         teleport_email::mail::from_config(&config.mailer, "noreply@example.com", &[]).unwrap();
-    let source: MailerSource = Arc::new(move || mailer.clone());
-    let settings = Settings {
-        plugin: "email",
-        cluster: "teleport.example.com".into(),
-        web_base: None,
-        id_host: "example.com".into(),
-        retry_for: Duration::from_secs(5),
-        every: Duration::from_secs(3600),
-        first_within: Duration::ZERO,
-    };
-    ListReminders::new(client, source, Arc::new(Metrics::default()), settings)
+    crate::support::lists::reminders(auth, mailer, Duration::from_secs(5)).await
 }
 
 #[tokio::test]
 async fn replicas_checking_at_the_same_moment_send_each_reminder_once() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
     let smtp = SmtpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let owners: Vec<String> = (0..6).map(|i| format!("owner{i}@example.com")).collect();
     let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
     for i in 0..5 {
         auth.put_access_list(list(&format!("list{i}"), &format!("List {i}"), &owners, 3));
     }
-    let one = replica(&auth, dir.path(), &smtp, "one").await;
-    let two = replica(&auth, dir.path(), &smtp, "two").await;
+    let one = replica(&auth, &smtp).await;
+    let two = replica(&auth, &smtp).await;
     let stop = CancellationToken::new();
     for _ in 0..3 {
         let (a, b) = tokio::join!(one.check_once(&stop), two.check_once(&stop));

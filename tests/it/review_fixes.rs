@@ -7,13 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use teleport_email::config::{Credentials, StartTlsPolicy};
-use teleport_email::lists::{ListReminders, MailerSource, Settings};
+use teleport_email::config::StartTlsPolicy;
+use teleport_email::lists::ListReminders;
 use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail};
-use teleport_email::metrics::Metrics;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient, UpgradeMode};
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
-use teleport_email::testkit::pki::KeyKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -81,40 +78,8 @@ impl Probe {
 }
 
 /// A replica of the reminders with its own client, mailing through `mailer`.
-async fn replica(
-    auth: &FakeAuth,
-    dir: &std::path::Path,
-    name: &str,
-    mailer: Arc<Probe>,
-    retry_for: Duration,
-) -> ListReminders {
-    let identity = auth.write_plugin_identity(&dir.join(name), KeyKind::Ecdsa);
-    let store = CredentialStore::load(&Credentials::IdentityFile {
-        path: identity,
-        refresh: None,
-    })
-    .unwrap();
-    let opts = DialOptions {
-        addr: auth.addr().to_string(),
-        upgrade: UpgradeMode::Auto,
-        web_roots: None,
-        timeout: Duration::from_secs(5),
-    };
-    let client = TeleportClient::connect(opts, store, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let mailer: Arc<dyn Mailer> = mailer;
-    let source: MailerSource = Arc::new(move || mailer.clone());
-    let settings = Settings {
-        plugin: "email",
-        cluster: "teleport.example.com".into(),
-        web_base: None,
-        id_host: "example.com".into(),
-        retry_for,
-        every: Duration::from_secs(3600),
-        first_within: Duration::ZERO,
-    };
-    ListReminders::new(client, source, Arc::new(Metrics::default()), settings)
+async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> ListReminders {
+    crate::support::lists::reminders(auth, mailer, retry_for).await
 }
 
 /// Review 2, finding L1 (MEDIUM-LOW; src/lists/mod.rs:126-133 `owes`, :317 and :350 `horizon`).
@@ -128,7 +93,6 @@ async fn replica(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review2_replicas_with_different_retry_timeouts_mail_an_owner_once() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let a = "a@example.com";
     auth.put_access_list(list("ops", &[a], 3));
     let slow = Arc::new(Probe {
@@ -136,15 +100,8 @@ async fn review2_replicas_with_different_retry_timeouts_mail_an_owner_once() {
         ..Probe::default()
     });
     let fast = Arc::new(Probe::default());
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        slow.clone(),
-        Duration::from_secs(600),
-    )
-    .await;
-    let two = replica(&auth, dir.path(), "two", fast.clone(), Duration::ZERO).await;
+    let one = replica(&auth, slow.clone(), Duration::from_secs(600)).await;
+    let two = replica(&auth, fast.clone(), Duration::ZERO).await;
     let stop = CancellationToken::new();
     let first = tokio::spawn({
         let stop = stop.clone();
@@ -180,13 +137,12 @@ async fn review2_replicas_with_different_retry_timeouts_mail_an_owner_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review2_a_check_whose_mail_failed_leaves_the_reminder_owed_for_the_next_check() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     auth.put_access_list(list("ops", &["a@example.com"], 3));
     let probe = Arc::new(Probe {
         failing: true,
         ..Probe::default()
     });
-    let one = replica(&auth, dir.path(), "one", probe.clone(), Duration::ZERO).await;
+    let one = replica(&auth, probe.clone(), Duration::ZERO).await;
     let result = one.check_once(&CancellationToken::new()).await;
     assert!(
         probe.attempts.load(Ordering::SeqCst) >= 1,
@@ -213,19 +169,11 @@ async fn review2_a_check_whose_mail_failed_leaves_the_reminder_owed_for_the_next
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review2_a_check_stops_soon_when_stopped_while_reading_the_lists() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     for i in 0..60 {
         auth.put_access_list(list(&format!("list{i:02}"), &["a@example.com"], 3));
     }
     let probe = Arc::new(Probe::default());
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        probe.clone(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let reads_before = auth.plugin_data_reads();
     let check = tokio::spawn({
@@ -344,19 +292,11 @@ async fn review2_cram_md5_and_plain_offered_uses_plain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review2_a_stopped_check_reads_no_more_lists() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     for i in 0..200 {
         auth.put_access_list(list(&format!("list{i:03}"), &["a@example.com"], 3));
     }
     let probe = Arc::new(Probe::default());
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        probe.clone(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let reads_before = auth.plugin_data_reads();
     let check = tokio::spawn({

@@ -7,13 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use teleport_email::calendar::{parse_rfc3339, rfc3339};
-use teleport_email::config::Credentials;
-use teleport_email::lists::{ListReminders, MailerSource, Settings};
+use teleport_email::lists::ListReminders;
 use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail};
-use teleport_email::metrics::Metrics;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient, UpgradeMode};
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
-use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::Stage;
 use tokio_util::sync::CancellationToken;
 
@@ -82,40 +78,8 @@ impl Probe {
 }
 
 /// A replica of the reminders with its own client, mailing through `mailer`.
-async fn replica(
-    auth: &FakeAuth,
-    dir: &std::path::Path,
-    name: &str,
-    mailer: Arc<Probe>,
-    retry_for: Duration,
-) -> ListReminders {
-    let identity = auth.write_plugin_identity(&dir.join(name), KeyKind::Ecdsa);
-    let store = CredentialStore::load(&Credentials::IdentityFile {
-        path: identity,
-        refresh: None,
-    })
-    .unwrap();
-    let opts = DialOptions {
-        addr: auth.addr().to_string(),
-        upgrade: UpgradeMode::Auto,
-        web_roots: None,
-        timeout: Duration::from_secs(5),
-    };
-    let client = TeleportClient::connect(opts, store, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let mailer: Arc<dyn Mailer> = mailer;
-    let source: MailerSource = Arc::new(move || mailer.clone());
-    let settings = Settings {
-        plugin: "email",
-        cluster: "teleport.example.com".into(),
-        web_base: None,
-        id_host: "example.com".into(),
-        retry_for,
-        every: Duration::from_secs(3600),
-        first_within: Duration::ZERO,
-    };
-    ListReminders::new(client, source, Arc::new(Metrics::default()), settings)
+async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> ListReminders {
+    crate::support::lists::reminders(auth, mailer, retry_for).await
 }
 
 /// Finding 1 (fast form). The lease (`retry_for + 5 min`) is counted from the START of the check
@@ -129,7 +93,6 @@ async fn replica(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_each_send_starts_with_its_whole_lease() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let (a, b) = ("a@example.com", "b@example.com");
     auth.put_access_list(list("ops", &[a, b], 3));
     let retry_for = Duration::from_secs(2);
@@ -148,7 +111,7 @@ async fn review_each_send_starts_with_its_whole_lease() {
         }
     };
     let probe = Arc::new(probe);
-    let one = replica(&auth, dir.path(), "one", probe.clone(), retry_for).await;
+    let one = replica(&auth, probe.clone(), retry_for).await;
     one.check_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(probe.delivered_to(), [a, b]);
     let remaining = remaining.lock().unwrap().clone();
@@ -170,7 +133,6 @@ async fn review_each_send_starts_with_its_whole_lease() {
 #[ignore = "takes about 5.5 minutes (the lease has a fixed 5-minute margin)"]
 async fn review_a_slow_mail_server_lets_a_second_replica_mail_the_same_owners_again() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let owners: Vec<String> = (0..32)
         .map(|i| format!("owner{i:02}@example.com"))
         .collect();
@@ -181,8 +143,8 @@ async fn review_a_slow_mail_server_lets_a_second_replica_mail_the_same_owners_ag
         ..Probe::default()
     });
     let fast = Arc::new(Probe::default());
-    let one = replica(&auth, dir.path(), "one", slow.clone(), Duration::ZERO).await;
-    let two = replica(&auth, dir.path(), "two", fast.clone(), Duration::ZERO).await;
+    let one = replica(&auth, slow.clone(), Duration::ZERO).await;
+    let two = replica(&auth, fast.clone(), Duration::ZERO).await;
     let stop = CancellationToken::new();
     let first = tokio::spawn({
         let stop = stop.clone();
@@ -288,7 +250,6 @@ async fn review_no_reminder_goes_out_after_the_daemon_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_delivered_reminder_is_settled_when_teleport_recovers_within_its_lease() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let a = "a@example.com";
     auth.put_access_list(list("ops", &[a], 3));
     let probe = {
@@ -301,14 +262,7 @@ async fn review_a_delivered_reminder_is_settled_when_teleport_recovers_within_it
         }
     };
     let probe = Arc::new(probe);
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        probe.clone(),
-        Duration::from_secs(600),
-    )
-    .await;
+    let one = replica(&auth, probe.clone(), Duration::from_secs(600)).await;
     let started = tokio::time::Instant::now();
     one.check_once(&CancellationToken::new()).await.unwrap();
     auth.fail_next_plugin_data_writes(0);
@@ -365,18 +319,10 @@ async fn review_a_claim_held_into_the_far_future_does_not_park_reminders_for_goo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_check_that_could_claim_nothing_is_not_reported_as_done() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     auth.put_access_list(list("ops", &["a@example.com"], 3));
     auth.fail_next_plugin_data_writes(8);
     let probe = Arc::new(Probe::default());
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        probe.clone(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
     let result = one.check_once(&CancellationToken::new()).await;
     assert!(probe.delivered_to().is_empty());
     assert!(
@@ -398,19 +344,11 @@ async fn review_a_listing_that_goes_round_in_a_circle_is_stopped_soon() {
         ..FakeAuthOptions::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
     for i in 0..250 {
         auth.put_access_list(list(&format!("list{i:03}"), &["a@example.com"], 3));
     }
     let probe = Arc::new(Probe::default());
-    let one = replica(
-        &auth,
-        dir.path(),
-        "one",
-        probe.clone(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let checked = tokio::time::timeout(Duration::from_secs(30), one.check_once(&stop)).await;
     assert!(

@@ -7,13 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use teleport_email::config::{Credentials, StartTlsPolicy};
-use teleport_email::lists::{ListReminders, MailerSource, Settings};
+use teleport_email::config::StartTlsPolicy;
+use teleport_email::lists::ListReminders;
 use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail, SmtpStep};
-use teleport_email::metrics::Metrics;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient, UpgradeMode};
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
-use teleport_email::testkit::pki::KeyKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -76,40 +73,9 @@ impl Probe {
     }
 }
 
-/// The reminders with their own client, mailing through `mailer`, checking every 3 hours.
-async fn replica(
-    auth: &FakeAuth,
-    dir: &std::path::Path,
-    mailer: Arc<Probe>,
-    retry_for: Duration,
-) -> ListReminders {
-    let identity = auth.write_plugin_identity(&dir.join("one"), KeyKind::Ecdsa);
-    let store = CredentialStore::load(&Credentials::IdentityFile {
-        path: identity,
-        refresh: None,
-    })
-    .unwrap();
-    let opts = DialOptions {
-        addr: auth.addr().to_string(),
-        upgrade: UpgradeMode::Auto,
-        web_roots: None,
-        timeout: Duration::from_secs(5),
-    };
-    let client = TeleportClient::connect(opts, store, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let mailer: Arc<dyn Mailer> = mailer;
-    let source: MailerSource = Arc::new(move || mailer.clone());
-    let settings = Settings {
-        plugin: "email",
-        cluster: "teleport.example.com".into(),
-        web_base: None,
-        id_host: "example.com".into(),
-        retry_for,
-        every: Duration::from_secs(3 * 3600),
-        first_within: Duration::ZERO,
-    };
-    ListReminders::new(client, source, Arc::new(Metrics::default()), settings)
+/// The reminders with their own client, mailing through `mailer`.
+async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> ListReminders {
+    crate::support::lists::reminders(auth, mailer, retry_for).await
 }
 
 /// Finding 3 (MEDIUM; src/lists/mod.rs:305-309 with :219-222). A reminder refused for a passing
@@ -126,14 +92,13 @@ async fn replica(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let full = "full@example.com";
     auth.put_access_list(list("ops", &[full], 3));
     let probe = Arc::new(Probe {
         refusing: Some(full),
         ..Probe::default()
     });
-    let reminders = replica(&auth, dir.path(), probe.clone(), Duration::ZERO).await;
+    let reminders = replica(&auth, probe.clone(), Duration::ZERO).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(reminders.run(stop.clone()));
     // RETRY_FAILED_CHECK (60 s, less up to a seventh) and a little.
@@ -157,12 +122,11 @@ async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_an_owner_who_can_never_be_looked_up_does_not_fail_every_check() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     auth.set_user_traits("bob", &[("email", &["bob@example.com"])]);
     auth.break_user("bob");
     auth.put_access_list(list("ops", &["a@example.com", "bob"], 3));
     let probe = Arc::new(Probe::default());
-    let reminders = replica(&auth, dir.path(), probe.clone(), Duration::from_secs(5)).await;
+    let reminders = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let first = reminders.check_once(&stop).await;
     assert_eq!(probe.attempts_to("a@example.com"), 1);
@@ -271,14 +235,13 @@ fn review3_the_readme_states_the_reminder_lease_and_the_requester_lost_at_a_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_check_stopped_while_a_mail_waits_to_be_retried_says_stopped() {
     let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let full = "full@example.com";
     auth.put_access_list(list("ops", &[full], 3));
     let probe = Arc::new(Probe {
         refusing: Some(full),
         ..Probe::default()
     });
-    let reminders = replica(&auth, dir.path(), probe.clone(), Duration::from_secs(60)).await;
+    let reminders = replica(&auth, probe.clone(), Duration::from_secs(60)).await;
     let stop = CancellationToken::new();
     let check = tokio::spawn({
         let stop = stop.clone();

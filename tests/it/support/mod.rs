@@ -2,6 +2,7 @@
 
 pub mod aiosmtpd;
 pub mod harness;
+pub mod lists;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
