@@ -501,7 +501,6 @@ impl Engine {
             suggested_reviewers: Vec::new(),
             promoted_to: None,
             system_annotations: Default::default(),
-            requested_resources: 0,
             request_expires: None,
         };
         let address = self.requester_address(&gone).await;

@@ -213,12 +213,9 @@ impl Engine {
             request_reason: req.reason.clone(),
             creation_time: req.created.unwrap_or(SystemTime::UNIX_EPOCH),
             expiry: req.request_expires.unwrap_or(SystemTime::UNIX_EPOCH),
-            requested_resources: Vec::new(),
             user_traits,
         };
-        let to = m
-            .rules
-            .recipients(&req.id, &env, req.requested_resources > 0)?;
+        let to = m.rules.recipients(&req.id, &env)?;
         Some(to.into_iter().filter(|r| mailable(&req.id, r)).collect())
     }
 }

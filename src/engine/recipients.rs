@@ -90,7 +90,6 @@ mod tests {
             suggested_reviewers: reviewers.iter().map(|s| s.to_string()).collect(),
             promoted_to: None,
             system_annotations: Default::default(),
-            requested_resources: 0,
             request_expires: None,
         }
     }

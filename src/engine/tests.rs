@@ -938,43 +938,61 @@ mod amr_review {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    /// `has_labels(resources, k, v)` is true upstream only when every requested resource carries
-    /// the label; for a request of a node labelled `env=dev` the `env=prod` rule does not match
-    /// and the original mails `role_to_recipients`. Ours never fetches the requested resources, so
-    /// the condition sees none, `has_labels` is vacuously true, and the prod team is mailed about
-    /// a dev node (monitoring.rs `requested_resources: Vec::new()`).
+    /// v18.0's conditions know nothing of the requested resources (`has_labels` never shipped;
+    /// `resource_labels_union`/`_intersection` came in later 18.x releases): such a rule does not
+    /// parse, so neither a resource request nor a roles-only one is routed by it, and both go to
+    /// `role_to_recipients`, as with the original v18.0. Before, ours accepted `has_labels` and
+    /// it was vacuously true for a roles-only request (or a negated one for a resource request),
+    /// mailing the rule's recipients.
     #[tokio::test]
-    async fn a_resource_request_is_not_routed_by_labels_it_does_not_carry() {
-        let engine = engine_with(vec![rule(
-            "prod-nodes",
-            r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#,
-            &["prod-oncall@example.com"],
-        )]);
-        let wire = AccessRequestV3 {
-            metadata: Some(Metadata {
-                name: "r1".into(),
+    async fn a_rule_on_requested_resources_routes_nothing_as_in_v18_0() {
+        let engine = engine_with(vec![
+            rule(
+                "prod-nodes",
+                r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#,
+                &["prod-oncall@example.com"],
+            ),
+            rule(
+                "not-prod",
+                r#"!has_labels(access_request.spec.requested_resources, "env", "prod")"#,
+                &["dev-oncall@example.com"],
+            ),
+            rule(
+                "union",
+                r#"access_request.spec.resource_labels_union["env"].contains("dev")"#,
+                &["union@example.com"],
+            ),
+        ]);
+        for resources in [Vec::new(), vec!["dev-node-labelled-env-dev"]] {
+            let wire = AccessRequestV3 {
+                metadata: Some(Metadata {
+                    name: "r1".into(),
+                    ..Default::default()
+                }),
+                spec: Some(AccessRequestSpecV3 {
+                    user: "alice".into(),
+                    roles: vec!["access".into()],
+                    requested_resource_i_ds: resources
+                        .iter()
+                        .map(|name| ResourceId {
+                            cluster_name: "cluster".into(),
+                            kind: "node".into(),
+                            name: (*name).into(),
+                            sub_resource_name: String::new(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            spec: Some(AccessRequestSpecV3 {
-                user: "alice".into(),
-                roles: vec!["access".into()],
-                requested_resource_i_ds: vec![ResourceId {
-                    cluster_name: "cluster".into(),
-                    kind: "node".into(),
-                    name: "dev-node-labelled-env-dev".into(),
-                    sub_resource_name: String::new(),
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let req = AccessRequest::from(wire);
-        let to = engine.recipients(&req).await;
-        assert!(
-            !to.contains(&"prod-oncall@example.com".to_owned()),
-            "a rule on requested resources' labels matched a resource request whose resources \
-             were never looked at: {to:?}"
-        );
+            };
+            let req = AccessRequest::from(wire);
+            let to = engine.recipients(&req).await;
+            assert_eq!(
+                to,
+                vec![FALLBACK.to_owned()],
+                "a rule on the requested resources routed a request naming {resources:?}"
+            );
+        }
     }
 
     /// Upstream `access_request.spec.expiry` is `req.Expiry()`: the request resource's expiry

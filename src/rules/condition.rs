@@ -62,9 +62,6 @@ pub struct Env {
     pub creation_time: SystemTime,
     /// `access_request.spec.expiry`
     pub expiry: SystemTime,
-    /// The labels of each requested resource (`access_request.spec.requested_resources`, only
-    /// usable through `has_labels` and `.length`).
-    pub requested_resources: Vec<BTreeMap<String, String>>,
     /// `user.traits` of the requester (empty when the plugin may not read users).
     pub user_traits: BTreeMap<String, Vec<String>>,
 }
@@ -79,7 +76,6 @@ impl Default for Env {
             request_reason: String::new(),
             creation_time: SystemTime::UNIX_EPOCH,
             expiry: SystemTime::UNIX_EPOCH,
-            requested_resources: Vec::new(),
             user_traits: BTreeMap::new(),
         }
     }
@@ -133,7 +129,6 @@ impl ConditionError {
 pub struct Condition {
     expr: check::Expr,
     needs_user_traits: bool,
-    needs_requested_resources: bool,
 }
 
 impl Condition {
@@ -151,7 +146,6 @@ impl Condition {
         Ok(Condition {
             expr: checked.expr,
             needs_user_traits: checked.uses_user_traits,
-            needs_requested_resources: checked.uses_requested_resources,
         })
     }
 
@@ -166,10 +160,5 @@ impl Condition {
     /// Whether the condition reads `user.traits` (so the caller fetches the user only then).
     pub fn needs_user_traits(&self) -> bool {
         self.needs_user_traits
-    }
-
-    /// Whether the condition reads `access_request.spec.requested_resources`.
-    pub fn needs_requested_resources(&self) -> bool {
-        self.needs_requested_resources
     }
 }

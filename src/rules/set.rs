@@ -90,22 +90,15 @@ impl RuleSet {
 
     /// The recipients of every rule whose condition holds for `env`, in rule-name order, each
     /// once; `None` when no rule matches. A condition that does not parse or evaluate is no match
-    /// (with a WARN naming the rule), as with the original. `resources_unseen`: the request names
-    /// resources whose labels were not read, so a rule about them cannot be decided and is
-    /// skipped (the original reads them; mail then goes by `role_to_recipients`).
-    pub fn recipients(
-        &self,
-        request_id: &str,
-        env: &Env,
-        resources_unseen: bool,
-    ) -> Option<Vec<String>> {
+    /// (with a WARN naming the rule), as with the original. v18.0's conditions know nothing of
+    /// the requested resources (their labels came in later 18.x releases), so neither do ours: a
+    /// condition that names them does not parse.
+    pub fn recipients(&self, request_id: &str, env: &Env) -> Option<Vec<String>> {
         let mut out: Option<Vec<String>> = None;
         for (name, rule) in self.snapshot().iter() {
             // A rule that names no recipients (one kept for automatic reviews, say) routes
             // nothing, as with the original: it neither adds nor replaces.
-            if rule.recipients.is_empty()
-                || !rule_matches(request_id, name, rule, env, resources_unseen)
-            {
+            if rule.recipients.is_empty() || !rule_matches(request_id, name, rule, env) {
                 continue;
             }
             let out = out.get_or_insert_with(Vec::new);
@@ -119,18 +112,8 @@ impl RuleSet {
     }
 }
 
-fn rule_matches(
-    request_id: &str,
-    name: &str,
-    rule: &Compiled,
-    env: &Env,
-    resources_unseen: bool,
-) -> bool {
+fn rule_matches(request_id: &str, name: &str, rule: &Compiled, env: &Env) -> bool {
     let condition = match &rule.condition {
-        Ok(c) if resources_unseen && c.needs_requested_resources() => {
-            tracing::warn!(request_id, rule = %name, "The rule's condition reads the requested resources, which this plugin does not look up; the rule is skipped for this request");
-            return false;
-        }
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(request_id, rule = %name, error = %e, "The condition of an access monitoring rule does not parse; the rule is skipped");
@@ -199,7 +182,7 @@ mod tests {
             },
         ]);
         assert_eq!(set.len(), 4, "the slack rule does not apply");
-        let to = |roles: &[&str]| set.recipients("r1", &env(roles), false);
+        let to = |roles: &[&str]| set.recipients("r1", &env(roles));
         assert_eq!(to(&["dev"]).unwrap(), ["all@x", "dev@x"]);
         assert_eq!(to(&["ops"]).unwrap(), ["all@x"]);
         set.delete("a-all");

@@ -99,8 +99,6 @@ pub struct AccessRequest {
     pub promoted_to: Option<String>,
     /// Annotations the cluster's roles attach to the request (Access Monitoring Rules read them).
     pub system_annotations: BTreeMap<String, Vec<String>>,
-    /// How many resources (rather than roles) the request names.
-    pub requested_resources: usize,
     /// When the request itself expires (`spec.resource_expiry`, else `metadata.expires`), as
     /// Teleport's `Expiry()`; not when the access it grants would end (`expires`).
     pub request_expires: Option<SystemTime>,
@@ -124,7 +122,6 @@ impl AccessRequest {
             suggested_reviewers: vec![],
             promoted_to: None,
             system_annotations: Default::default(),
-            requested_resources: 0,
             request_expires: None,
         }
     }
@@ -154,7 +151,6 @@ impl From<AccessRequestV3> for AccessRequest {
                 .system_annotations
                 .map(|a| a.values.into_iter().map(|(k, v)| (k, v.values)).collect())
                 .unwrap_or_default(),
-            requested_resources: spec.requested_resource_i_ds.len(),
             request_expires,
         }
     }

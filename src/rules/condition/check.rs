@@ -44,15 +44,12 @@ pub(super) enum Var {
     Reason,
     CreationTime,
     Expiry,
-    Resources,
-    ResourcesLen,
     Traits,
 }
 
 pub(super) struct Checked {
     pub expr: Expr,
     pub uses_user_traits: bool,
-    pub uses_requested_resources: bool,
 }
 
 pub(super) fn check(syn: &Syn) -> Result<Checked, ConditionError> {
@@ -61,14 +58,12 @@ pub(super) fn check(syn: &Syn) -> Result<Checked, ConditionError> {
     Ok(Checked {
         expr,
         uses_user_traits: c.traits,
-        uses_requested_resources: c.resources,
     })
 }
 
 #[derive(Default)]
 struct Checker {
     traits: bool,
-    resources: bool,
 }
 
 fn type_err(pos: Position, msg: impl Into<String>) -> ConditionError {
@@ -150,13 +145,10 @@ impl Checker {
             "access_request.spec.request_reason" => (Var::Reason, Ty::Str),
             "access_request.spec.creation_time" => (Var::CreationTime, Ty::Time),
             "access_request.spec.expiry" => (Var::Expiry, Ty::Time),
-            "access_request.spec.requested_resources" => (Var::Resources, Ty::Resources),
-            "access_request.spec.requested_resources.length" => (Var::ResourcesLen, Ty::Int),
             "user.traits" => (Var::Traits, Ty::Dict),
             _ => return None,
         };
         self.traits |= var == Var::Traits;
-        self.resources |= matches!(var, Var::Resources | Var::ResourcesLen);
         Some(mk(ExprKind::Var(var), ty, pos))
     }
 

@@ -17,7 +17,6 @@ pub(super) enum Value {
     Time(SystemTime),
     Set(BTreeSet<String>),
     Dict(BTreeMap<String, BTreeSet<String>>),
-    Resources(Vec<BTreeMap<String, String>>),
     Pair(Box<Value>, Box<Value>),
     Opt(bool, Box<Value>),
 }
@@ -32,7 +31,6 @@ impl Value {
             Value::Time(_) => Ty::Time,
             Value::Set(_) => Ty::Set,
             Value::Dict(_) => Ty::Dict,
-            Value::Resources(_) => Ty::Resources,
             Value::Pair(..) => Ty::Pair,
             Value::Opt(..) => Ty::Opt,
         }
@@ -60,10 +58,6 @@ fn var(v: Var, env: &Env) -> Value {
         Var::Reason => Value::Str(env.request_reason.clone()),
         Var::CreationTime => Value::Time(env.creation_time),
         Var::Expiry => Value::Time(env.expiry),
-        Var::Resources => Value::Resources(env.requested_resources.clone()),
-        Var::ResourcesLen => {
-            Value::Int(i64::try_from(env.requested_resources.len()).unwrap_or(i64::MAX))
-        }
         Var::Traits => Value::Dict(dict_of(&env.user_traits)),
     }
 }

@@ -1,8 +1,9 @@
 //! The functions and methods a condition may call, with their types (as upstream declares them).
 //!
-//! Sources: `lib/expression/parser.go` (`DefaultParserSpec`: functions and methods) and
-//! `lib/accessmonitoring/request_mapping.go` (`has_labels`). Methods take their receiver as
-//! the first argument; a name that is a method wins over a dotted function name.
+//! Source: `lib/expression/parser.go` (`DefaultParserSpec`: functions and methods), which is all
+//! v18.0's access-request conditions get (`lib/accessmonitoring/request_mapping.go` adds
+//! variables, no functions). Methods take their receiver as the first argument; a name that is a
+//! method wins over a dotted function name.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +21,6 @@ pub(super) enum Ty {
     Time,
     Set,
     Dict,
-    Resources,
     Pair,
     Opt,
     /// Only known at evaluation (functions declared to return Go's `any`).
@@ -37,7 +37,6 @@ impl Ty {
             Ty::Time => "time",
             Ty::Set => "set",
             Ty::Dict => "dict",
-            Ty::Resources => "resource list",
             Ty::Pair => "pair",
             Ty::Opt => "option",
             Ty::Any => "any",
@@ -86,7 +85,6 @@ pub(super) enum Func {
     ContainsAny,
     ContainsAll,
     IsEmpty,
-    HasLabels,
     Add,
     Contains,
     Put,
@@ -130,7 +128,6 @@ pub(super) fn function(name: &str) -> Option<Func> {
         "contains_any" => Func::ContainsAny,
         "contains_all" => Func::ContainsAll,
         "is_empty" => Func::IsEmpty,
-        "has_labels" => Func::HasLabels,
         _ => return None,
     })
 }
@@ -149,7 +146,6 @@ pub(super) fn method(name: &str) -> Option<Func> {
         "contains_any" => Func::ContainsAny,
         "contains_all" => Func::ContainsAll,
         "isempty" => Func::IsEmpty,
-        "has_labels" => Func::HasLabels,
         _ => return None,
     })
 }
@@ -173,7 +169,6 @@ pub(super) fn sig(f: Func) -> Sig {
         Func::Between => (&[TIME], Some(TIME), Ty::Bool),
         Func::ContainsAny | Func::ContainsAll => (&[SET, SET], None, Ty::Bool),
         Func::IsEmpty => (&[SET], None, Ty::Bool),
-        Func::HasLabels => (&[Param::T(Ty::Resources), S, S], None, Ty::Bool),
         Func::Add => (&[SET], Some(S), Ty::Set),
         Func::Contains => (&[SET, S], None, Ty::Bool),
         Func::Put => (&[DICT, S, SET], None, Ty::Dict),
@@ -237,13 +232,6 @@ fn call_more(f: Func, mut a: Args) -> Result<Value, String> {
             Ok(if c { x } else { y })
         }
         Func::Choose => choose(a.rest()),
-        Func::HasLabels => {
-            let (resources, key, val) = (a.resources()?, a.str()?, a.str()?);
-            let all = resources
-                .iter()
-                .all(|labels| labels.get(&key).map_or("", String::as_str) == val);
-            Ok(Value::Bool(all))
-        }
         _ => call_strings(f, a),
     }
 }
@@ -356,12 +344,6 @@ impl Args {
         match self.next()? {
             Value::Time(t) => Ok(t),
             v => Err(internal("time", &v)),
-        }
-    }
-    fn resources(&mut self) -> Result<Vec<BTreeMap<String, String>>, String> {
-        match self.next()? {
-            Value::Resources(r) => Ok(r),
-            v => Err(internal("resource list", &v)),
         }
     }
 }

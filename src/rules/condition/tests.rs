@@ -7,7 +7,7 @@
 //! - rows marked `READ` follow from reading the v18-era sources: `lib/expression/parser.go`
 //!   (functions, methods, their types), `lib/utils/typical/parser.go` (coercion, `==`/`!=`,
 //!   `&&`/`||`/`!`, index and `map.key` lookup, unknown identifiers),
-//!   `lib/accessmonitoring/request_mapping.go` (variables, `has_labels`, non-bool → no match),
+//!   `lib/accessmonitoring/request_mapping.go` (variables, non-bool → no match),
 //!   `vulcand/predicate` `parse.go` (which Go syntax nodes are accepted, literal conversion with
 //!   `strconv.Atoi`/`Unquote`, method-before-function lookup) and Go's `go/parser`
 //!   (automatic semicolons, trailing commas).
@@ -42,7 +42,6 @@ fn base() -> Env {
         request_reason: "need access".into(),
         creation_time: t0,
         expiry: t0 + Duration::from_secs(3600),
-        requested_resources: Vec::new(),
         user_traits: BTreeMap::from([
             ("team".into(), vec!["cloud".into(), "sre".into()]),
             ("level".into(), vec!["L1".into()]),
@@ -59,13 +58,6 @@ fn traits(e: &mut Env, pairs: &[(&str, &str)]) {
 
 fn roles(e: &mut Env, r: &[&str]) {
     e.roles = r.iter().map(|s| s.to_string()).collect();
-}
-
-fn resources(e: &mut Env, envs: &[&str]) {
-    e.requested_resources = envs
-        .iter()
-        .map(|v| BTreeMap::from([("env".to_string(), v.to_string())]))
-        .collect();
 }
 
 const ALL_TRAITS: &str = "
@@ -119,11 +111,14 @@ const VARIABLE_ROWS: &[(&str, Edit, Want, &str)] = &[
     (r#"user.traits["missing"].isempty()"#, same, Match(true), READ),
     (r#"is_empty(user.traits["missing"])"#, same, Match(true), READ),
     ("user.traits[access_request.spec.user].isempty()", same, Match(true), READ),
-    ("access_request.spec.requested_resources.length == 0", same, Match(true), READ),
-    ("access_request.spec.requested_resources.length == 2", |e| resources(e, &["prod", "dev"]), Match(true), READ),
-    (r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#, |e| resources(e, &["prod", "prod"]), Match(true), READ),
-    (r#"access_request.spec.requested_resources.has_labels("env", "prod")"#, |e| resources(e, &["prod", "dev"]), Match(false), READ),
-    (r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#, same, Match(true), READ),
+    // v18.0's conditions see nothing of the requested resources: their variables (and a
+    // `has_labels` that never shipped) came in later 18.x releases, so v18.0 refuses them.
+    ("access_request.spec.requested_resources.length == 0", same, ParseErr("unknown identifier"), READ),
+    (r#"has_labels(access_request.spec.requested_resources, "env", "prod")"#, same, ParseErr("unsupported function: has_labels"), READ),
+    (r#"access_request.spec.roles.has_labels("env", "prod")"#, same, ParseErr("has_labels"), READ),
+    (r#"has_labels(access_request.spec.roles, "env", "prod")"#, same, ParseErr("unsupported function: has_labels"), READ),
+    (r#"access_request.spec.resource_labels_union["env"].contains("prod")"#, same, ParseErr("unknown identifier"), READ),
+    (r#"access_request.spec.resource_labels_intersection["env"].contains("prod")"#, same, ParseErr("unknown identifier"), READ),
     ("(access_request.spec.user) == \"alice\"", same, Match(true), READ),
     ("access_request.spec.user == \"alice\"\n", same, Match(true), READ),
     ("017 == 17", same, Match(true), READ),
@@ -315,9 +310,6 @@ fn needs_user_traits_only_when_read() {
     }
     let c = Condition::parse(r#"access_request.spec.roles.contains("user.traits")"#).unwrap();
     assert!(!c.needs_user_traits());
-    assert!(!c.needs_requested_resources());
-    let c = Condition::parse("access_request.spec.requested_resources.length == 0").unwrap();
-    assert!(c.needs_requested_resources());
 }
 
 #[test]
