@@ -124,21 +124,23 @@ impl Users {
 }
 
 impl Monitoring {
-    /// The requester's traits; `None` when they cannot be read for a reason other than
-    /// permission (the original then skips the rules for this request).
-    async fn traits_of(&self, request_id: &str, user: &str) -> Option<Traits> {
+    /// The requester's traits; none when they cannot be read, for whatever reason: the rules
+    /// are then evaluated without them, as v18.0's original does (its `getUserTraits` WARNs and
+    /// returns no traits on any error; only later 18.x releases skip the rules on errors other
+    /// than a refusal).
+    async fn traits_of(&self, request_id: &str, user: &str) -> Traits {
         let (traits, fresh) = self.users.traits(user, Reader::Rules).await;
         match traits {
-            Ok(t) => Some(t),
+            Ok(t) => t,
             Err(TeleportError::AccessDenied(e)) => {
                 if fresh {
                     tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
                 }
-                Some(Traits::default())
+                Traits::default()
             }
             Err(e) => {
-                tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; the access monitoring rules are skipped for this request");
-                None
+                tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; rules are evaluated without traits");
+                Traits::default()
             }
         }
     }
@@ -199,12 +201,11 @@ impl Engine {
     }
 
     /// The matching rules' recipients that can be mailed (perhaps none: a matching rule replaces
-    /// the usual routing even then, as with the original); `None` when no rule matches, or the
-    /// requester cannot be read (the original reads the requester for every request, and skips
-    /// the rules when that fails for a reason other than permission).
+    /// the usual routing even then, as with the original); `None` when no rule matches. The
+    /// requester is read for every request while rules apply, as the original does.
     async fn rule_recipients(&self, req: &AccessRequest) -> Option<Vec<String>> {
         let m = self.monitoring.as_ref().filter(|m| !m.rules.is_empty())?;
-        let user_traits = m.traits_of(&req.id, &req.user).await?;
+        let user_traits = m.traits_of(&req.id, &req.user).await;
         let env = Env {
             roles: req.roles.clone(),
             suggested_reviewers: req.suggested_reviewers.clone(),

@@ -132,3 +132,34 @@ async fn without_permission_routing_falls_back() {
     h.assert_quiet().await;
     h.shutdown().await;
 }
+
+/// A requester whose record cannot be read for a reason other than permission (here one Auth
+/// cannot decode): v18.0's original WARNs and evaluates the rules without traits (its
+/// `getUserTraits` returns no traits on any error), so a rule on the requested role still
+/// routes the request and a trait rule does not match. Ours skipped every rule then, and mailed
+/// `role_to_recipients` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_requester_is_routed_without_traits_as_in_v18_0() {
+    let mut h = Harness::start(Backend::Smtp, FakeAuthOptions::default()).await;
+    h.auth.put_monitoring_rule(&rule(
+        "dev",
+        r#"access_request.spec.roles.contains("dev")"#,
+        &["dev-leads@example.com"],
+    ));
+    h.auth.put_monitoring_rule(&rule(
+        "payments-team",
+        r#"contains_any(user.traits["team"], set("payments"))"#,
+        &["pay-leads@example.com"],
+    ));
+    h.auth.set_user_traits("erin", &[("team", &["payments"])]);
+    h.auth.break_user("erin");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.auth
+        .create_request("erin", &["dev"], "record unreadable", &[]);
+    assert_eq!(sorted_to(&h.next_mails(1).await), ["dev-leads@example.com"]);
+    h.auth
+        .create_request("erin", &["ops"], "no rule without traits", &[]);
+    assert_eq!(sorted_to(&h.next_mails(1).await), [ALL]);
+    h.assert_quiet().await;
+    h.shutdown().await;
+}
