@@ -610,3 +610,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod review_cross;

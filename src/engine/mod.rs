@@ -18,6 +18,8 @@ mod survey;
 mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cross;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,6 +24,7 @@ mod reminders;
 mod replicas;
 mod requester;
 mod review_class;
+mod review_cross;
 mod review_fixes;
 mod review_lists;
 mod review_logging;
