@@ -231,7 +231,7 @@ impl Engine {
                     outcome = Claimed::Busy(until);
                     return None;
                 }
-                let mut d = stage.begin(data)?;
+                let mut d = stage.begin(id, data)?;
                 let jobs = stage.work(&d, &self.summary(id, &d), &self.policy.id_host);
                 if jobs.is_empty() {
                     // Nothing owed: still write the stage's start marks (and drop a stale claim).

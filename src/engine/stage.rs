@@ -71,10 +71,10 @@ impl Stage {
 
     /// Marks the stage as started in the data (what the original records before sending), so the
     /// original plugin, should it take over, does not send it again. `None`: nothing to do.
-    pub(super) fn begin(&self, data: &PluginData) -> Option<PluginData> {
+    pub(super) fn begin(&self, id: &str, data: &PluginData) -> Option<PluginData> {
         let mut d = data.clone();
         match self {
-            Stage::NewThreads { .. } => {}
+            Stage::NewThreads { allowed } => reroute(id, &mut d, allowed),
             Stage::Reviews(reviews) => {
                 if d.threads.is_empty() {
                     return None;
@@ -463,4 +463,26 @@ fn review_summary(r: &Review) -> ReviewSummary {
         reason: r.reason.clone(),
         created: r.created.unwrap_or_else(SystemTime::now),
     }
+}
+/// Routes a request again by today's routing (`allowed`) when none of its recorded recipients
+/// would be mailed otherwise: no thread was started yet, and every recorded recipient still
+/// owed one is one today's routing does not name (a rule that chose them was changed or
+/// deleted while their mail could not be delivered, or this replica cannot see that rule).
+/// A recorded address is never mailed unless today's routing names it (whoever may write
+/// plugin data could add one), so without this the request would reach nobody.
+fn reroute(id: &str, d: &mut PluginData, allowed: &[String]) {
+    let Some(intended) = &d.intended else {
+        return;
+    };
+    if !d.threads.is_empty() || allowed.is_empty() {
+        return;
+    }
+    let open: Vec<&String> = (intended.iter())
+        .filter(|e| !d.failed_at(e, "new"))
+        .collect();
+    if open.is_empty() || open.iter().any(|e| allowed.contains(e)) {
+        return;
+    }
+    tracing::warn!(request_id = %id, recorded = ?intended, today = ?allowed, "None of the recipients recorded for this request is routed to today (the rules changed, or this instance cannot read them) and none was mailed yet; the request is routed again");
+    d.intended = Some(allowed.to_vec());
 }
