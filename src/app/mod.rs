@@ -191,15 +191,15 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         fail_fast,
         ..WatcherConfig::default()
     };
-    let clock = config.delivery.reminders.map(|settings| {
-        let clock = Arc::new(reminders::ReminderClock::new(settings));
-        tokio::spawn(reminders::run(
-            clock.clone(),
-            engine.clone(),
-            root.child_token(),
-        ));
-        clock
-    });
+    // Awaited after the watch: reminders being sent are finished and recorded first.
+    let (clock, reminding) = match config.delivery.reminders {
+        Some(settings) => {
+            let clock = Arc::new(reminders::ReminderClock::new(settings));
+            let run = reminders::run(clock.clone(), engine.clone(), root.child_token());
+            (Some(clock), Some(tokio::spawn(run)))
+        }
+        None => (None, None),
+    };
     // Stopped after the watch, and awaited: a reminder being sent settles its claim first.
     let lists_stop = root.child_token();
     let lists = config.delivery.access_list_reminders.then(|| {
@@ -210,7 +210,7 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
     let watched = watcher::run(client, handler, watcher_config, links, root).await;
     reloads_stop.cancel();
     lists_stop.cancel();
-    if let Some(task) = lists {
+    for task in [lists, reminding].into_iter().flatten() {
         let _ = task.await;
     }
     let mailer = match reloads {

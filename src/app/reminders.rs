@@ -182,10 +182,23 @@ fn boundary(created: SystemTime, interval: Duration, round: u32) -> Option<Syste
 /// (up to the retry period) without holding up the others.
 const IN_FLIGHT: usize = 8;
 
-/// Sends reminders as they fall due, a few requests at a time, until `stop`.
+/// Sends reminders as they fall due, a few requests at a time, until `stop`; then waits for the
+/// reminders being sent to finish and be recorded (as the watcher drains its events), so one
+/// the server took is not sent again after a restart. The process's grace period bounds it.
 pub(super) async fn run(clock: Arc<ReminderClock>, engine: Arc<Engine>, stop: CancellationToken) {
-    let Reminders { interval, limit } = clock.settings;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    send_due(&clock, &engine, &slots, &stop).await;
+    // Each reminder holds a slot until it is done: all of them back means none in flight.
+    let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+}
+
+async fn send_due(
+    clock: &Arc<ReminderClock>,
+    engine: &Arc<Engine>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &CancellationToken,
+) {
+    let Reminders { interval, limit } = clock.settings;
     loop {
         let wait = clock
             .next_due()
