@@ -7,6 +7,7 @@ use crate::calendar::rfc3339;
 use crate::config::{self, Config, MailerConfig};
 use crate::exit::Exit;
 use crate::mail::{self, MessageId, OutgoingMail, RenderedMail};
+use crate::rules::condition::Condition;
 use crate::startup;
 use crate::teleport::{ClusterInfo, TeleportClient, TeleportError};
 
@@ -201,7 +202,28 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
         Ok(rules) if rules.is_empty() => "none apply: mail is routed by role_to_recipients".into(),
         Ok(rules) => {
             let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
-            format!("{} apply ({})", rules.len(), names.join(", "))
+            let listed = format!("{} apply ({})", rules.len(), names.join(", "));
+            // A condition that does not parse never matches (the daemon WARNs per request).
+            let broken: Vec<String> = (rules.iter())
+                .filter_map(|r| {
+                    let e = Condition::parse(&r.condition).err()?;
+                    Some(format!("{}: {}", r.name, e.to_string().escape_debug()))
+                })
+                .collect();
+            if broken.is_empty() {
+                listed
+            } else {
+                r.fail(
+                    "monitoring rules",
+                    format!(
+                        "{listed}; {} never match, their condition does not parse here (v18.0's \
+                         language): {}",
+                        broken.len(),
+                        broken.join("; ")
+                    ),
+                );
+                String::new()
+            }
         }
         Err(TeleportError::AccessDenied(_)) => "cannot be read (the role needs `read` and `list` \
              on `access_monitoring_rule`): mail is routed by role_to_recipients"
@@ -211,7 +233,9 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
         }
         Err(e) => return r.fail("monitoring rules", e.to_string()),
     };
-    r.pass("monitoring rules", rules);
+    if !rules.is_empty() {
+        r.pass("monitoring rules", rules);
+    }
     match client.user_traits(user).await {
         Ok(_) | Err(TeleportError::NotFound(_)) => r.pass("users", "may read users' traits"),
         Err(TeleportError::AccessDenied(_)) => r.pass(
