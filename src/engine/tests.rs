@@ -1075,18 +1075,29 @@ mod amr_review {
         }
     }
 
-    /// The original reads the requester for every request (`newExpressionEnv` ->
-    /// `GetUserOrLoginState`); any error but access denied (a deleted user, an expired SSO user,
-    /// Auth unavailable) drops all rule recipients and the request goes to `role_to_recipients`.
-    /// Ours reads the user only when a condition uses `user.traits`, so the same request is mailed
-    /// to the rule's recipients instead.
+    /// v18.0's original reads the requester for every request (`getUserTraits`, PR #55101); on
+    /// any error (a deleted user, an expired SSO user, Auth unavailable) it WARNs and evaluates
+    /// the rules without traits, so a rule that does not need them still routes the request.
+    /// (Later 18.x releases, through `GetUserOrLoginState`, fall back to `role_to_recipients`
+    /// instead; an earlier review pinned that, before v18.0 was settled on as the target.)
     #[tokio::test]
-    async fn a_requester_that_cannot_be_read_falls_back_as_upstream_even_without_trait_rules() {
+    async fn a_requester_that_cannot_be_read_is_routed_without_traits_as_v18_0() {
         let set = Arc::new(RuleSet::new("email"));
-        set.replace_all(vec![rule("all-requests", "true", &["rule@example.com"])]);
+        set.replace_all(vec![
+            rule("all-requests", "true", &["rule@example.com"]),
+            rule(
+                "team",
+                r#"user.traits["team"].contains("x")"#,
+                &["team@example.com"],
+            ),
+        ]);
         let engine = engine_with(vec![]).with_rules(set, Arc::new(NoUsers));
         let to = engine.recipients(&super::request("r4")).await;
-        assert_eq!(to, [FALLBACK], "the original falls back when GetUser fails");
+        assert_eq!(
+            to,
+            ["rule@example.com"],
+            "v18.0 evaluates without traits when GetUser fails"
+        );
     }
 }
 
