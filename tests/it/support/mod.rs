@@ -3,6 +3,7 @@
 pub mod aiosmtpd;
 pub mod harness;
 pub mod lists;
+pub mod scripted_smtp;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
