@@ -5,14 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use teleport_email::config::StartTlsPolicy;
-use teleport_email::mail::Mailer;
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::lists::{Probe, list, reminders, sending, spawn_check};
-use crate::support::scripted_smtp::{Takes, server};
-use crate::support::{PASSWORD, USER, crypto, smtp_config, smtp_mailer};
+use crate::support::scripted_smtp::{Takes, health_check, server};
 
 /// Review 2, finding L1 (MEDIUM-LOW; src/lists/mod.rs:126-133 `owes`, :317 and :350 `horizon`).
 /// The horizon past which a claim is "not believed" is computed from the CHECKING replica's
@@ -128,16 +125,12 @@ async fn review2_a_check_stops_soon_when_stopped_while_reading_the_lists() {
 /// CRAM-MD5 and the original (Go) signs in.
 #[tokio::test]
 async fn review2_cram_md5_is_used_when_lettre_cannot_use_the_login_offered() {
-    crypto();
     let (port, seen) = server(
         "250-mx.example.com\r\n250-AUTH CRAM-MD5\r\n250 AUTH=LOGIN\r\n",
         Takes::CramMd5,
     )
     .await;
-    let mut config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
-    config.allow_plaintext_auth = true;
-    let mailer = smtp_mailer(&config, None);
-    let checked = mailer.health_check().await;
+    let checked = health_check(port).await;
     assert!(
         checked.is_ok(),
         "{checked:?}; commands: {:?}",
@@ -149,16 +142,12 @@ async fn review2_cram_md5_is_used_when_lettre_cannot_use_the_login_offered() {
 /// (the stated preference), and the password never appears in any command but PLAIN's.
 #[tokio::test]
 async fn review2_cram_md5_and_plain_offered_uses_plain() {
-    crypto();
     let (port, seen) = server(
         "250-mx.example.com\r\n250 AUTH CRAM-MD5 PLAIN\r\n",
         Takes::CramMd5,
     )
     .await;
-    let mut config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
-    config.allow_plaintext_auth = true;
-    let mailer = smtp_mailer(&config, None);
-    let _ = mailer.health_check().await;
+    let _ = health_check(port).await;
     let cmds = seen.lock().unwrap().clone();
     assert!(
         cmds.iter().any(|c| c.starts_with("AUTH PLAIN")),

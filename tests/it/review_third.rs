@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use teleport_email::config::StartTlsPolicy;
+use teleport_email::lists::ListReminders;
 use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail, SmtpStep};
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::lists::{list, reminders, spawn_check};
-use crate::support::scripted_smtp::{Takes, server};
-use crate::support::{PASSWORD, USER, crypto, smtp_config, smtp_mailer};
+use crate::support::scripted_smtp::{Takes, health_check, server};
 
 /// A mailer that delivers, except to `refusing`, which it answers `452 4.2.2 mailbox full` (a
 /// passing refusal of that recipient alone) every time; counts the attempts per address.
@@ -61,6 +60,22 @@ impl Probe {
     }
 }
 
+/// The owner of list "ops" whose mailbox is full.
+const FULL: &str = "full@example.com";
+
+/// The reminders of list "ops", owned by [`FULL`] alone, retrying for `retry_for` through a
+/// [`Probe`] refusing `FULL` for now.
+async fn mailbox_full(retry_for: Duration) -> (Arc<FakeAuth>, Arc<Probe>, ListReminders) {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    auth.put_access_list(list("ops", &[FULL], 3));
+    let probe = Arc::new(Probe {
+        refusing: Some(FULL),
+        ..Probe::default()
+    });
+    let reminders = reminders(&auth, probe.clone(), retry_for).await;
+    (auth, probe, reminders)
+}
+
 /// Finding 3 (MEDIUM; src/lists/mod.rs:305-309 with :219-222). A reminder refused for a passing
 /// reason now makes the check `Incomplete`, and `run` checks again in 60 s, where the mail gets
 /// a fresh `retry_for` of retries; nothing counts the checks or the time already spent, so a
@@ -74,14 +89,7 @@ impl Probe {
 /// a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
-    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let full = "full@example.com";
-    auth.put_access_list(list("ops", &[full], 3));
-    let probe = Arc::new(Probe {
-        refusing: Some(full),
-        ..Probe::default()
-    });
-    let reminders = reminders(&auth, probe.clone(), Duration::ZERO).await;
+    let (_auth, probe, reminders) = mailbox_full(Duration::ZERO).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(reminders.run(stop.clone()));
     // RETRY_FAILED_CHECK (60 s, less up to a seventh) and a little.
@@ -89,7 +97,7 @@ async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
     stop.cancel();
     let _ = task.await;
     assert_eq!(
-        probe.attempts_to(full),
+        probe.attempts_to(FULL),
         1,
         "with retry_timeout = 0 a mail refused for now was tried again within the minute (and will be every minute)"
     );
@@ -130,16 +138,12 @@ async fn review3_an_owner_who_can_never_be_looked_up_does_not_fail_every_check()
 /// in.
 #[tokio::test]
 async fn review3_plain_offered_only_as_auth_equals_or_in_lower_case_is_used() {
-    crypto();
     for ehlo in [
         "250-mx.example.com\r\n250 AUTH=PLAIN LOGIN\r\n",
         "250-mx.example.com\r\n250 auth plain login\r\n",
     ] {
         let (port, seen) = server(ehlo, Takes::Plain).await;
-        let mut config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
-        config.allow_plaintext_auth = true;
-        let mailer = smtp_mailer(&config, None);
-        let checked = mailer.health_check().await;
+        let checked = health_check(port).await;
         assert!(
             checked.is_ok(),
             "EHLO {ehlo:?}: {checked:?}; commands: {:?}",
@@ -175,18 +179,11 @@ fn review3_the_readme_states_the_reminder_lease_and_the_requester_lost_at_a_rest
 /// trying again shortly" at WARN (a retry that never comes) instead of ending quietly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_check_stopped_while_a_mail_waits_to_be_retried_says_stopped() {
-    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let full = "full@example.com";
-    auth.put_access_list(list("ops", &[full], 3));
-    let probe = Arc::new(Probe {
-        refusing: Some(full),
-        ..Probe::default()
-    });
-    let reminders = reminders(&auth, probe.clone(), Duration::from_secs(60)).await;
+    let (_auth, probe, reminders) = mailbox_full(Duration::from_secs(60)).await;
     let stop = CancellationToken::new();
     let check = spawn_check(reminders, &stop);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while probe.attempts_to(full) == 0 {
+    while probe.attempts_to(FULL) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no attempt");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -3,7 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use teleport_email::config::StartTlsPolicy;
+use teleport_email::mail::{MailError, Mailer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::{PASSWORD, USER, crypto, smtp_config, smtp_mailer};
 
 /// The AUTH mechanism the server accepts (any credentials); every other one gets a 504.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,4 +66,13 @@ pub async fn server(ehlo: &'static str, takes: Takes) -> (u16, Arc<Mutex<Vec<Str
         }
     });
     (port, seen)
+}
+
+/// A health check of our SMTP mailer against the server on `port`, signing in (in plain text:
+/// there is no TLS) as [`USER`].
+pub async fn health_check(port: u16) -> Result<(), MailError> {
+    crypto();
+    let mut config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
+    config.allow_plaintext_auth = true;
+    smtp_mailer(&config, None).health_check().await
 }
