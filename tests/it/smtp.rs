@@ -7,7 +7,7 @@ use std::time::Duration;
 use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
 use teleport_email::mail::{MailError, Mailer, MessageId};
-use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, Stage};
+use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, SmtpReceiverBuilder, Stage};
 use teleport_email::testkit::tls::TestPki;
 
 use crate::support::*;
@@ -20,6 +20,14 @@ async fn starttls_receiver(pki: &TestPki, auth: bool) -> SmtpReceiver {
         builder = builder.auth(USER, PASSWORD);
     }
     builder.start().await.unwrap()
+}
+
+/// A receiver with STARTTLS taking AUTH as [`USER`] by `mechanism` alone.
+fn starttls_taking(pki: &TestPki, mechanism: AuthMechanism) -> SmtpReceiverBuilder {
+    SmtpReceiver::builder()
+        .starttls(pki.server_config().unwrap())
+        .auth(USER, PASSWORD)
+        .auth_mechanisms(&[mechanism])
 }
 
 /// A mailer for `receiver` without TLS or AUTH.
@@ -64,12 +72,7 @@ async fn mandatory_starttls_with_auth_plain() {
     crypto();
     let pki = pki();
     let receiver = starttls_receiver(&pki, true).await;
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     let mail = new_thread_mail();
     mailer.send(&mail).await.unwrap();
@@ -172,20 +175,12 @@ async fn implicit_tls_with_auth_login() {
 async fn auth_plain_only_over_starttls() {
     crypto();
     let pki = pki();
-    let receiver = SmtpReceiver::builder()
-        .starttls(pki.server_config().unwrap())
-        .auth(USER, PASSWORD)
-        .auth_mechanisms(&[AuthMechanism::Plain])
+    let receiver = starttls_taking(&pki, AuthMechanism::Plain)
         .auth_requires_tls(true)
         .start()
         .await
         .unwrap();
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    smtp_mailer(&config, Some(&pki))
+    signed_in(receiver.port(), &pki)
         .send(&new_thread_mail())
         .await
         .unwrap();
@@ -574,19 +569,11 @@ async fn lines_that_start_with_a_dot_arrive_intact() {
 async fn auth_cram_md5_when_it_is_all_the_server_offers() {
     crypto();
     let pki = pki();
-    let receiver = SmtpReceiver::builder()
-        .starttls(pki.server_config().unwrap())
-        .auth(USER, PASSWORD)
-        .auth_mechanisms(&[AuthMechanism::CramMd5])
+    let receiver = starttls_taking(&pki, AuthMechanism::CramMd5)
         .start()
         .await
         .unwrap();
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     let got = receiver.wait_for(1, WAIT).await.unwrap();

@@ -3,6 +3,7 @@
 pub mod aiosmtpd;
 pub mod harness;
 pub mod lists;
+pub mod peers;
 pub mod scripted_smtp;
 pub mod tools;
 
@@ -124,6 +125,13 @@ pub fn options(pki: Option<&TestPki>) -> SmtpOptions {
 
 pub fn smtp_mailer(config: &SmtpConfig, pki: Option<&TestPki>) -> SmtpMailer {
     SmtpMailer::new(config, SENDER, options(pki)).expect("SMTP mailer")
+}
+
+/// A mailer for the local server on `port`, signing in as [`USER`] over mandatory STARTTLS and
+/// trusting `pki`'s CA.
+pub fn signed_in(port: u16, pki: &TestPki) -> SmtpMailer {
+    let config = smtp_config(port, StartTlsPolicy::Mandatory, Some((USER, PASSWORD)));
+    smtp_mailer(&config, Some(pki))
 }
 
 /// A received mail, parsed.
