@@ -3,7 +3,6 @@
 //! SMTP client (pipelined and one command at a time), blamed on the wrong party. None of them
 //! changes the code.
 
-use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::Mailer;
 use teleport_email::testkit::smtp::{SmtpReceiver, Stage};
 
@@ -19,10 +18,7 @@ async fn misjudged(cases: &[(&str, Stage, &str)], want: bool) -> Vec<String> {
             .start()
             .await
             .unwrap();
-        let mailer = smtp_mailer(
-            &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-            None,
-        );
+        let mailer = plain_mailer(receiver.port());
         for (who, stage, reply) in cases {
             receiver.inject(*stage, reply, 1);
             let err = mailer.send(&new_thread_mail()).await.unwrap_err();

@@ -30,18 +30,10 @@ fn starttls_taking(pki: &TestPki, mechanism: AuthMechanism) -> SmtpReceiverBuild
         .auth_mechanisms(&[mechanism])
 }
 
-/// A mailer for `receiver` without TLS or AUTH.
-fn plain_mailer(receiver: &SmtpReceiver) -> SmtpMailer {
-    smtp_mailer(
-        &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-        None,
-    )
-}
-
 #[tokio::test]
 async fn plain_relay_without_auth_gets_the_whole_thread() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     assert_eq!(mailer.backend(), "smtp");
 
     let first = new_thread_mail();
@@ -132,7 +124,7 @@ async fn disabled_never_starts_tls() {
     crypto();
     let pki = pki();
     let receiver = starttls_receiver(&pki, false).await;
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     assert!(!receiver.wait_for(1, WAIT).await.unwrap()[0].tls);
@@ -254,7 +246,7 @@ async fn untrusted_certificate_is_a_permanent_tls_error() {
 #[tokio::test]
 async fn header_injection_adds_no_header_and_no_recipient() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     let mut mail = injection_mail();
     // Even a subject handed over raw cannot split the header.
     mail.subject = format!("raw subject{INJECTION}");
@@ -275,10 +267,9 @@ async fn header_injection_adds_no_header_and_no_recipient() {
 #[tokio::test]
 async fn non_ascii_subject_is_encoded() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
     let mut mail = new_thread_mail();
     mail.subject = "Zürich ✅ Role Request 1".to_owned();
-    smtp_mailer(&config, None).send(&mail).await.unwrap();
+    plain_mailer(receiver.port()).send(&mail).await.unwrap();
     let got = receiver.wait_for(1, WAIT).await.unwrap();
     let subject_line = got[0]
         .header_lines()
@@ -295,7 +286,7 @@ async fn non_ascii_subject_is_encoded() {
 #[tokio::test]
 async fn smtp_4xx_is_transient_and_5xx_permanent() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
 
     receiver.inject(Stage::MailFrom, "451 4.3.0 Try again later", 1);
     let err = mailer.send(&new_thread_mail()).await.unwrap_err();
@@ -326,7 +317,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
 #[tokio::test]
 async fn server_down_is_transient_and_the_pool_recovers() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.send(&new_thread_mail()).await.unwrap();
 
     receiver.go_down().await;
@@ -384,8 +375,7 @@ async fn unreachable_server_is_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
-    let err = smtp_mailer(&config, None).health_check().await.unwrap_err();
+    let err = plain_mailer(port).health_check().await.unwrap_err();
     assert!(matches!(err, MailError::Connect { .. }), "{err:?}");
     assert!(err.is_transient());
 }
@@ -393,10 +383,9 @@ async fn unreachable_server_is_transient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_mails_in_parallel_share_a_small_pool() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = std::sync::Arc::new(smtp_mailer(&config, None));
+    let mailer = Arc::new(plain_mailer(receiver.port()));
     let sends = (0..100).map(|_| {
-        let mailer = std::sync::Arc::clone(&mailer);
+        let mailer = Arc::clone(&mailer);
         tokio::spawn(async move { mailer.send(&new_thread_mail()).await })
     });
     for send in futures_util::future::join_all(sends).await {
@@ -416,7 +405,7 @@ async fn many_mails_in_parallel_share_a_small_pool() {
 #[tokio::test]
 async fn a_pipelining_server_gets_each_mail_in_two_round_trips_on_one_connection() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -522,7 +511,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
         .start()
         .await
         .unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -536,7 +525,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
 #[tokio::test]
 async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.send(&new_thread_mail()).await.unwrap();
     // The server drops every session and listens again: the pooled connection is dead, and too
     // fresh to be checked with NOOP.
@@ -553,7 +542,7 @@ async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out()
 #[tokio::test]
 async fn lines_that_start_with_a_dot_arrive_intact() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     let mut mail = new_thread_mail();
     mail.text = "first\n.\n.hidden\n..two\nlast".into();
     mailer.send(&mail).await.unwrap();

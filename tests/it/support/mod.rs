@@ -14,7 +14,9 @@ use teleport_email::mail::render::{self, RequestSummary, Resolution, ReviewState
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
 use teleport_email::mail::{MessageId, OutgoingMail};
 use teleport_email::secret::Secret;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient};
+use teleport_email::teleport::{
+    CredentialStore, DialOptions, TeleportClient, WatchEvent, WatchStream,
+};
 use teleport_email::testkit::auth::FakeAuth;
 use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::tls::TestPki;
@@ -45,6 +47,15 @@ pub async fn plugin_client(auth: &FakeAuth) -> (TeleportClient, tempfile::TempDi
         .await
         .expect("connects to the fake Auth Service");
     (client, dir)
+}
+
+/// The next event of `watch`, within 5 s.
+pub async fn next_event(watch: &mut WatchStream) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+        .expect("no error")
 }
 
 pub fn pki() -> TestPki {
@@ -125,6 +136,11 @@ pub fn options(pki: Option<&TestPki>) -> SmtpOptions {
 
 pub fn smtp_mailer(config: &SmtpConfig, pki: Option<&TestPki>) -> SmtpMailer {
     SmtpMailer::new(config, SENDER, options(pki)).expect("SMTP mailer")
+}
+
+/// A mailer for the local server on `port`, without TLS or AUTH.
+pub fn plain_mailer(port: u16) -> SmtpMailer {
+    smtp_mailer(&smtp_config(port, StartTlsPolicy::Disabled, None), None)
 }
 
 /// A mailer for the local server on `port`, signing in as [`USER`] over mandatory STARTTLS and
