@@ -4,7 +4,7 @@
 //! changes the code.
 
 use teleport_email::mail::Mailer;
-use teleport_email::testkit::smtp::{SmtpReceiver, Stage};
+use teleport_email::testkit::smtp::Stage;
 
 use crate::support::*;
 
@@ -13,12 +13,7 @@ use crate::support::*;
 async fn misjudged(cases: &[(&str, Stage, &str)], want: bool) -> Vec<String> {
     let mut wrong = Vec::new();
     for pipelining in [true, false] {
-        let receiver = SmtpReceiver::builder()
-            .pipelining(pipelining)
-            .start()
-            .await
-            .unwrap();
-        let mailer = plain_mailer(receiver.port());
+        let (receiver, mailer) = plain_receiver(pipelining).await;
         for (who, stage, reply) in cases {
             receiver.inject(*stage, reply, 1);
             let err = mailer.send(&new_thread_mail()).await.unwrap_err();

@@ -480,12 +480,7 @@ async fn only_refusals_that_speak_of_the_recipient_are_the_recipients() {
         ),
     ];
     for pipelining in [true, false] {
-        let receiver = SmtpReceiver::builder()
-            .pipelining(pipelining)
-            .start()
-            .await
-            .unwrap();
-        let mailer = plain_mailer(receiver.port());
+        let (receiver, mailer) = plain_receiver(pipelining).await;
         for (stage, reply, recipients) in &cases {
             receiver.inject(*stage, reply, 1);
             let err = mailer.send(&new_thread_mail()).await.unwrap_err();

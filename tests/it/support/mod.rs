@@ -19,6 +19,7 @@ use teleport_email::teleport::{
 };
 use teleport_email::testkit::auth::FakeAuth;
 use teleport_email::testkit::pki::KeyKind;
+use teleport_email::testkit::smtp::SmtpReceiver;
 use teleport_email::testkit::tls::TestPki;
 
 pub const SENDER: &str = "noreply@example.com";
@@ -141,6 +142,17 @@ pub fn smtp_mailer(config: &SmtpConfig, pki: Option<&TestPki>) -> SmtpMailer {
 /// A mailer for the local server on `port`, without TLS or AUTH.
 pub fn plain_mailer(port: u16) -> SmtpMailer {
     smtp_mailer(&smtp_config(port, StartTlsPolicy::Disabled, None), None)
+}
+
+/// A receiver announcing PIPELINING or not, and a mailer for it without TLS or AUTH.
+pub async fn plain_receiver(pipelining: bool) -> (SmtpReceiver, SmtpMailer) {
+    let receiver = SmtpReceiver::builder()
+        .pipelining(pipelining)
+        .start()
+        .await
+        .unwrap();
+    let mailer = plain_mailer(receiver.port());
+    (receiver, mailer)
 }
 
 /// A mailer for the local server on `port`, signing in as [`USER`] over mandatory STARTTLS and
