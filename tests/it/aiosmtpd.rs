@@ -145,12 +145,7 @@ async fn disabled_policy_never_upgrades_and_auth_needs_tls_there() {
         ..Variant::default()
     };
     let server = Aiosmtpd::start(&variant, Some(&pki));
-    let config = smtp_config(
-        server.port,
-        StartTlsPolicy::Disabled,
-        Some((USER, PASSWORD)),
-    );
-    let err = smtp_mailer(&config, None)
+    let err = signing_in_without_tls(server.port)
         .send(&new_thread_mail())
         .await
         .unwrap_err();
@@ -168,13 +163,7 @@ async fn implicit_tls_with_auth() {
         ..Variant::default()
     };
     let server = Aiosmtpd::start(&variant, Some(&pki));
-    let mut config = smtp_config(
-        server.port,
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    config.implicit_tls = true;
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in_over_implicit_tls(server.port, &pki);
     mailer.health_check().await.unwrap();
     let mail = new_thread_mail();
     mailer.send(&mail).await.unwrap();

@@ -142,13 +142,7 @@ async fn implicit_tls_with_auth_login() {
         .start()
         .await
         .unwrap();
-    let mut config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    config.implicit_tls = true;
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in_over_implicit_tls(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     let first = new_thread_mail();
     mailer.send(&first).await.unwrap();
@@ -184,12 +178,7 @@ async fn auth_plain_only_over_starttls() {
     );
 
     // The same server with TLS disabled never offers AUTH: a clear, permanent error.
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Disabled,
-        Some((USER, PASSWORD)),
-    );
-    let err = smtp_mailer(&config, None)
+    let err = signing_in_without_tls(receiver.port())
         .send(&new_thread_mail())
         .await
         .unwrap_err();

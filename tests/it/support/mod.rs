@@ -162,6 +162,20 @@ pub fn signed_in(port: u16, pki: &TestPki) -> SmtpMailer {
     smtp_mailer(&config, Some(pki))
 }
 
+/// A mailer for the local server on `port` speaking TLS from the first byte, signing in as
+/// [`USER`] and trusting `pki`'s CA.
+pub fn signed_in_over_implicit_tls(port: u16, pki: &TestPki) -> SmtpMailer {
+    let mut config = smtp_config(port, StartTlsPolicy::Mandatory, Some((USER, PASSWORD)));
+    config.implicit_tls = true;
+    smtp_mailer(&config, Some(pki))
+}
+
+/// A mailer for the local server on `port` that would sign in as [`USER`] with TLS disabled.
+pub fn signing_in_without_tls(port: u16) -> SmtpMailer {
+    let config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
+    smtp_mailer(&config, None)
+}
+
 /// A received mail, parsed.
 #[derive(Debug)]
 pub struct Parsed {
