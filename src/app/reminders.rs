@@ -229,6 +229,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::engine::testing::MemoryStore;
     use crate::engine::{PluginDataStore, RawPluginData};
     use crate::teleport::{TeleportError, WatchEvent};
 
@@ -399,41 +400,8 @@ mod tests {
         assert!(tracked.is_ok(), "track panicked");
     }
 
-    // The run loop over a real engine: a plugin-data store in memory and a mailer that fails
-    // one request's mails for good measure.
-
-    #[derive(Default)]
-    struct Store(Mutex<HashMap<String, RawPluginData>>);
-
-    #[async_trait::async_trait]
-    impl PluginDataStore for Store {
-        async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-            Ok(self.0.lock().unwrap().get(id).cloned())
-        }
-
-        async fn update(
-            &self,
-            id: &str,
-            set: &RawPluginData,
-            expect: &RawPluginData,
-        ) -> Result<(), TeleportError> {
-            let mut data = self.0.lock().unwrap();
-            let stored = data.entry(id.to_owned()).or_default();
-            for (k, want) in expect {
-                if stored.get(k).map(String::as_str).unwrap_or("") != want {
-                    return Err(TeleportError::CompareFailed(k.clone()));
-                }
-            }
-            for (k, v) in set {
-                if v.is_empty() {
-                    stored.remove(k);
-                } else {
-                    stored.insert(k.clone(), v.clone());
-                }
-            }
-            Ok(())
-        }
-    }
+    // The run loop over a real engine: the engine's plugin-data store in memory and a mailer
+    // that fails one request's mails for good measure.
 
     /// Accepts every mail except those of request `r1`, which fail as a passing failure would.
     #[derive(Default)]
@@ -496,7 +464,7 @@ mod tests {
     /// the other — after a restart with thousands due, for hours or days.
     #[tokio::test(start_paused = true)]
     async fn review_rem_one_failing_request_does_not_hold_back_the_others_reminders() {
-        let store = Arc::new(Store::default());
+        let store = Arc::new(MemoryStore::default());
         let mails = Arc::new(Mails::default());
         let engine = engine_over(store, mails.clone());
         let now = SystemTime::now();
@@ -524,7 +492,7 @@ mod tests {
 
     /// Plugin data that panics at the first call once armed (any bug under `remind`).
     #[derive(Default)]
-    struct Panicky(Store, AtomicBool);
+    struct Panicky(MemoryStore, AtomicBool);
 
     #[async_trait::async_trait]
     impl PluginDataStore for Panicky {
