@@ -238,7 +238,13 @@ async fn send_due(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
+    use crate::engine::testing::MemoryStore;
+    use crate::engine::{PluginDataStore, RawPluginData};
+    use crate::teleport::{TeleportError, WatchEvent};
 
     fn pending(id: &str, created: SystemTime) -> AccessRequest {
         AccessRequest {
@@ -249,12 +255,17 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    #[test]
-    fn only_pending_requests_are_held_and_each_once() {
-        let clock = ReminderClock::new(Reminders {
+    /// Hourly reminders, three rounds.
+    fn hourly() -> ReminderClock {
+        ReminderClock::new(Reminders {
             interval: HOUR,
             limit: 3,
-        });
+        })
+    }
+
+    #[test]
+    fn only_pending_requests_are_held_and_each_once() {
+        let clock = hourly();
         let now = SystemTime::now();
         clock.track(&pending("a", now));
         clock.track(&pending("a", now));
@@ -274,10 +285,7 @@ mod tests {
 
     #[test]
     fn a_new_request_is_due_after_one_interval_and_an_old_one_at_once() {
-        let clock = ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        });
+        let clock = hourly();
         let now = SystemTime::now();
         clock.track(&pending("new", now));
         clock.track(&pending("old", now - HOUR * 2 - Duration::from_secs(60)));
@@ -319,10 +327,7 @@ mod tests {
     /// pending request once more (the full scan the index was to avoid).
     #[test]
     fn review_rem_a_request_past_its_last_round_is_not_due_again_when_listed_again() {
-        let clock = ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        });
+        let clock = hourly();
         let now = SystemTime::now();
         let old = pending("old", now - 10 * HOUR);
         clock.track(&old);
@@ -342,10 +347,7 @@ mod tests {
     /// is forgotten then, and must not be put back by the reschedule that follows the reminder.
     #[test]
     fn review_rem_a_request_dropped_while_its_reminder_is_in_flight_is_not_put_back() {
-        let clock = ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        });
+        let clock = hourly();
         let now = SystemTime::now();
         clock.track(&pending("r", now - HOUR - Duration::from_secs(60)));
         let due = clock.take_due(now);
@@ -374,10 +376,7 @@ mod tests {
     /// (`live_during_reconcile`); `Listed::owes_nothing` tracks them before that check.
     #[test]
     fn review_rem_an_older_copy_does_not_undo_a_review() {
-        let clock = ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        });
+        let clock = hourly();
         let now = SystemTime::now();
         let created = now - HOUR - Duration::from_secs(60);
         let listed = pending("r", created);
@@ -414,44 +413,8 @@ mod tests {
         assert!(tracked.is_ok(), "track panicked");
     }
 
-    // The run loop over a real engine: a plugin-data store in memory and a mailer that fails
-    // one request's mails for good measure.
-
-    #[derive(Default)]
-    struct Store(Mutex<HashMap<String, crate::engine::RawPluginData>>);
-
-    #[async_trait::async_trait]
-    impl crate::engine::PluginDataStore for Store {
-        async fn get(
-            &self,
-            id: &str,
-        ) -> Result<Option<crate::engine::RawPluginData>, crate::teleport::TeleportError> {
-            Ok(self.0.lock().unwrap().get(id).cloned())
-        }
-
-        async fn update(
-            &self,
-            id: &str,
-            set: &crate::engine::RawPluginData,
-            expect: &crate::engine::RawPluginData,
-        ) -> Result<(), crate::teleport::TeleportError> {
-            let mut data = self.0.lock().unwrap();
-            let stored = data.entry(id.to_owned()).or_default();
-            for (k, want) in expect {
-                if stored.get(k).map(String::as_str).unwrap_or("") != want {
-                    return Err(crate::teleport::TeleportError::CompareFailed(k.clone()));
-                }
-            }
-            for (k, v) in set {
-                if v.is_empty() {
-                    stored.remove(k);
-                } else {
-                    stored.insert(k.clone(), v.clone());
-                }
-            }
-            Ok(())
-        }
-    }
+    // The run loop over a real engine: the engine's plugin-data store in memory and a mailer
+    // that fails one request's mails for good measure.
 
     /// Accepts every mail except those of request `r1`, which fail as a passing failure would.
     #[derive(Default)]
@@ -482,19 +445,12 @@ mod tests {
         }
     }
 
-    /// The loop reminds one request at a time, each with the engine's whole retry period: one
-    /// request whose recipient's server is down (or whose claim another replica holds) keeps
-    /// every other due reminder waiting for `retry_timeout` (10 minutes by default), one after
-    /// the other — after a restart with thousands due, for hours or days.
-    #[tokio::test(start_paused = true)]
-    async fn review_rem_one_failing_request_does_not_hold_back_the_others_reminders() {
-        let store: Arc<dyn crate::engine::PluginDataStore> = Arc::new(Store::default());
-        let mails = Arc::new(Mails::default());
-        let map =
-            std::collections::BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
+    /// An engine (instance "me") over `store`, mailing a@ for every role through `mails`.
+    fn engine_over(store: Arc<dyn PluginDataStore>, mails: Arc<Mails>) -> Arc<Engine> {
+        let map = BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
         let routing = crate::engine::Routing {
             recipients: crate::config::RecipientMap::new(map),
-            mailer: mails.clone(),
+            mailer: mails,
             notify_requester: false,
         };
         let policy = crate::engine::DeliveryPolicy {
@@ -508,20 +464,30 @@ mod tests {
             advanced_workflows: false,
             proxy_public_addr: String::new(),
         };
-        let engine = Arc::new(Engine::with_store(store, cluster, routing, policy));
+        Arc::new(Engine::with_store(store, cluster, routing, policy))
+    }
+
+    fn put(req: &AccessRequest) -> WatchEvent {
+        WatchEvent::Put(Box::new(req.clone()))
+    }
+
+    /// The loop reminds one request at a time, each with the engine's whole retry period: one
+    /// request whose recipient's server is down (or whose claim another replica holds) keeps
+    /// every other due reminder waiting for `retry_timeout` (10 minutes by default), one after
+    /// the other — after a restart with thousands due, for hours or days.
+    #[tokio::test(start_paused = true)]
+    async fn review_rem_one_failing_request_does_not_hold_back_the_others_reminders() {
+        let store = Arc::new(MemoryStore::default());
+        let mails = Arc::new(Mails::default());
+        let engine = engine_over(store, mails.clone());
         let now = SystemTime::now();
         // r1 falls due a minute before r2.
         let r1 = pending("r1", now - HOUR - Duration::from_secs(120));
         let r2 = pending("r2", now - HOUR - Duration::from_secs(60));
         for r in [&r1, &r2] {
-            engine
-                .handle_event(crate::teleport::WatchEvent::Put(Box::new(r.clone())))
-                .await;
+            engine.handle_event(put(r)).await;
         }
-        let clock = Arc::new(ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        }));
+        let clock = Arc::new(hourly());
         clock.track(&r1);
         clock.track(&r2);
         let stop = CancellationToken::new();
@@ -539,15 +505,12 @@ mod tests {
 
     /// Plugin data that panics at the first call once armed (any bug under `remind`).
     #[derive(Default)]
-    struct Panicky(Store, std::sync::atomic::AtomicBool);
+    struct Panicky(MemoryStore, AtomicBool);
 
     #[async_trait::async_trait]
-    impl crate::engine::PluginDataStore for Panicky {
-        async fn get(
-            &self,
-            id: &str,
-        ) -> Result<Option<crate::engine::RawPluginData>, crate::teleport::TeleportError> {
-            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+    impl PluginDataStore for Panicky {
+        async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
+            if self.1.swap(false, Ordering::SeqCst) {
                 panic!("a bug under remind");
             }
             self.0.get(id).await
@@ -556,10 +519,10 @@ mod tests {
         async fn update(
             &self,
             id: &str,
-            set: &crate::engine::RawPluginData,
-            expect: &crate::engine::RawPluginData,
-        ) -> Result<(), crate::teleport::TeleportError> {
-            if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            set: &RawPluginData,
+            expect: &RawPluginData,
+        ) -> Result<(), TeleportError> {
+            if self.1.swap(false, Ordering::SeqCst) {
                 panic!("a bug under remind");
             }
             self.0.update(id, set, expect).await
@@ -575,42 +538,16 @@ mod tests {
     async fn review_rem2_a_reminder_task_that_dies_does_not_lose_the_request_for_good() {
         let store = Arc::new(Panicky::default());
         let mails = Arc::new(Mails::default());
-        let map =
-            std::collections::BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
-        let routing = crate::engine::Routing {
-            recipients: crate::config::RecipientMap::new(map),
-            mailer: mails.clone(),
-            notify_requester: false,
-        };
-        let policy = crate::engine::DeliveryPolicy {
-            instance: "me".into(),
-            id_host: "example.com".into(),
-            ..Default::default()
-        };
-        let cluster = crate::teleport::ClusterInfo {
-            name: "cluster".into(),
-            server_version: "18.0.0".into(),
-            advanced_workflows: false,
-            proxy_public_addr: String::new(),
-        };
-        let engine = Arc::new(Engine::with_store(store.clone(), cluster, routing, policy));
+        let engine = engine_over(store.clone(), mails.clone());
         let r = pending("r", SystemTime::now() - HOUR - Duration::from_secs(60));
-        engine
-            .handle_event(crate::teleport::WatchEvent::Put(Box::new(r.clone())))
-            .await;
-        store.1.store(true, std::sync::atomic::Ordering::SeqCst);
-        let clock = Arc::new(ReminderClock::new(Reminders {
-            interval: HOUR,
-            limit: 3,
-        }));
+        engine.handle_event(put(&r)).await;
+        store.1.store(true, Ordering::SeqCst);
+        let clock = Arc::new(hourly());
         clock.track(&r);
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(clock.clone(), engine, stop.clone()));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(
-            !store.1.load(std::sync::atomic::Ordering::SeqCst),
-            "the task ran"
-        );
+        assert!(!store.1.load(Ordering::SeqCst), "the task ran");
         // The next reconcile lists the request, still pending.
         clock.track(&r);
         let next = clock.next_due();

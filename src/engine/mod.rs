@@ -15,7 +15,7 @@ mod stage;
 mod store;
 mod survey;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

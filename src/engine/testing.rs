@@ -37,7 +37,7 @@ pub(super) fn now_ms() -> Option<u64> {
 /// (`api/types/plugin_data.go`): only the keys in `expect` are compared, absent counts as `""`,
 /// and `""` in `set` deletes the key.
 #[derive(Default)]
-pub(super) struct MemoryStore {
+pub(crate) struct MemoryStore {
     data: Mutex<HashMap<String, RawPluginData>>,
     reads: AtomicUsize,
     writes: AtomicUsize,

@@ -25,12 +25,7 @@ async fn mandatory_starttls_auth_plain_whole_thread() {
     crypto();
     let pki = pki();
     let server = Aiosmtpd::start(&starttls_with_auth(), Some(&pki));
-    let config = smtp_config(
-        server.port,
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(server.port, &pki);
     mailer.health_check().await.unwrap();
 
     let first = new_thread_mail();
@@ -58,12 +53,7 @@ async fn auth_login_when_plain_is_not_offered() {
         ..starttls_with_auth()
     };
     let server = Aiosmtpd::start(&variant, Some(&pki));
-    let config = smtp_config(
-        server.port,
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(server.port, &pki);
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     let got = server.wait_for(1, WAIT).await;
@@ -155,12 +145,7 @@ async fn disabled_policy_never_upgrades_and_auth_needs_tls_there() {
         ..Variant::default()
     };
     let server = Aiosmtpd::start(&variant, Some(&pki));
-    let config = smtp_config(
-        server.port,
-        StartTlsPolicy::Disabled,
-        Some((USER, PASSWORD)),
-    );
-    let err = smtp_mailer(&config, None)
+    let err = signing_in_without_tls(server.port)
         .send(&new_thread_mail())
         .await
         .unwrap_err();
@@ -178,13 +163,7 @@ async fn implicit_tls_with_auth() {
         ..Variant::default()
     };
     let server = Aiosmtpd::start(&variant, Some(&pki));
-    let mut config = smtp_config(
-        server.port,
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    config.implicit_tls = true;
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in_over_implicit_tls(server.port, &pki);
     mailer.health_check().await.unwrap();
     let mail = new_thread_mail();
     mailer.send(&mail).await.unwrap();
@@ -199,14 +178,9 @@ async fn header_injection_adds_no_header_and_no_recipient() {
     crypto();
     let pki = pki();
     let server = Aiosmtpd::start(&starttls_with_auth(), Some(&pki));
-    let config = smtp_config(
-        server.port,
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
     let mut mail = injection_mail();
     mail.subject = format!("raw subject{INJECTION}");
-    smtp_mailer(&config, Some(&pki)).send(&mail).await.unwrap();
+    signed_in(server.port, &pki).send(&mail).await.unwrap();
     let got = server.wait_for(1, WAIT).await;
     assert_eq!(got[0].rcpt_tos, vec![RECIPIENT.to_owned()]);
     assert_no_injected_header(&got[0].data);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use teleport_email::testkit::auth::FakeAuthOptions;
 
-use crate::support::harness::{Backend, Harness, assert_threaded, sorted_to};
+use crate::support::harness::{Backend, Harness, Mail, assert_threaded, sorted_to};
 
 const SENDER: &str = "noreply@example.com";
 const ALL: &str = "all@example.com";
@@ -143,7 +143,9 @@ async fn expiration(backend: Backend) {
     h.shutdown().await;
 }
 
-async fn review_replies(backend: Backend) {
+/// The daemon over `backend` and a request suggesting R1 as reviewer that two approvals (or
+/// denials) decide, with its new-request mails (to R1 and all@).
+async fn needing_two_reviews(backend: Backend) -> (Harness, String, Vec<Mail>) {
     let mut h = Harness::start(backend, enterprise()).await;
     let id = h.auth.create_request_with_thresholds(
         "requester1@example.com",
@@ -154,6 +156,11 @@ async fn review_replies(backend: Backend) {
         2,
     );
     let first = h.next_mails(2).await;
+    (h, id, first)
+}
+
+async fn review_replies(backend: Backend) {
+    let (mut h, id, first) = needing_two_reviews(backend).await;
     for m in &first {
         assert!(
             m.text.contains(&format!(
@@ -193,16 +200,7 @@ async fn review_replies(backend: Backend) {
 }
 
 async fn by_review(backend: Backend, approve: bool) {
-    let mut h = Harness::start(backend, enterprise()).await;
-    let id = h.auth.create_request_with_thresholds(
-        "requester1@example.com",
-        &["editor"],
-        "because of",
-        &[R1],
-        2,
-        2,
-    );
-    let first = h.next_mails(2).await;
+    let (mut h, id, first) = needing_two_reviews(backend).await;
     h.wait_threads(&id, 2).await;
     let (first_reason, last_reason) = if approve {
         ("okay", "finally okay")

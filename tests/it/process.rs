@@ -4,50 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::SmtpReceiver;
 
+use crate::support::peers::Peers;
+
 const ALL: &str = "all@example.com";
 const R1: &str = "reviewer1@example.com";
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Peers {
-    auth: Arc<FakeAuth>,
-    smtp: SmtpReceiver,
-    dir: tempfile::TempDir,
-}
-
-impl Peers {
-    async fn start() -> Self {
-        let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-        let smtp = SmtpReceiver::start().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
-        let p = Self { auth, smtp, dir };
-        p.write_config("config.toml", &format!("\"*\" = \"{ALL}\"\n"));
-        p
-    }
-
-    fn write_config(&self, name: &str, recipients: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        let text = format!(
-            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n[delivery]\nsender = \"noreply@example.com\"\n[role_to_recipients]\n{recipients}",
-            self.auth.addr(),
-            self.dir.path().join("identity").display(),
-            self.smtp.port()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
-    }
-}
 
 /// A daemon process with its log in a file.
 struct Daemon {
@@ -222,7 +189,7 @@ async fn wait_messages(smtp: &SmtpReceiver, distinct: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_then_a_request_while_down_then_restart() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     let mut d = Daemon::start(&p.config(), p.dir.path().join("d1.log")).await;
     let a = p
         .auth
@@ -246,7 +213,7 @@ async fn sigkill_then_a_request_while_down_then_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_killed_half_way_through_a_burst() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     let mut d1 = Daemon::start(&p.config(), p.dir.path().join("d1.log")).await;
     let d2 = Daemon::start(&p.config(), p.dir.path().join("d2.log")).await;
     let mut ids = Vec::new();
@@ -268,7 +235,7 @@ async fn two_replicas_one_killed_half_way_through_a_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
     let a = p
         .auth
@@ -278,6 +245,7 @@ async fn sighup_reloads_recipients_and_rejects_a_broken_config() {
     p.write_config(
         "config.toml",
         &format!("\"*\" = \"{ALL}\"\n\"editor\" = \"editors@example.com\"\n"),
+        "",
     );
     d.reload_as_systemd_does();
     d.wait_log("Configuration reloaded", 1).await;
@@ -327,7 +295,7 @@ async fn the_daemon_through_a_proxy_and_an_l7_load_balancer() {
             "through the Proxy (ALPN connection upgrade)",
         ),
     ] {
-        let p = Peers::start().await;
+        let p = Peers::with_config().await;
         let proxy = FakeProxy::start(p.auth.addr(), p.auth.cluster(), mode).await;
         let config = p.dir.path().join("proxy.toml");
         let text = std::fs::read_to_string(p.config())
@@ -435,7 +403,7 @@ async fn changed_files_are_reloaded_without_a_signal() {
 /// knows to restart: `delivery.retry_timeout` and `[metrics] listen`, beside `[teleport]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_names_the_settings_that_wait_for_a_restart() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     let write = |retry: &str, metrics: &str| {
         let text = format!(
             "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
@@ -498,7 +466,7 @@ fn restart_warns(d: &Daemon, key: &str) -> usize {
 /// not-yet-applied value says nothing although it still waits for a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_class_the_restart_warn_compares_with_the_settings_in_force() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     write_reload_config(&p, "10m", "noreply@example.com");
     let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
     write_reload_config(&p, "2m", "noreply@example.com");
@@ -524,7 +492,7 @@ async fn review_class_the_restart_warn_compares_with_the_settings_in_force() {
 /// derives different Message-IDs for the same (request, recipient, stage) than one reloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_class_a_reloaded_sender_moves_the_message_id_host_or_is_warned() {
-    let p = Peers::start().await;
+    let p = Peers::with_config().await;
     write_reload_config(&p, "10m", "noreply@example.com");
     let d = Daemon::start(&p.config(), p.dir.path().join("d.log")).await;
     write_reload_config(&p, "10m", "noreply@other.example");
@@ -548,20 +516,19 @@ async fn review_class_a_reloaded_sender_moves_the_message_id_host_or_is_warned()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_list_reminders_on_a_cluster_without_access_lists_say_so_once_and_carry_on() {
-    let auth = FakeAuth::start(FakeAuthOptions {
+    let peers = Peers::start_with(FakeAuthOptions {
         community_edition: true,
         ..FakeAuthOptions::default()
     })
     .await;
-    let smtp = SmtpReceiver::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
-    let peers = Peers { auth, smtp, dir };
     let path = peers.dir.path().join("lists.toml");
-    let text =
-        std::fs::read_to_string(peers.write_config("base.toml", &format!("\"*\" = \"{ALL}\"\n")))
-            .unwrap()
-            .replace("[delivery]\n", "[delivery]\naccess_list_reminders = true\n");
+    let text = std::fs::read_to_string(peers.write_config(
+        "base.toml",
+        &format!("\"*\" = \"{ALL}\"\n"),
+        "",
+    ))
+    .unwrap()
+    .replace("[delivery]\n", "[delivery]\naccess_list_reminders = true\n");
     std::fs::write(&path, text).unwrap();
     let daemon = Daemon::start(&path, peers.dir.path().join("log")).await;
     daemon
@@ -590,7 +557,7 @@ async fn access_list_reminders_on_a_cluster_without_access_lists_say_so_once_and
 /// runtime was dropped is sent again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_sigterm_mid_reminder_undoes_its_claims() {
-    let peers = Peers::start().await;
+    let peers = Peers::with_config().await;
     peers.smtp.inject(
         teleport_email::testkit::smtp::Stage::RcptTo,
         "451 4.3.0 try again later",
@@ -633,7 +600,7 @@ async fn review_sigterm_mid_reminder_undoes_its_claims() {
 /// original sends it (`<4>` = kern.warning, the program as started and its pid).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_output_syslog_sends_each_line_to_the_local_syslog_socket() {
-    let peers = Peers::start().await;
+    let peers = Peers::with_config().await;
     let socket_path = peers.dir.path().join("dev-log");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -686,7 +653,7 @@ async fn log_output_syslog_sends_each_line_to_the_local_syslog_socket() {
 /// path, and the lines go there, as the original does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_file_moved_by_logrotate_is_reopened() {
-    let peers = Peers::start().await;
+    let peers = Peers::with_config().await;
     let log = peers.dir.path().join("plugin.log");
     let config = peers.dir.path().join("file.toml");
     let text = std::fs::read_to_string(peers.config()).unwrap()

@@ -3,9 +3,8 @@
 //! SMTP client (pipelined and one command at a time), blamed on the wrong party. None of them
 //! changes the code.
 
-use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::Mailer;
-use teleport_email::testkit::smtp::{SmtpReceiver, Stage};
+use teleport_email::testkit::smtp::Stage;
 
 use crate::support::*;
 
@@ -14,15 +13,7 @@ use crate::support::*;
 async fn misjudged(cases: &[(&str, Stage, &str)], want: bool) -> Vec<String> {
     let mut wrong = Vec::new();
     for pipelining in [true, false] {
-        let receiver = SmtpReceiver::builder()
-            .pipelining(pipelining)
-            .start()
-            .await
-            .unwrap();
-        let mailer = smtp_mailer(
-            &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-            None,
-        );
+        let (receiver, mailer) = plain_receiver(pipelining).await;
         for (who, stage, reply) in cases {
             receiver.inject(*stage, reply, 1);
             let err = mailer.send(&new_thread_mail()).await.unwrap_err();

@@ -7,80 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use teleport_email::calendar::{parse_rfc3339, rfc3339};
-use teleport_email::lists::ListReminders;
-use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail};
-use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
+use teleport_email::mail::OutgoingMail;
+use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use teleport_email::testkit::smtp::Stage;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::harness::{Backend, Harness};
+use crate::support::lists::{DAY, Probe, list, reminders, sending, spawn_check};
 
 const ON: &str = "access_list_reminders = true\n";
-const DAY: Duration = Duration::from_secs(24 * 3600);
 /// `LEASE_MARGIN` in src/lists/mod.rs.
 const LEASE_MARGIN: Duration = Duration::from_secs(300);
-
-fn list(name: &str, owners: &[&str], due_in_days: u32) -> FakeList {
-    FakeList {
-        name: name.into(),
-        title: name.to_uppercase(),
-        owners: owners.iter().map(|o| o.to_string()).collect(),
-        next_review: Some(SystemTime::now() + DAY * due_in_days + Duration::from_secs(3600)),
-        ..FakeList::default()
-    }
-}
-
-fn sending(auth: &FakeAuth, list: &str) -> BTreeMap<String, String> {
-    let data = auth.list_plugin_data(list, "email").unwrap_or_default();
-    let json = data.get("te_sending").cloned().unwrap_or_default();
-    serde_json::from_str(&json).unwrap_or_default()
-}
-
-/// What a [`Probe`] runs before each send.
-type Hook = Box<dyn Fn(&OutgoingMail) + Send + Sync>;
-
-/// A mailer under the test's control: each send takes `delay` (per address, else `default`),
-/// runs `hook` first, and is recorded once delivered.
-#[derive(Default)]
-struct Probe {
-    default: Duration,
-    delay: HashMap<String, Duration>,
-    hook: Option<Hook>,
-    delivered: Mutex<Vec<OutgoingMail>>,
-}
-
-#[async_trait::async_trait]
-impl Mailer for Probe {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        if let Some(hook) = &self.hook {
-            hook(mail);
-        }
-        let d = self.delay.get(&mail.to).copied().unwrap_or(self.default);
-        tokio::time::sleep(d).await;
-        self.delivered.lock().unwrap().push(mail.clone());
-        Ok(mail.message_id.clone())
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "probe"
-    }
-}
-
-impl Probe {
-    fn delivered_to(&self) -> Vec<String> {
-        let d = self.delivered.lock().unwrap();
-        d.iter().map(|m| m.to.clone()).collect()
-    }
-}
-
-/// A replica of the reminders with its own client, mailing through `mailer`.
-async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> ListReminders {
-    crate::support::lists::reminders(auth, mailer, retry_for).await
-}
 
 /// Finding 1 (fast form). The lease (`retry_for + 5 min`) is counted from the START of the check
 /// (`now` in `check`), and the mails of a check go out one address after another, after all the
@@ -111,7 +48,7 @@ async fn review_each_send_starts_with_its_whole_lease() {
         }
     };
     let probe = Arc::new(probe);
-    let one = replica(&auth, probe.clone(), retry_for).await;
+    let one = reminders(&auth, probe.clone(), retry_for).await;
     one.check_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(probe.delivered_to(), [a, b]);
     let remaining = remaining.lock().unwrap().clone();
@@ -143,13 +80,10 @@ async fn review_a_slow_mail_server_lets_a_second_replica_mail_the_same_owners_ag
         ..Probe::default()
     });
     let fast = Arc::new(Probe::default());
-    let one = replica(&auth, slow.clone(), Duration::ZERO).await;
-    let two = replica(&auth, fast.clone(), Duration::ZERO).await;
+    let one = reminders(&auth, slow.clone(), Duration::ZERO).await;
+    let two = reminders(&auth, fast.clone(), Duration::ZERO).await;
     let stop = CancellationToken::new();
-    let first = tokio::spawn({
-        let stop = stop.clone();
-        async move { one.check_once(&stop).await }
-    });
+    let first = spawn_check(one, &stop);
     tokio::time::sleep(LEASE_MARGIN + Duration::from_secs(6)).await;
     two.check_once(&stop).await.unwrap();
     first.await.unwrap().unwrap();
@@ -262,7 +196,7 @@ async fn review_a_delivered_reminder_is_settled_when_teleport_recovers_within_it
         }
     };
     let probe = Arc::new(probe);
-    let one = replica(&auth, probe.clone(), Duration::from_secs(600)).await;
+    let one = reminders(&auth, probe.clone(), Duration::from_secs(600)).await;
     let started = tokio::time::Instant::now();
     one.check_once(&CancellationToken::new()).await.unwrap();
     auth.fail_next_plugin_data_writes(0);
@@ -322,7 +256,7 @@ async fn review_a_check_that_could_claim_nothing_is_not_reported_as_done() {
     auth.put_access_list(list("ops", &["a@example.com"], 3));
     auth.fail_next_plugin_data_writes(8);
     let probe = Arc::new(Probe::default());
-    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
+    let one = reminders(&auth, probe.clone(), Duration::from_secs(5)).await;
     let result = one.check_once(&CancellationToken::new()).await;
     assert!(probe.delivered_to().is_empty());
     assert!(
@@ -348,7 +282,7 @@ async fn review_a_listing_that_goes_round_in_a_circle_is_stopped_soon() {
         auth.put_access_list(list(&format!("list{i:03}"), &["a@example.com"], 3));
     }
     let probe = Arc::new(Probe::default());
-    let one = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
+    let one = reminders(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let checked = tokio::time::timeout(Duration::from_secs(30), one.check_once(&stop)).await;
     assert!(

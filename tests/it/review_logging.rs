@@ -7,45 +7,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use teleport_email::logging::SYSLOG_SOCKET_ENV;
-use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
-use teleport_email::testkit::pki::KeyKind;
 use teleport_email::testkit::smtp::SmtpReceiver;
+
+use crate::support::peers::Peers;
 
 const ALL: &str = "all@example.com";
 const EDITORS: &str = "editors@example.com";
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Peers {
-    auth: Arc<FakeAuth>,
-    smtp: SmtpReceiver,
-    dir: tempfile::TempDir,
-}
-
-impl Peers {
-    async fn start() -> Self {
-        let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-        let smtp = SmtpReceiver::start().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        auth.write_plugin_identity(&dir.path().join("identity"), KeyKind::Ecdsa);
-        Self { auth, smtp, dir }
-    }
-
-    fn write_config(&self, name: &str, recipients: &str, log: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        let text = format!(
-            "[teleport]\naddr = \"{}\"\nidentity = \"{}\"\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\nstarttls_policy = \"disabled\"\n[delivery]\nsender = \"noreply@example.com\"\n[role_to_recipients]\n{recipients}[log]\n{log}\n",
-            self.auth.addr(),
-            self.dir.path().join("identity").display(),
-            self.smtp.port()
-        );
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
 
 /// Kills the child when the test ends, whatever happened.
 struct Reaper(Child);

@@ -335,10 +335,7 @@ async fn a_pipelined_mail_abandoned_before_its_message_is_not_sent() {
 #[tokio::test]
 async fn authentication_required_at_rcpt_is_the_mailers_not_the_recipients() {
     let receiver = SmtpReceiver::builder().start().await.unwrap();
-    let mailer = smtp_mailer(
-        &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-        None,
-    );
+    let mailer = plain_mailer(receiver.port());
     receiver.inject(Stage::RcptTo, "530 5.7.0 Authentication required", 1);
     let err = mailer.send(&new_thread_mail()).await.unwrap_err();
     assert!(
@@ -483,15 +480,7 @@ async fn only_refusals_that_speak_of_the_recipient_are_the_recipients() {
         ),
     ];
     for pipelining in [true, false] {
-        let receiver = SmtpReceiver::builder()
-            .pipelining(pipelining)
-            .start()
-            .await
-            .unwrap();
-        let mailer = smtp_mailer(
-            &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-            None,
-        );
+        let (receiver, mailer) = plain_receiver(pipelining).await;
         for (stage, reply, recipients) in &cases {
             receiver.inject(*stage, reply, 1);
             let err = mailer.send(&new_thread_mail()).await.unwrap_err();

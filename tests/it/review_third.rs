@@ -1,32 +1,19 @@
 //! Third reader (review-third) of 0328c7d "Review fixes (second round)": each test shows one way
 //! the change reminds too often, or fails where it should not. They are meant to FAIL on 0328c7d;
-//! see each test's comment. (The engine's findings are unit tests: src/engine/tests.rs,
-//! `mod review_third`.)
+//! see each test's comment. (The engine's findings are unit tests: src/engine/tests/,
+//! `review3_*`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use teleport_email::config::StartTlsPolicy;
 use teleport_email::lists::ListReminders;
 use teleport_email::mail::{MailError, Mailer, MessageId, OutgoingMail, SmtpStep};
-use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, FakeList};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{PASSWORD, USER, crypto, smtp_config, smtp_mailer};
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn list(name: &str, owners: &[&str], due_in_days: u32) -> FakeList {
-    FakeList {
-        name: name.into(),
-        title: name.to_uppercase(),
-        owners: owners.iter().map(|o| o.to_string()).collect(),
-        next_review: Some(SystemTime::now() + DAY * due_in_days + Duration::from_secs(3600)),
-        ..FakeList::default()
-    }
-}
+use crate::support::lists::{list, reminders, spawn_check};
+use crate::support::scripted_smtp::{Takes, health_check, server};
 
 /// A mailer that delivers, except to `refusing`, which it answers `452 4.2.2 mailbox full` (a
 /// passing refusal of that recipient alone) every time; counts the attempts per address.
@@ -73,9 +60,20 @@ impl Probe {
     }
 }
 
-/// The reminders with their own client, mailing through `mailer`.
-async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> ListReminders {
-    crate::support::lists::reminders(auth, mailer, retry_for).await
+/// The owner of list "ops" whose mailbox is full.
+const FULL: &str = "full@example.com";
+
+/// The reminders of list "ops", owned by [`FULL`] alone, retrying for `retry_for` through a
+/// [`Probe`] refusing `FULL` for now.
+async fn mailbox_full(retry_for: Duration) -> (Arc<FakeAuth>, Arc<Probe>, ListReminders) {
+    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
+    auth.put_access_list(list("ops", &[FULL], 3));
+    let probe = Arc::new(Probe {
+        refusing: Some(FULL),
+        ..Probe::default()
+    });
+    let reminders = reminders(&auth, probe.clone(), retry_for).await;
+    (auth, probe, reminders)
 }
 
 /// Finding 3 (MEDIUM; src/lists/mod.rs:305-309 with :219-222). A reminder refused for a passing
@@ -91,14 +89,7 @@ async fn replica(auth: &FakeAuth, mailer: Arc<Probe>, retry_for: Duration) -> Li
 /// a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
-    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let full = "full@example.com";
-    auth.put_access_list(list("ops", &[full], 3));
-    let probe = Arc::new(Probe {
-        refusing: Some(full),
-        ..Probe::default()
-    });
-    let reminders = replica(&auth, probe.clone(), Duration::ZERO).await;
+    let (_auth, probe, reminders) = mailbox_full(Duration::ZERO).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(reminders.run(stop.clone()));
     // RETRY_FAILED_CHECK (60 s, less up to a seventh) and a little.
@@ -106,7 +97,7 @@ async fn review3_a_mail_refused_for_now_is_not_retried_past_retry_timeout() {
     stop.cancel();
     let _ = task.await;
     assert_eq!(
-        probe.attempts_to(full),
+        probe.attempts_to(FULL),
         1,
         "with retry_timeout = 0 a mail refused for now was tried again within the minute (and will be every minute)"
     );
@@ -126,7 +117,7 @@ async fn review3_an_owner_who_can_never_be_looked_up_does_not_fail_every_check()
     auth.break_user("bob");
     auth.put_access_list(list("ops", &["a@example.com", "bob"], 3));
     let probe = Arc::new(Probe::default());
-    let reminders = replica(&auth, probe.clone(), Duration::from_secs(5)).await;
+    let reminders = reminders(&auth, probe.clone(), Duration::from_secs(5)).await;
     let stop = CancellationToken::new();
     let first = reminders.check_once(&stop).await;
     assert_eq!(probe.attempts_to("a@example.com"), 1);
@@ -135,48 +126,6 @@ async fn review3_an_owner_who_can_never_be_looked_up_does_not_fail_every_check()
         first.is_ok() && second.is_ok(),
         "an owner who can never be looked up makes every check incomplete (retried each minute): {first:?}, {second:?}"
     );
-}
-
-/// An SMTP server speaking just enough for a health check, whose EHLO reply is `ehlo`; it takes
-/// `AUTH PLAIN <initial response>` (any credentials). Returns its port and the commands it got.
-async fn plain_server(ehlo: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = tcp.into_split();
-                let mut r = BufReader::new(r);
-                w.write_all(b"220 mx.example.com ESMTP\r\n").await.unwrap();
-                let mut line = String::new();
-                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
-                    let cmd = line.trim_end().to_owned();
-                    line.clear();
-                    log.lock().unwrap().push(cmd.clone());
-                    let upper = cmd.to_ascii_uppercase();
-                    let reply = if upper.starts_with("EHLO") {
-                        ehlo
-                    } else if upper.starts_with("AUTH PLAIN ") {
-                        "235 2.7.0 Authentication successful\r\n"
-                    } else if upper.starts_with("AUTH") {
-                        "504 5.5.4 Unrecognized authentication type\r\n"
-                    } else if upper == "QUIT" {
-                        let _ = w.write_all(b"221 2.0.0 Bye\r\n").await;
-                        return;
-                    } else {
-                        "250 2.0.0 OK\r\n"
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, seen)
 }
 
 /// Finding 5 (LOW-MEDIUM; src/mail/smtp/dial.rs:202-214). The fix covers `AUTH=LOGIN` only when
@@ -189,16 +138,12 @@ async fn plain_server(ehlo: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
 /// in.
 #[tokio::test]
 async fn review3_plain_offered_only_as_auth_equals_or_in_lower_case_is_used() {
-    crypto();
     for ehlo in [
         "250-mx.example.com\r\n250 AUTH=PLAIN LOGIN\r\n",
         "250-mx.example.com\r\n250 auth plain login\r\n",
     ] {
-        let (port, seen) = plain_server(ehlo).await;
-        let mut config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
-        config.allow_plaintext_auth = true;
-        let mailer = smtp_mailer(&config, None);
-        let checked = mailer.health_check().await;
+        let (port, seen) = server(ehlo, Takes::Plain).await;
+        let checked = health_check(port).await;
         assert!(
             checked.is_ok(),
             "EHLO {ehlo:?}: {checked:?}; commands: {:?}",
@@ -234,21 +179,11 @@ fn review3_the_readme_states_the_reminder_lease_and_the_requester_lost_at_a_rest
 /// trying again shortly" at WARN (a retry that never comes) instead of ending quietly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review3_a_check_stopped_while_a_mail_waits_to_be_retried_says_stopped() {
-    let auth = FakeAuth::start(FakeAuthOptions::default()).await;
-    let full = "full@example.com";
-    auth.put_access_list(list("ops", &[full], 3));
-    let probe = Arc::new(Probe {
-        refusing: Some(full),
-        ..Probe::default()
-    });
-    let reminders = replica(&auth, probe.clone(), Duration::from_secs(60)).await;
+    let (_auth, probe, reminders) = mailbox_full(Duration::from_secs(60)).await;
     let stop = CancellationToken::new();
-    let check = tokio::spawn({
-        let stop = stop.clone();
-        async move { reminders.check_once(&stop).await }
-    });
+    let check = spawn_check(reminders, &stop);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while probe.attempts_to(full) == 0 {
+    while probe.attempts_to(FULL) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no attempt");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use teleport_email::config::Credentials;
 use teleport_email::teleport::{
     ACCESS_MONITORING_RULE_KIND, CredentialStore, DialOptions, MonitoringRule, TeleportClient,
-    TeleportError, Traits, UpgradeMode, WatchEvent, WatchStream,
+    TeleportError, Traits, UpgradeMode, WatchEvent,
 };
 use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, Perms};
 use teleport_email::testkit::pki::KeyKind;
+
+use crate::support::next_event;
 
 /// The v18 user guide's plugin role: requests and plugin data, nothing for rules or users.
 const GUIDE_ROLE: Perms = Perms {
@@ -51,14 +53,6 @@ fn rule(name: &str, plugin: &str, subjects: &[&str], recipients: &[&str]) -> Mon
         notification_name: plugin.into(),
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-async fn next(w: &mut WatchStream) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(5), w.next())
-        .await
-        .expect("an event within 5 s")
-        .expect("the stream is open")
-        .expect("no error")
 }
 
 #[tokio::test]
@@ -115,7 +109,7 @@ async fn the_watch_delivers_rule_puts_and_deletes_beside_requests() {
         None,
         "nothing confirmed before INIT"
     );
-    assert_eq!(next(&mut watch).await, WatchEvent::Init);
+    assert_eq!(next_event(&mut watch).await, WatchEvent::Init);
     assert_eq!(
         watch.confirmed_kinds(),
         Some(
@@ -127,29 +121,32 @@ async fn the_watch_delivers_rule_puts_and_deletes_beside_requests() {
     );
     let devs = rule("devs", "email", &["access_request"], &["devs@example.com"]);
     auth.put_monitoring_rule(&devs);
-    assert_eq!(next(&mut watch).await, WatchEvent::RulePut(Box::new(devs)));
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::RulePut(Box::new(devs))
+    );
     let id = auth.create_request("alice@example.com", &["editor"], "", &[]);
-    match next(&mut watch).await {
+    match next_event(&mut watch).await {
         WatchEvent::Put(r) => assert_eq!(r.id, id),
         other => panic!("expected the request, got {other:?}"),
     }
     auth.delete_monitoring_rule("devs");
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch).await,
         WatchEvent::RuleDelete {
             name: "devs".into()
         }
     );
     // The older opener asks for requests only: it never sees rules.
     let mut old = client.watch_access_requests().await.unwrap();
-    assert_eq!(next(&mut old).await, WatchEvent::Init);
+    assert_eq!(next_event(&mut old).await, WatchEvent::Init);
     assert_eq!(
         old.confirmed_kinds(),
         Some(&["access_request".to_owned()][..])
     );
     auth.put_monitoring_rule(&rule("x", "email", &["access_request"], &["x@example.com"]));
     let id2 = auth.create_request("bob@example.com", &["editor"], "", &[]);
-    match next(&mut old).await {
+    match next_event(&mut old).await {
         WatchEvent::Put(r) => assert_eq!(r.id, id2),
         other => panic!("expected the request, got {other:?}"),
     }
@@ -165,7 +162,7 @@ async fn a_role_that_may_not_read_rules_loses_the_kind_silently() {
         .watch_requests_and_rules()
         .await
         .expect("partial success");
-    assert_eq!(next(&mut watch).await, WatchEvent::Init);
+    assert_eq!(next_event(&mut watch).await, WatchEvent::Init);
     assert_eq!(
         watch.confirmed_kinds(),
         Some(&["access_request".to_owned()][..])
@@ -178,7 +175,7 @@ async fn a_role_that_may_not_read_rules_loses_the_kind_silently() {
         &["d@example.com"],
     ));
     let id = auth.create_request("alice@example.com", &["editor"], "", &[]);
-    match next(&mut watch).await {
+    match next_event(&mut watch).await {
         WatchEvent::Put(r) => assert_eq!(r.id, id),
         other => panic!("expected the request, got {other:?}"),
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
 use teleport_email::mail::{MailError, Mailer, MessageId};
-use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, Stage};
+use teleport_email::testkit::smtp::{AuthMechanism, SmtpReceiver, SmtpReceiverBuilder, Stage};
 use teleport_email::testkit::tls::TestPki;
 
 use crate::support::*;
@@ -22,18 +22,18 @@ async fn starttls_receiver(pki: &TestPki, auth: bool) -> SmtpReceiver {
     builder.start().await.unwrap()
 }
 
-/// A mailer for `receiver` without TLS or AUTH.
-fn plain_mailer(receiver: &SmtpReceiver) -> SmtpMailer {
-    smtp_mailer(
-        &smtp_config(receiver.port(), StartTlsPolicy::Disabled, None),
-        None,
-    )
+/// A receiver with STARTTLS taking AUTH as [`USER`] by `mechanism` alone.
+fn starttls_taking(pki: &TestPki, mechanism: AuthMechanism) -> SmtpReceiverBuilder {
+    SmtpReceiver::builder()
+        .starttls(pki.server_config().unwrap())
+        .auth(USER, PASSWORD)
+        .auth_mechanisms(&[mechanism])
 }
 
 #[tokio::test]
 async fn plain_relay_without_auth_gets_the_whole_thread() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     assert_eq!(mailer.backend(), "smtp");
 
     let first = new_thread_mail();
@@ -64,12 +64,7 @@ async fn mandatory_starttls_with_auth_plain() {
     crypto();
     let pki = pki();
     let receiver = starttls_receiver(&pki, true).await;
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     let mail = new_thread_mail();
     mailer.send(&mail).await.unwrap();
@@ -129,7 +124,7 @@ async fn disabled_never_starts_tls() {
     crypto();
     let pki = pki();
     let receiver = starttls_receiver(&pki, false).await;
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     assert!(!receiver.wait_for(1, WAIT).await.unwrap()[0].tls);
@@ -147,13 +142,7 @@ async fn implicit_tls_with_auth_login() {
         .start()
         .await
         .unwrap();
-    let mut config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    config.implicit_tls = true;
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in_over_implicit_tls(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     let first = new_thread_mail();
     mailer.send(&first).await.unwrap();
@@ -172,20 +161,12 @@ async fn implicit_tls_with_auth_login() {
 async fn auth_plain_only_over_starttls() {
     crypto();
     let pki = pki();
-    let receiver = SmtpReceiver::builder()
-        .starttls(pki.server_config().unwrap())
-        .auth(USER, PASSWORD)
-        .auth_mechanisms(&[AuthMechanism::Plain])
+    let receiver = starttls_taking(&pki, AuthMechanism::Plain)
         .auth_requires_tls(true)
         .start()
         .await
         .unwrap();
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    smtp_mailer(&config, Some(&pki))
+    signed_in(receiver.port(), &pki)
         .send(&new_thread_mail())
         .await
         .unwrap();
@@ -197,12 +178,7 @@ async fn auth_plain_only_over_starttls() {
     );
 
     // The same server with TLS disabled never offers AUTH: a clear, permanent error.
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Disabled,
-        Some((USER, PASSWORD)),
-    );
-    let err = smtp_mailer(&config, None)
+    let err = signing_in_without_tls(receiver.port())
         .send(&new_thread_mail())
         .await
         .unwrap_err();
@@ -259,7 +235,7 @@ async fn untrusted_certificate_is_a_permanent_tls_error() {
 #[tokio::test]
 async fn header_injection_adds_no_header_and_no_recipient() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     let mut mail = injection_mail();
     // Even a subject handed over raw cannot split the header.
     mail.subject = format!("raw subject{INJECTION}");
@@ -280,10 +256,9 @@ async fn header_injection_adds_no_header_and_no_recipient() {
 #[tokio::test]
 async fn non_ascii_subject_is_encoded() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
     let mut mail = new_thread_mail();
     mail.subject = "Zürich ✅ Role Request 1".to_owned();
-    smtp_mailer(&config, None).send(&mail).await.unwrap();
+    plain_mailer(receiver.port()).send(&mail).await.unwrap();
     let got = receiver.wait_for(1, WAIT).await.unwrap();
     let subject_line = got[0]
         .header_lines()
@@ -300,7 +275,7 @@ async fn non_ascii_subject_is_encoded() {
 #[tokio::test]
 async fn smtp_4xx_is_transient_and_5xx_permanent() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
 
     receiver.inject(Stage::MailFrom, "451 4.3.0 Try again later", 1);
     let err = mailer.send(&new_thread_mail()).await.unwrap_err();
@@ -331,7 +306,7 @@ async fn smtp_4xx_is_transient_and_5xx_permanent() {
 #[tokio::test]
 async fn server_down_is_transient_and_the_pool_recovers() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.send(&new_thread_mail()).await.unwrap();
 
     receiver.go_down().await;
@@ -389,8 +364,7 @@ async fn unreachable_server_is_transient() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
-    let err = smtp_mailer(&config, None).health_check().await.unwrap_err();
+    let err = plain_mailer(port).health_check().await.unwrap_err();
     assert!(matches!(err, MailError::Connect { .. }), "{err:?}");
     assert!(err.is_transient());
 }
@@ -398,10 +372,9 @@ async fn unreachable_server_is_transient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_mails_in_parallel_share_a_small_pool() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let config = smtp_config(receiver.port(), StartTlsPolicy::Disabled, None);
-    let mailer = std::sync::Arc::new(smtp_mailer(&config, None));
+    let mailer = Arc::new(plain_mailer(receiver.port()));
     let sends = (0..100).map(|_| {
-        let mailer = std::sync::Arc::clone(&mailer);
+        let mailer = Arc::clone(&mailer);
         tokio::spawn(async move { mailer.send(&new_thread_mail()).await })
     });
     for send in futures_util::future::join_all(sends).await {
@@ -421,7 +394,7 @@ async fn many_mails_in_parallel_share_a_small_pool() {
 #[tokio::test]
 async fn a_pipelining_server_gets_each_mail_in_two_round_trips_on_one_connection() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -527,7 +500,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
         .start()
         .await
         .unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     for _ in 0..5 {
         mailer.send(&new_thread_mail()).await.unwrap();
     }
@@ -541,7 +514,7 @@ async fn without_pipelining_one_command_at_a_time_and_noop_before_reuse() {
 #[tokio::test]
 async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     mailer.send(&new_thread_mail()).await.unwrap();
     // The server drops every session and listens again: the pooled connection is dead, and too
     // fresh to be checked with NOOP.
@@ -558,7 +531,7 @@ async fn a_pooled_connection_that_died_is_replaced_before_the_message_goes_out()
 #[tokio::test]
 async fn lines_that_start_with_a_dot_arrive_intact() {
     let receiver = SmtpReceiver::start().await.unwrap();
-    let mailer = plain_mailer(&receiver);
+    let mailer = plain_mailer(receiver.port());
     let mut mail = new_thread_mail();
     mail.text = "first\n.\n.hidden\n..two\nlast".into();
     mailer.send(&mail).await.unwrap();
@@ -574,19 +547,11 @@ async fn lines_that_start_with_a_dot_arrive_intact() {
 async fn auth_cram_md5_when_it_is_all_the_server_offers() {
     crypto();
     let pki = pki();
-    let receiver = SmtpReceiver::builder()
-        .starttls(pki.server_config().unwrap())
-        .auth(USER, PASSWORD)
-        .auth_mechanisms(&[AuthMechanism::CramMd5])
+    let receiver = starttls_taking(&pki, AuthMechanism::CramMd5)
         .start()
         .await
         .unwrap();
-    let config = smtp_config(
-        receiver.port(),
-        StartTlsPolicy::Mandatory,
-        Some((USER, PASSWORD)),
-    );
-    let mailer = smtp_mailer(&config, Some(&pki));
+    let mailer = signed_in(receiver.port(), &pki);
     mailer.health_check().await.unwrap();
     mailer.send(&new_thread_mail()).await.unwrap();
     let got = receiver.wait_for(1, WAIT).await.unwrap();

@@ -190,8 +190,7 @@ async fn a_server_that_refuses_ehlo_and_helo_is_refused_clearly() {
             line.clear();
         }
     });
-    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
-    let err = smtp_mailer(&config, None).health_check().await.unwrap_err();
+    let err = plain_mailer(port).health_check().await.unwrap_err();
     assert_eq!(refusal(&err), (SmtpStep::Session, 554), "{err}");
     assert!(err.to_string().contains("Go away"), "{err}");
     server.abort();

@@ -15,7 +15,7 @@ use teleport_email::testkit::auth::{FakeAuth, FakeAuthOptions, Perms};
 use teleport_email::testkit::pki::{ClusterPki, KeyKind, Validity};
 use teleport_email::testkit::proxy::{FakeProxy, ProxyMode};
 
-use crate::support::plugin_client;
+use crate::support::{next_event, plugin_client};
 
 fn options(addr: &str) -> DialOptions {
     DialOptions {
@@ -43,7 +43,7 @@ async fn connect(
 
 async fn first_event(client: &TeleportClient) -> WatchEvent {
     let mut watch = client.watch_access_requests().await.expect("watch opens");
-    next(&mut watch).await
+    next_event(&mut watch).await
 }
 
 #[tokio::test]
@@ -398,27 +398,19 @@ async fn a_role_without_permission_is_access_denied() {
     assert!(matches!(err, TeleportError::AccessDenied(_)), "{err:?}");
 }
 
-async fn next(w: &mut teleport_email::teleport::WatchStream) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(5), w.next())
-        .await
-        .expect("an event within 5 s")
-        .expect("the stream is open")
-        .expect("no error")
-}
-
 #[tokio::test]
 async fn watch_delivers_puts_and_deletes_in_order() {
     let auth = FakeAuth::start_default().await;
     let (client, _dir) = plugin_client(&auth).await;
     let mut watch = client.watch_access_requests().await.unwrap();
-    assert_eq!(next(&mut watch).await, WatchEvent::Init);
+    assert_eq!(next_event(&mut watch).await, WatchEvent::Init);
     let id = auth.create_request(
         "alice@example.com",
         &["editor"],
         "because of",
         &["reviewer1@example.com"],
     );
-    match next(&mut watch).await {
+    match next_event(&mut watch).await {
         WatchEvent::Put(r) => {
             assert_eq!(r.id, id);
             assert_eq!(r.state, RequestState::Pending);
@@ -430,7 +422,7 @@ async fn watch_delivers_puts_and_deletes_in_order() {
         other => panic!("{other:?}"),
     }
     auth.review(&id, "reviewer1@example.com", true, "okay");
-    match next(&mut watch).await {
+    match next_event(&mut watch).await {
         WatchEvent::Put(r) => {
             assert_eq!(r.state, RequestState::Approved);
             assert_eq!(r.resolve_reason, "okay");
@@ -442,7 +434,7 @@ async fn watch_delivers_puts_and_deletes_in_order() {
     }
     auth.delete_request(&id);
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch).await,
         WatchEvent::Delete { id: id.clone() }
     );
     // Listing, after the delete, finds nothing; before it, the request.

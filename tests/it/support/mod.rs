@@ -3,6 +3,8 @@
 pub mod aiosmtpd;
 pub mod harness;
 pub mod lists;
+pub mod peers;
+pub mod scripted_smtp;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,9 +14,12 @@ use teleport_email::mail::render::{self, RequestSummary, Resolution, ReviewState
 use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
 use teleport_email::mail::{MessageId, OutgoingMail};
 use teleport_email::secret::Secret;
-use teleport_email::teleport::{CredentialStore, DialOptions, TeleportClient};
+use teleport_email::teleport::{
+    CredentialStore, DialOptions, TeleportClient, WatchEvent, WatchStream,
+};
 use teleport_email::testkit::auth::FakeAuth;
 use teleport_email::testkit::pki::KeyKind;
+use teleport_email::testkit::smtp::SmtpReceiver;
 use teleport_email::testkit::tls::TestPki;
 
 pub const SENDER: &str = "noreply@example.com";
@@ -43,6 +48,15 @@ pub async fn plugin_client(auth: &FakeAuth) -> (TeleportClient, tempfile::TempDi
         .await
         .expect("connects to the fake Auth Service");
     (client, dir)
+}
+
+/// The next event of `watch`, within 5 s.
+pub async fn next_event(watch: &mut WatchStream) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+        .expect("no error")
 }
 
 pub fn pki() -> TestPki {
@@ -123,6 +137,43 @@ pub fn options(pki: Option<&TestPki>) -> SmtpOptions {
 
 pub fn smtp_mailer(config: &SmtpConfig, pki: Option<&TestPki>) -> SmtpMailer {
     SmtpMailer::new(config, SENDER, options(pki)).expect("SMTP mailer")
+}
+
+/// A mailer for the local server on `port`, without TLS or AUTH.
+pub fn plain_mailer(port: u16) -> SmtpMailer {
+    smtp_mailer(&smtp_config(port, StartTlsPolicy::Disabled, None), None)
+}
+
+/// A receiver announcing PIPELINING or not, and a mailer for it without TLS or AUTH.
+pub async fn plain_receiver(pipelining: bool) -> (SmtpReceiver, SmtpMailer) {
+    let receiver = SmtpReceiver::builder()
+        .pipelining(pipelining)
+        .start()
+        .await
+        .unwrap();
+    let mailer = plain_mailer(receiver.port());
+    (receiver, mailer)
+}
+
+/// A mailer for the local server on `port`, signing in as [`USER`] over mandatory STARTTLS and
+/// trusting `pki`'s CA.
+pub fn signed_in(port: u16, pki: &TestPki) -> SmtpMailer {
+    let config = smtp_config(port, StartTlsPolicy::Mandatory, Some((USER, PASSWORD)));
+    smtp_mailer(&config, Some(pki))
+}
+
+/// A mailer for the local server on `port` speaking TLS from the first byte, signing in as
+/// [`USER`] and trusting `pki`'s CA.
+pub fn signed_in_over_implicit_tls(port: u16, pki: &TestPki) -> SmtpMailer {
+    let mut config = smtp_config(port, StartTlsPolicy::Mandatory, Some((USER, PASSWORD)));
+    config.implicit_tls = true;
+    smtp_mailer(&config, Some(pki))
+}
+
+/// A mailer for the local server on `port` that would sign in as [`USER`] with TLS disabled.
+pub fn signing_in_without_tls(port: u16) -> SmtpMailer {
+    let config = smtp_config(port, StartTlsPolicy::Disabled, Some((USER, PASSWORD)));
+    smtp_mailer(&config, None)
 }
 
 /// A received mail, parsed.
