@@ -20,6 +20,8 @@ pub(crate) mod testing;
 mod tests;
 #[cfg(test)]
 mod tests_cross;
+#[cfg(test)]
+mod tests_fixes2;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

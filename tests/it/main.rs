@@ -26,6 +26,7 @@ mod requester;
 mod review_class;
 mod review_cross;
 mod review_fixes;
+mod review_fixes2;
 mod review_lists;
 mod review_logging;
 mod review_smtp;
