@@ -191,11 +191,13 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         fail_fast,
         ..WatcherConfig::default()
     };
-    // Awaited after the watch: reminders being sent are finished and recorded first.
+    // Stopped when the watch ends (a signal or a fatal error), then awaited: reminders being
+    // sent are finished and recorded first.
+    let reminders_stop = root.child_token();
     let (clock, reminding) = match config.delivery.reminders {
         Some(settings) => {
             let clock = Arc::new(reminders::ReminderClock::new(settings));
-            let run = reminders::run(clock.clone(), engine.clone(), root.child_token());
+            let run = reminders::run(clock.clone(), engine.clone(), reminders_stop.clone());
             (Some(clock), Some(tokio::spawn(run)))
         }
         None => (None, None),
@@ -207,9 +209,15 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         tokio::spawn(reminders.run(lists_stop.clone()))
     });
     let handler = Arc::new(Handler { engine, clock });
-    let watched = watcher::run(client, handler, watcher_config, links, root).await;
+    let watched = watcher::run(client, handler, watcher_config, links, root.clone()).await;
+    if watched.is_err() {
+        // A fatal error ends the daemon as a signal would: retries stop and hand their claims
+        // back, and the grace period bounds what is still in flight.
+        root.cancel();
+    }
     reloads_stop.cancel();
     lists_stop.cancel();
+    reminders_stop.cancel();
     for task in [lists, reminding].into_iter().flatten() {
         let _ = task.await;
     }
