@@ -351,7 +351,7 @@ impl Engine {
     }
 
     async fn on_pending(&self, req: &AccessRequest) -> Result<(), EngineError> {
-        let mut recipients = self.recipients(req).await;
+        let (mut recipients, settled) = self.routing_of(req).await;
         let notify_requester = self.routing().notify_requester;
         let looked_up = notify_requester && self.requester_owed(&req.id);
         let requester = match looked_up {
@@ -389,6 +389,7 @@ impl Engine {
         };
         let new_threads = Stage::NewThreads {
             allowed: fresh.data.intended.clone().unwrap_or_default(),
+            settled,
         };
         let threads = self.run_stage(&req.id, new_threads, Some(fresh)).await;
         let confirmed = match notify_requester {

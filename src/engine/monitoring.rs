@@ -127,20 +127,27 @@ impl Monitoring {
     /// The requester's traits; none when they cannot be read, for whatever reason: the rules
     /// are then evaluated without them, as v18.0's original does (its `getUserTraits` WARNs and
     /// returns no traits on any error; only later 18.x releases skip the rules on errors other
-    /// than a refusal).
-    async fn traits_of(&self, request_id: &str, user: &str) -> Traits {
+    /// than a refusal). The flag is false when the failure may pass (Auth unavailable, a
+    /// deadline): a routing made without them is not final.
+    async fn traits_of(&self, request_id: &str, user: &str) -> (Traits, bool) {
         let (traits, fresh) = self.users.traits(user, Reader::Rules).await;
         match traits {
-            Ok(t) => t,
+            Ok(t) => (t, true),
             Err(TeleportError::AccessDenied(e)) => {
                 if fresh {
                     tracing::warn!(request_id, error = %e, "Missing permissions to read user.traits (the plugin's role needs `read` on `user`); rules are evaluated without traits");
                 }
-                Traits::default()
+                (Traits::default(), true)
             }
             Err(e) => {
                 tracing::warn!(request_id, error = %e, "Cannot read the requester's traits; rules are evaluated without traits");
-                Traits::default()
+                let for_good = matches!(
+                    e,
+                    TeleportError::NotFound(_)
+                        | TeleportError::BadParameter(_)
+                        | TeleportError::Unimplemented(_)
+                );
+                (Traits::default(), for_good)
             }
         }
     }
@@ -194,18 +201,25 @@ impl Engine {
     /// The addresses to mail about `req`: the matching rules' recipients, else
     /// `role_to_recipients` and the suggested reviewers.
     pub(super) async fn recipients(&self, req: &AccessRequest) -> Vec<String> {
-        match self.rule_recipients(req).await {
-            Some(to) => to,
-            None => recipients_for(&self.routing().recipients, req),
-        }
+        self.routing_of(req).await.0
+    }
+
+    /// [`Engine::recipients`], and whether that routing is final: false when the rules were
+    /// evaluated without the requester's traits for a reason that may pass.
+    pub(super) async fn routing_of(&self, req: &AccessRequest) -> (Vec<String>, bool) {
+        let (to, settled) = self.rule_recipients(req).await;
+        let to = to.unwrap_or_else(|| recipients_for(&self.routing().recipients, req));
+        (to, settled)
     }
 
     /// The matching rules' recipients that can be mailed (perhaps none: a matching rule replaces
     /// the usual routing even then, as with the original); `None` when no rule matches. The
     /// requester is read for every request while rules apply, as the original does.
-    async fn rule_recipients(&self, req: &AccessRequest) -> Option<Vec<String>> {
-        let m = self.monitoring.as_ref().filter(|m| !m.rules.is_empty())?;
-        let user_traits = m.traits_of(&req.id, &req.user).await;
+    async fn rule_recipients(&self, req: &AccessRequest) -> (Option<Vec<String>>, bool) {
+        let Some(m) = self.monitoring.as_ref().filter(|m| !m.rules.is_empty()) else {
+            return (None, true);
+        };
+        let (user_traits, settled) = m.traits_of(&req.id, &req.user).await;
         let env = Env {
             roles: req.roles.clone(),
             suggested_reviewers: req.suggested_reviewers.clone(),
@@ -216,8 +230,9 @@ impl Engine {
             expiry: req.request_expires.unwrap_or(SystemTime::UNIX_EPOCH),
             user_traits,
         };
-        let to = m.rules.recipients(&req.id, &env)?;
-        Some(to.into_iter().filter(|r| mailable(&req.id, r)).collect())
+        let to = m.rules.recipients(&req.id, &env);
+        let to = to.map(|to| to.into_iter().filter(|r| mailable(&req.id, r)).collect());
+        (to, settled)
     }
 }
 

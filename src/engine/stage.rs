@@ -12,8 +12,10 @@ use crate::teleport::{RequestState, Review};
 pub(super) enum Stage {
     /// The first mail of each recipient's thread. Only addresses we would mail for the request
     /// today (`allowed`) get one: the list stored in the plugin data is not trusted blindly, since
-    /// whoever may write plugin data could add an address to it.
-    NewThreads { allowed: Vec<String> },
+    /// whoever may write plugin data could add an address to it. `settled`: today's routing was
+    /// decided on all it needs (the requester's traits were read, or cannot be for good), so a
+    /// request none of whose recorded recipients it names may be routed again by it.
+    NewThreads { allowed: Vec<String>, settled: bool },
     /// One reply per review, in order.
     Reviews(Vec<Review>),
     /// The final mail: approved, denied, promoted or expired.
@@ -74,7 +76,11 @@ impl Stage {
     pub(super) fn begin(&self, id: &str, data: &PluginData) -> Option<PluginData> {
         let mut d = data.clone();
         match self {
-            Stage::NewThreads { allowed } => reroute(id, &mut d, allowed),
+            Stage::NewThreads { allowed, settled } => {
+                if *settled {
+                    reroute(id, &mut d, allowed);
+                }
+            }
             Stage::Reviews(reviews) => {
                 if d.threads.is_empty() {
                     return None;
@@ -131,7 +137,7 @@ impl Stage {
             stage: self.name(),
         };
         match self {
-            Stage::NewThreads { allowed } => owed.new_threads(allowed),
+            Stage::NewThreads { allowed, .. } => owed.new_threads(allowed),
             Stage::Reviews(reviews) => owed.reviews(reviews),
             Stage::Resolution { access_list, .. } => owed.resolution(access_list.as_deref()),
             Stage::RequesterThread { address } => owed.requester_thread(address.as_deref()),
@@ -474,6 +480,11 @@ fn reroute(id: &str, d: &mut PluginData, allowed: &[String]) {
     let Some(intended) = &d.intended else {
         return;
     };
+    // The requester is told as the requester, never as a reviewer (today's routing leaves them
+    // out only when it looked them up, which it does not once they were told).
+    let me = d.requester_address().map(str::to_owned);
+    let is_me = |a: &String| me.as_deref().is_some_and(|m| a.eq_ignore_ascii_case(m));
+    let allowed: Vec<String> = allowed.iter().filter(|a| !is_me(a)).cloned().collect();
     if !d.threads.is_empty() || allowed.is_empty() {
         return;
     }
@@ -484,5 +495,5 @@ fn reroute(id: &str, d: &mut PluginData, allowed: &[String]) {
         return;
     }
     tracing::warn!(request_id = %id, recorded = ?intended, today = ?allowed, "None of the recipients recorded for this request is routed to today (the rules changed, or this instance cannot read them) and none was mailed yet; the request is routed again");
-    d.intended = Some(allowed.to_vec());
+    d.intended = Some(allowed);
 }
