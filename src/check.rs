@@ -201,13 +201,23 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
     {
         Ok(rules) if rules.is_empty() => "none apply: mail is routed by role_to_recipients".into(),
         Ok(rules) => {
-            let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
+            // Names and errors come from whoever may write rules: escaped, errors cut short.
+            let names: Vec<String> = (rules.iter())
+                .map(|r| r.name.escape_debug().to_string())
+                .collect();
             let listed = format!("{} apply ({})", rules.len(), names.join(", "));
             // A condition that does not parse never matches (the daemon WARNs per request).
             let broken: Vec<String> = (rules.iter())
                 .filter_map(|r| {
                     let e = Condition::parse(&r.condition).err()?;
-                    Some(format!("{}: {}", r.name, e.to_string().escape_debug()))
+                    let e = e.to_string();
+                    let cut: String = e.chars().take(MAX_SHOWN).collect();
+                    let more = if cut.len() < e.len() { "…" } else { "" };
+                    Some(format!(
+                        "{}: {}{more}",
+                        r.name.escape_debug(),
+                        cut.escape_debug()
+                    ))
                 })
                 .collect();
             if broken.is_empty() {
@@ -245,6 +255,9 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
         Err(e) => r.fail("users", e.to_string()),
     }
 }
+
+/// How much of a rule's parse error `check` shows (the error may quote the whole condition).
+const MAX_SHOWN: usize = 200;
 
 /// What `delivery.access_list_reminders` needs: Access Lists the role may list.
 async fn check_access_lists(client: &TeleportClient, r: &mut Report) {
