@@ -200,6 +200,7 @@ impl Engine {
 
     /// The addresses to mail about `req`: the matching rules' recipients, else
     /// `role_to_recipients` and the suggested reviewers.
+    #[cfg(test)]
     pub(super) async fn recipients(&self, req: &AccessRequest) -> Vec<String> {
         self.routing_of(req).await.0
     }
