@@ -49,7 +49,7 @@ impl MemoryStore {
         self.data.lock().unwrap().insert(id.to_owned(), raw);
     }
 
-    pub(super) fn raw(&self, id: &str) -> Option<RawPluginData> {
+    pub(crate) fn raw(&self, id: &str) -> Option<RawPluginData> {
         self.data.lock().unwrap().get(id).cloned()
     }
 

@@ -1,46 +1,13 @@
 //! Second reader's tests (review-cross): the reminders' task at shutdown. Fails on dc9f96b.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use crate::engine::{DeliveryPolicy, PluginDataStore, RawPluginData, Routing};
+use crate::engine::testing::MemoryStore;
+use crate::engine::{DeliveryPolicy, Routing};
 use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
-use crate::teleport::{ClusterInfo, TeleportError, WatchEvent};
-
-#[derive(Default)]
-struct Store(Mutex<HashMap<String, RawPluginData>>);
-
-#[async_trait::async_trait]
-impl PluginDataStore for Store {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        Ok(self.0.lock().unwrap().get(id).cloned())
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let mut data = self.0.lock().unwrap();
-        let stored = data.entry(id.to_owned()).or_default();
-        for (k, want) in expect {
-            if stored.get(k).map(String::as_str).unwrap_or("") != want {
-                return Err(TeleportError::CompareFailed(k.clone()));
-            }
-        }
-        for (k, v) in set {
-            if v.is_empty() {
-                stored.remove(k);
-            } else {
-                stored.insert(k.clone(), v.clone());
-            }
-        }
-        Ok(())
-    }
-}
+use crate::teleport::{ClusterInfo, WatchEvent};
 
 /// Accepts every mail; a reply (the reminder) takes 20 s to be accepted (a slow server, or a
 /// big queue in front of it). Counts the mails being sent.
@@ -82,7 +49,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[tokio::test(start_paused = true)]
 async fn review_cross_a_reminder_in_flight_at_shutdown_is_finished_and_recorded_before_run_returns()
 {
-    let store = Arc::new(Store::default());
+    let store = Arc::new(MemoryStore::default());
     let mails = Arc::new(SlowReplies::default());
     let map =
         std::collections::BTreeMap::from([("*".to_owned(), vec!["a@example.com".to_owned()])]);
@@ -132,12 +99,7 @@ async fn review_cross_a_reminder_in_flight_at_shutdown_is_finished_and_recorded_
     let _ = task.await;
     // What `start` does next is drop the runtime: whatever is still running is lost.
     let in_flight = mails.in_flight.load(Ordering::SeqCst);
-    let recorded = store
-        .0
-        .lock()
-        .unwrap()
-        .get("r")
-        .is_some_and(|d| d.contains_key("te_reminded"));
+    let recorded = (store.raw("r")).is_some_and(|d| d.contains_key("te_reminded"));
     assert!(
         in_flight == 0 && recorded,
         "the reminders' task returned with a reminder still being sent ({in_flight} in flight, \
