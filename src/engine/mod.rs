@@ -22,6 +22,8 @@ mod tests;
 mod tests_cross;
 #[cfg(test)]
 mod tests_fixes2;
+#[cfg(test)]
+mod tests_fixes3;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
