@@ -124,7 +124,8 @@ pub enum WatchError {
     Fatal(TeleportError),
 }
 
-/// Watches until `stop` (then waits for the events in flight) or a fatal error.
+/// Watches until `stop` (then waits for the events in flight) or a fatal error, which cancels
+/// `stop` before that wait so that the work the events started ends as at shutdown.
 pub async fn run(
     client: TeleportClient,
     handler: Arc<dyn EventHandler>,
@@ -160,6 +161,9 @@ pub async fn run(
         }
     };
     links.set_ready(false);
+    if result.is_err() {
+        stop.cancel();
+    }
     dispatcher.drain().await;
     result
 }

@@ -162,7 +162,14 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
     let (client, cluster) = connect_teleport(&config, &metrics, &root).await?;
     let mailer = build_mailer(&config).await?;
     let rules = Arc::new(RuleSet::new(PLUGIN_NAME));
-    let engine = build_engine(&config, &client, cluster, &mailer, &metrics, &rules, &root);
+    // Cancelled by a signal (through `root`) or by a fatal watch error (by the watcher, before
+    // it waits for the events in flight): the work under way stops as at shutdown, retries
+    // handing their claims back. A fatal error does not cancel `root`, so no grace period cuts
+    // the exit short and its cause is always logged.
+    let ending = root.child_token();
+    let engine = build_engine(
+        &config, &client, cluster, &mailer, &metrics, &rules, &ending,
+    );
     let hooks_checks = hooks.access_list_checks;
     let (reconcile_tx, reconcile_rx) = mpsc::channel(1);
     let reloads_stop = root.child_token();
@@ -209,12 +216,7 @@ async fn run_inner(config: Config, root: CancellationToken, hooks: Hooks) -> Res
         tokio::spawn(reminders.run(lists_stop.clone()))
     });
     let handler = Arc::new(Handler { engine, clock });
-    let watched = watcher::run(client, handler, watcher_config, links, root.clone()).await;
-    if watched.is_err() {
-        // A fatal error ends the daemon as a signal would: retries stop and hand their claims
-        // back, and the grace period bounds what is still in flight.
-        root.cancel();
-    }
+    let watched = watcher::run(client, handler, watcher_config, links, ending).await;
     reloads_stop.cancel();
     lists_stop.cancel();
     reminders_stop.cancel();
