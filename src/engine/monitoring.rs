@@ -220,7 +220,9 @@ impl Engine {
         let Some(m) = self.monitoring.as_ref().filter(|m| !m.rules.is_empty()) else {
             return (None, true);
         };
-        let (user_traits, settled) = m.traits_of(&req.id, &req.user).await;
+        let (user_traits, read) = m.traits_of(&req.id, &req.user).await;
+        // A routing no condition of which reads traits is final whatever the read said.
+        let settled = read || !m.rules.needs_user_traits();
         let env = Env {
             roles: req.roles.clone(),
             suggested_reviewers: req.suggested_reviewers.clone(),

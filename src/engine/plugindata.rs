@@ -233,6 +233,13 @@ impl PluginData {
         }
     }
 
+    /// Whether `email` is the requester's recorded address (they are told as the requester,
+    /// never given a reviewer's thread).
+    pub fn is_requester(&self, email: &str) -> bool {
+        self.requester_address()
+            .is_some_and(|a| a.eq_ignore_ascii_case(email))
+    }
+
     /// The requester's address, when they are to be mailed and it is known.
     pub fn requester_address(&self) -> Option<&str> {
         (self.requester.as_deref()).filter(|a| !a.is_empty() && *a != REQUESTER_UNDECIDED)

@@ -239,6 +239,11 @@ fn settle_requester(d: &mut PluginData, today: Option<&str>) {
             .iter()
             .any(|t| t.email.eq_ignore_ascii_case(today));
         d.requester = Some(if reviewer { "" } else { today }.to_owned());
+        // Told as the requester from now on: not also as a reviewer, should today's routing
+        // have named them when they were still unknown.
+        if let (false, Some(list)) = (reviewer, d.intended.as_mut()) {
+            list.retain(|e| !e.eq_ignore_ascii_case(today));
+        }
         return;
     }
     let Some(stored) = d.requester_address().map(str::to_owned) else {
@@ -292,7 +297,8 @@ impl Owed<'_> {
         let has_thread = |e: &String| self.data.threads.iter().any(|t| &t.email == e);
         intended
             .iter()
-            .filter(|e| self.open(e) && !has_thread(e) && self.allowed(allowed, e))
+            .filter(|e| self.open(e) && !has_thread(e) && !self.data.is_requester(e))
+            .filter(|e| self.allowed(allowed, e))
             .map(|e| Job {
                 email: e.clone(),
                 start: 0,
@@ -482,9 +488,10 @@ fn reroute(id: &str, d: &mut PluginData, allowed: &[String]) {
     };
     // The requester is told as the requester, never as a reviewer (today's routing leaves them
     // out only when it looked them up, which it does not once they were told).
-    let me = d.requester_address().map(str::to_owned);
-    let is_me = |a: &String| me.as_deref().is_some_and(|m| a.eq_ignore_ascii_case(m));
-    let allowed: Vec<String> = allowed.iter().filter(|a| !is_me(a)).cloned().collect();
+    let allowed: Vec<String> = (allowed.iter())
+        .filter(|a| !d.is_requester(a))
+        .cloned()
+        .collect();
     if !d.threads.is_empty() || allowed.is_empty() {
         return;
     }

@@ -107,7 +107,8 @@ impl Survey {
 fn done(data: &PluginData, requester_mailed: bool) -> Option<Done> {
     let has_thread = |e: &String| data.threads.iter().any(|t| &t.email == e);
     let intended = data.intended.as_deref().unwrap_or_default();
-    if !(intended.iter()).all(|e| has_thread(e) || data.failed_at(e, "new")) {
+    let settled = |e: &String| has_thread(e) || data.failed_at(e, "new") || data.is_requester(e);
+    if !intended.iter().all(settled) {
         return None;
     }
     let requester = data.requester_address().filter(|_| requester_mailed);
