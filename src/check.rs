@@ -202,22 +202,13 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
         Ok(rules) if rules.is_empty() => "none apply: mail is routed by role_to_recipients".into(),
         Ok(rules) => {
             // Names and errors come from whoever may write rules: escaped, errors cut short.
-            let names: Vec<String> = (rules.iter())
-                .map(|r| r.name.escape_debug().to_string())
-                .collect();
+            let names: Vec<String> = rules.iter().map(|r| shown(&r.name)).collect();
             let listed = format!("{} apply ({})", rules.len(), names.join(", "));
             // A condition that does not parse never matches (the daemon WARNs per request).
             let broken: Vec<String> = (rules.iter())
                 .filter_map(|r| {
                     let e = Condition::parse(&r.condition).err()?;
-                    let e = e.to_string();
-                    let cut: String = e.chars().take(MAX_SHOWN).collect();
-                    let more = if cut.len() < e.len() { "…" } else { "" };
-                    Some(format!(
-                        "{}: {}{more}",
-                        r.name.escape_debug(),
-                        cut.escape_debug()
-                    ))
+                    Some(format!("{}: {}", shown(&r.name), shown(&e.to_string())))
                 })
                 .collect();
             if broken.is_empty() {
@@ -256,8 +247,16 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
     }
 }
 
-/// How much of a rule's parse error `check` shows (the error may quote the whole condition).
+/// How much of a rule's name or parse error `check` shows (the error may quote the whole
+/// condition).
 const MAX_SHOWN: usize = 200;
+
+/// `text` from whoever may write rules, as `check` prints it: escaped, and cut short.
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(MAX_SHOWN).collect();
+    let more = if cut.len() < text.len() { "…" } else { "" };
+    format!("{}{more}", cut.escape_debug())
+}
 
 /// What `delivery.access_list_reminders` needs: Access Lists the role may list.
 async fn check_access_lists(client: &TeleportClient, r: &mut Report) {
