@@ -28,6 +28,7 @@ mod review_cross;
 mod review_fixes;
 mod review_fixes2;
 mod review_fixes3;
+mod review_fixes4;
 mod review_lists;
 mod review_logging;
 mod review_smtp;

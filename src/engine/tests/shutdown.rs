@@ -75,3 +75,89 @@ async fn after_the_stop_no_new_claim_is_taken_and_no_mail_handed_over() {
         mailer.deliveries()
     );
 }
+
+/// round.rs `send_round` (the `stopping` branch) with app/mod.rs `run_inner` (a6c98a4): after a
+/// stop the round stops renewing its claim and no longer gives up at the claim's end
+/// (`held_until` is watched only for `i != Interrupted::Stopping`): it waits for the mail in
+/// flight however long it takes, relying on the 15 s grace period (shorter than the two
+/// thirds of a lease left after a renewal) to end the process before the claim runs out. Since
+/// a6c98a4 a fatal watch error cancels the engine's token (`ending`) but starts no grace
+/// period: nothing but the mailer's own per-operation timeouts bounds the wait (an SMTP mail
+/// whose every reply comes in 9.5 s of 10 takes ~38 s, and mails queued behind a busy pool take
+/// longer still). Here A's token is cancelled as the fatal error does, and its b@ mail takes 40 s
+/// (the lease is 30 s): the lease A wrote at the stop runs out with the mail still in flight,
+/// replica B (polling for the claim; its watch is fine) takes the request and mails b@, and A's
+/// mail goes out too.
+#[tokio::test(start_paused = true)]
+async fn review_fixes4_after_a_fatal_watch_error_a_mail_in_flight_does_not_outlive_the_claim() {
+    let (store, mailer) = doubles();
+    resumed(&store, "r1", &[]);
+    // a@ at once; b@'s server is slow, within its per-operation timeouts.
+    mailer.then([Answer::Accept, Answer::Slow(Duration::from_secs(40))]);
+    let ending = CancellationToken::new();
+    let a = stopped_by(engine(&store, &mailer, "a"), &ending);
+    let b = engine(&store, &mailer, "b");
+    let run_a = spawn_put(&a, "r1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B got the same event: A holds the claim, so B waits for it.
+    let run_b = spawn_put(&b, "r1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A fatal watch error on A: `watcher::run` cancels `ending` and drains; no grace period.
+    ending.cancel();
+    run_a.await.unwrap();
+    run_b.await.unwrap();
+    assert_each_once(&mailer, 2);
+}
+
+/// A directory whose every read hangs until the client's per-call deadline (Auth not
+/// answering), counting the reads.
+#[derive(Default)]
+struct HangingDirectory(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl Directory for HangingDirectory {
+    async fn user_traits(&self, _user: &str) -> Result<Traits, TeleportError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(crate::teleport::CALL_TIMEOUT).await;
+        Err(TeleportError::Unavailable("deadline exceeded".into()))
+    }
+}
+
+/// engine/mod.rs `on_pending` (`routing_of`, `requester_address`) with watcher.rs `run`
+/// (a6c98a4): after a fatal watch error `ending` is cancelled and the dispatcher drains the
+/// events still queued, and nothing but per-call deadlines bounds that drain any more (no
+/// grace period). Each queued event of a pending request still reads the requester's traits,
+/// twice when the rules' read failed (the rules', then the requester's: a failure that may
+/// pass is not remembered), before `run_stage` sees the stop and sends nothing. With Auth not
+/// answering, each event costs 2 x `CALL_TIMEOUT` (60 s), one after another for the events of
+/// one request (the dispatcher runs them in turn): four queued events (a live one per review,
+/// the reconcile's copy) keep the daemon from exiting for four minutes, doing nothing. On
+/// SIGTERM the grace period cuts the same wait at 15 s.
+#[tokio::test(start_paused = true)]
+async fn review_fixes4_after_a_fatal_watch_error_queued_events_do_not_wait_on_teleport() {
+    let (store, mailer) = doubles();
+    let directory = Arc::new(HangingDirectory::default());
+    let rules = rule_set(vec![crate::teleport::MonitoringRule::for_email(
+        "editors",
+        r#"access_request.spec.roles.contains("editor")"#,
+        &["a@example.com"],
+    )]);
+    let engine = engine_telling_requester(&store, &mailer, "a");
+    let engine = Arc::into_inner(engine).expect("the only handle");
+    let ending = CancellationToken::new();
+    let engine = engine.with_rules(rules, directory.clone()).with_shutdown(ending.clone());
+    // The fatal error: `ending` is cancelled, then the queued events are handled in turn.
+    ending.cancel();
+    let started = tokio::time::Instant::now();
+    for _ in 0..4 {
+        engine.handle_event(put("r1")).await;
+    }
+    let took = started.elapsed();
+    assert_eq!(mailer.attempts(), 0);
+    assert!(
+        took < crate::shutdown::GRACE_PERIOD,
+        "after the stop, 4 queued events of one request took {took:?} ({} reads of the \
+         requester's traits), with nothing sent",
+        directory.0.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
