@@ -81,12 +81,17 @@ impl Engine {
                     interrupted = Some(Interrupted::Stopping);
                     hand_over.cancel();
                     self.record_before_stop(id, stage, jobs, &sent).await;
+                    // That write renewed the claim; it goes on being renewed while a mail is in
+                    // flight, however long the exit waits for it (no other instance may send it
+                    // meanwhile).
+                    lease = Lease::new(self.policy.lease);
+                    renewal = None;
                 }
                 next = sends.next() => match next {
                     Some((i, s)) => sent[i] = s,
                     None => break,
                 },
-                _ = sleep_until(lease.next_renewal), if renewal.is_none() && interrupted.is_none() => {
+                _ = sleep_until(lease.next_renewal), if renewal.is_none() && renewing(interrupted) => {
                     let every = lease.every;
                     let renew = async move { timeout(every, self.renew(id)).await.ok() };
                     renewal = Some((Instant::now(), Box::pin(renew)));
@@ -94,7 +99,11 @@ impl Engine {
                 (started, outcome) = poll_renewal(&mut renewal) => {
                     renewal = None;
                     if let Some(why) = lease.renewed(id, started, outcome) {
-                        interrupted.get_or_insert(why);
+                        // A claim lost or unconfirmed while stopping counts as that: the wait
+                        // for the mail in flight then ends with the claim.
+                        if renewing(interrupted) {
+                            interrupted = Some(why);
+                        }
                         hand_over.cancel();
                     }
                 }
@@ -106,6 +115,11 @@ impl Engine {
         }
         Round { sent, interrupted }
     }
+}
+
+/// Whether the claim is still renewed: while all is well, and while stopping with a mail in flight.
+fn renewing(interrupted: Option<Interrupted>) -> bool {
+    interrupted.is_none_or(|i| i == Interrupted::Stopping)
 }
 
 impl Engine {
