@@ -266,6 +266,11 @@ impl Engine {
             _ => return,
         };
         let _one_at_a_time = self.working.lock(key).await;
+        if self.stopping.is_cancelled() {
+            // Stopping: nothing new is claimed (the next start, or a replica, carries on), so
+            // there is nothing to read for it either.
+            return;
+        }
         let (id, result) = match &event {
             WatchEvent::Put(req) => (req.id.clone(), self.on_put(req).await),
             WatchEvent::Delete { id } => (id.clone(), self.on_delete(id).await),
