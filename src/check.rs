@@ -201,9 +201,10 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
     {
         Ok(rules) if rules.is_empty() => "none apply: mail is routed by role_to_recipients".into(),
         Ok(rules) => {
-            // Names and errors come from whoever may write rules: escaped, errors cut short.
+            // Names and errors come from whoever may write rules: escaped, cut short, and only
+            // the first few named.
             let names: Vec<String> = rules.iter().map(|r| shown(&r.name)).collect();
-            let listed = format!("{} apply ({})", rules.len(), names.join(", "));
+            let listed = format!("{} apply ({})", rules.len(), first(&names, 10, ", "));
             // A condition that does not parse never matches (the daemon WARNs per request).
             let broken: Vec<String> = (rules.iter())
                 .filter_map(|r| {
@@ -220,7 +221,7 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
                         "{listed}; {} never match, their condition does not parse here (v18.0's \
                          language): {}",
                         broken.len(),
-                        broken.join("; ")
+                        first(&broken, 5, "; ")
                     ),
                 );
                 String::new()
@@ -251,11 +252,21 @@ async fn check_monitoring(client: &TeleportClient, user: &str, r: &mut Report) {
 /// condition).
 const MAX_SHOWN: usize = 200;
 
-/// `text` from whoever may write rules, as `check` prints it: escaped, and cut short.
+/// `text` from whoever may write rules, as `check` prints it: escaped, then cut short.
 fn shown(text: &str) -> String {
-    let cut: String = text.chars().take(MAX_SHOWN).collect();
-    let more = if cut.len() < text.len() { "…" } else { "" };
-    format!("{}{more}", cut.escape_debug())
+    let escaped = text.escape_debug().to_string();
+    let cut: String = escaped.chars().take(MAX_SHOWN).collect();
+    let more = if cut.len() < escaped.len() { "…" } else { "" };
+    format!("{cut}{more}")
+}
+
+/// The first `n` of `items`, joined by `sep`, and how many more there are.
+fn first(items: &[String], n: usize, sep: &str) -> String {
+    let shown = items[..items.len().min(n)].join(sep);
+    match items.len().saturating_sub(n) {
+        0 => shown,
+        more => format!("{shown}{sep}and {more} more"),
+    }
 }
 
 /// What `delivery.access_list_reminders` needs: Access Lists the role may list.
