@@ -145,7 +145,9 @@ async fn review_fixes4_after_a_fatal_watch_error_queued_events_do_not_wait_on_te
     let engine = engine_telling_requester(&store, &mailer, "a");
     let engine = Arc::into_inner(engine).expect("the only handle");
     let ending = CancellationToken::new();
-    let engine = engine.with_rules(rules, directory.clone()).with_shutdown(ending.clone());
+    let engine = engine
+        .with_rules(rules, directory.clone())
+        .with_shutdown(ending.clone());
     // The fatal error: `ending` is cancelled, then the queued events are handled in turn.
     ending.cancel();
     let started = tokio::time::Instant::now();
