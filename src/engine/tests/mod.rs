@@ -12,6 +12,7 @@ mod reminder_claims;
 mod reminders;
 mod requester;
 mod requester_lookup;
+mod review_fixes5;
 mod shutdown;
 mod survey;
 
