@@ -73,6 +73,9 @@ impl Engine {
         let mut lease = Lease::new(self.policy.lease);
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
         let mut interrupted = None;
+        // While stopping: the claim may run out (a write failed), so the wait for the mail in
+        // flight ends when it does.
+        let mut in_doubt = false;
         loop {
             tokio::select! {
                 // A stop is seen before any mail is handed over.
@@ -80,18 +83,21 @@ impl Engine {
                 _ = self.stopping.cancelled(), if interrupted.is_none() => {
                     interrupted = Some(Interrupted::Stopping);
                     hand_over.cancel();
-                    self.record_before_stop(id, stage, jobs, &sent).await;
-                    // That write renewed the claim; it goes on being renewed while a mail is in
-                    // flight, however long the exit waits for it (no other instance may send it
-                    // meanwhile).
-                    lease = Lease::new(self.policy.lease);
+                    // That write renews the claim (from when it was sent); it goes on being
+                    // renewed while a mail is in flight, however long the exit waits for it, so
+                    // no other instance sends it meanwhile.
+                    let sent_at = Instant::now();
+                    match self.record_before_stop(id, stage, jobs, &sent).await {
+                        true => lease = Lease::since(sent_at, self.policy.lease),
+                        false => in_doubt = true,
+                    }
                     renewal = None;
                 }
                 next = sends.next() => match next {
                     Some((i, s)) => sent[i] = s,
                     None => break,
                 },
-                _ = sleep_until(lease.next_renewal), if renewal.is_none() && renewing(interrupted) => {
+                _ = sleep_until(lease.next_renewal), if renewal.is_none() && renewing(interrupted, in_doubt) => {
                     let every = lease.every;
                     let renew = async move { timeout(every, self.renew(id)).await.ok() };
                     renewal = Some((Instant::now(), Box::pin(renew)));
@@ -99,15 +105,18 @@ impl Engine {
                 (started, outcome) = poll_renewal(&mut renewal) => {
                     renewal = None;
                     if let Some(why) = lease.renewed(id, started, outcome) {
-                        // A claim lost or unconfirmed while stopping counts as that: the wait
-                        // for the mail in flight then ends with the claim.
-                        if renewing(interrupted) {
-                            interrupted = Some(why);
+                        // While stopping the round stays a stop (its claim is released, not
+                        // kept for a retry); the wait for the mail in flight ends with the claim.
+                        match interrupted {
+                            Some(Interrupted::Stopping) => in_doubt = true,
+                            _ => {
+                                interrupted.get_or_insert(why);
+                            }
                         }
                         hand_over.cancel();
                     }
                 }
-                _ = sleep_until(lease.held_until), if interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
+                _ = sleep_until(lease.held_until), if in_doubt || interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
                     // The claim has run out: stop waiting; the mailer drops what it has not started.
                     break;
                 }
@@ -117,19 +126,29 @@ impl Engine {
     }
 }
 
-/// Whether the claim is still renewed: while all is well, and while stopping with a mail in flight.
-fn renewing(interrupted: Option<Interrupted>) -> bool {
-    interrupted.is_none_or(|i| i == Interrupted::Stopping)
+/// Whether the claim is still renewed: while all is well, and while stopping with a mail in
+/// flight as long as the claim is surely ours.
+fn renewing(interrupted: Option<Interrupted>, in_doubt: bool) -> bool {
+    interrupted.is_none_or(|i| i == Interrupted::Stopping) && !in_doubt
 }
 
 impl Engine {
     /// At a stop, records at once what was delivered so far, so a forced exit does not send it
     /// again. The claim stays ours until the mail in flight is done: released now, another
     /// instance could send that mail again.
-    async fn record_before_stop(&self, id: &str, stage: &Stage, jobs: &[Job], sent: &[Sent]) {
-        if let Err(e) = self.record(id, stage, jobs, sent, true).await {
+    /// `false` when the write failed (the claim may then run out at its last lease).
+    async fn record_before_stop(
+        &self,
+        id: &str,
+        stage: &Stage,
+        jobs: &[Job],
+        sent: &[Sent],
+    ) -> bool {
+        let recorded = self.record(id, stage, jobs, sent, true).await;
+        if let Err(e) = &recorded {
             tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
         }
+        recorded.is_ok()
     }
 }
 
@@ -144,7 +163,11 @@ struct Lease {
 impl Lease {
     /// A lease just written, of `length`, renewed every third of it.
     fn new(length: Duration) -> Self {
-        let now = Instant::now();
+        Self::since(Instant::now(), length)
+    }
+
+    /// A lease of `length` written by a call sent at `now`, renewed every third of it.
+    fn since(now: Instant, length: Duration) -> Self {
         Self {
             length,
             every: length / 3,
