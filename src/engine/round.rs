@@ -83,13 +83,12 @@ impl Engine {
                 _ = self.stopping.cancelled(), if interrupted.is_none() => {
                     interrupted = Some(Interrupted::Stopping);
                     hand_over.cancel();
-                    // That write renews the claim (from when it was sent); it goes on being
-                    // renewed while a mail is in flight, however long the exit waits for it, so
-                    // no other instance sends it meanwhile.
-                    let sent_at = Instant::now();
-                    match self.record_before_stop(id, stage, jobs, &sent).await {
-                        true => lease = Lease::since(sent_at, self.policy.lease),
-                        false => in_doubt = true,
+                    // The claim goes on being renewed while a mail is in flight, however long the
+                    // exit waits for it, so no other instance sends it meanwhile. That write may
+                    // renew it too, but says not whether it was still ours: only a renewal
+                    // moves the lease on. A failed write puts the claim in doubt.
+                    if !self.record_before_stop(id, stage, jobs, &sent).await {
+                        in_doubt = true;
                     }
                     renewal = None;
                 }
@@ -163,11 +162,7 @@ struct Lease {
 impl Lease {
     /// A lease just written, of `length`, renewed every third of it.
     fn new(length: Duration) -> Self {
-        Self::since(Instant::now(), length)
-    }
-
-    /// A lease of `length` written by a call sent at `now`, renewed every third of it.
-    fn since(now: Instant, length: Duration) -> Self {
+        let now = Instant::now();
         Self {
             length,
             every: length / 3,

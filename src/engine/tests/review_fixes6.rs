@@ -66,7 +66,7 @@ fn partitioned(
 /// have stopped waiting at 45 s (its last lease, to 40 s, long past).
 #[tokio::test(start_paused = true)]
 async fn review_fixes6_a_record_at_the_stop_that_did_not_renew_the_claim_does_not_extend_the_lease()
- {
+{
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);
     let mailer = Arc::<ScriptedMailer>::default();
