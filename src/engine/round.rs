@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::stage::{Job, Stage};
@@ -86,8 +86,11 @@ impl Engine {
                     // The claim goes on being renewed while a mail is in flight, however long the
                     // exit waits for it, so no other instance sends it meanwhile. That write may
                     // renew it too, but says not whether it was still ours: only a renewal
-                    // moves the lease on. A failed write puts the claim in doubt.
-                    if !self.record_before_stop(id, stage, jobs, &sent).await {
+                    // moves the lease on. A failed write puts the claim in doubt, and so does one
+                    // still unanswered when the last confirmed lease ends (no renewal runs
+                    // meanwhile): the wait then ends with that lease.
+                    let record = self.record_before_stop(id, stage, jobs, &sent);
+                    if !matches!(timeout_at(lease.held_until, record).await, Ok(true)) {
                         in_doubt = true;
                     }
                     renewal = None;
