@@ -15,6 +15,7 @@ mod requester_lookup;
 mod review_fixes5;
 mod review_fixes6;
 mod review_fixes7;
+mod review_fixes8;
 mod shutdown;
 mod survey;
 
