@@ -449,6 +449,14 @@ impl Mailer for CloseWhenDropped {
         self.0.send(mail).await
     }
 
+    async fn send_unless_withdrawn(
+        &self,
+        mail: &OutgoingMail,
+        withdraw: &CancellationToken,
+    ) -> Option<Result<MessageId, MailError>> {
+        self.0.send_unless_withdrawn(mail, withdraw).await
+    }
+
     async fn health_check(&self) -> Result<(), MailError> {
         self.0.health_check().await
     }

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::plugindata::{Claim, PluginData};
 use super::round::{Interrupted, Round, Sent};
 use super::stage::{Job, Stage};
@@ -36,8 +38,8 @@ enum Claimed {
     Done,
     /// Another instance holds the request until then (Unix ms).
     Busy(u64),
-    /// Ours; the mails owed.
-    Ours(Vec<Job>),
+    /// Ours; the mails owed, and when the claim's expiry was set (its lease runs from then).
+    Ours(Vec<Job>, Instant),
 }
 
 /// Whose a stored claim is, as far as we are concerned now.
@@ -147,7 +149,7 @@ impl Engine {
                 // Stopping: nothing new is claimed; the next start (or a replica) carries on.
                 return Ok(());
             }
-            let jobs = match self.claim(id, &stage, fresh.take()).await? {
+            let (jobs, leased_at) = match self.claim(id, &stage, fresh.take()).await? {
                 Claimed::Done => return Ok(()),
                 Claimed::Busy(until) => {
                     if !self
@@ -158,10 +160,10 @@ impl Engine {
                     }
                     continue;
                 }
-                Claimed::Ours(jobs) => jobs,
+                Claimed::Ours(jobs, leased_at) => (jobs, leased_at),
             };
             let mailer = Arc::clone(&self.routing().mailer);
-            let round = self.send_round(id, &stage, mailer.as_ref(), &jobs).await;
+            let round = (self.send_round(id, &stage, mailer.as_ref(), (&jobs, leased_at))).await;
             self.count_and_log(id, &stage, mailer.backend(), &jobs, &round.sent);
             let failures = Failures::sort(&jobs, &round.sent);
             let outcome = (&jobs[..], &round, &failures);
@@ -238,8 +240,9 @@ impl Engine {
                     d.claim = None;
                     return (creating || d != *data).then_some(d);
                 }
+                let leased_at = Instant::now();
                 d.claim = Some(self.lease());
-                outcome = Claimed::Ours(jobs);
+                outcome = Claimed::Ours(jobs, leased_at);
                 Some(d)
             })
             .await?;

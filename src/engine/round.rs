@@ -6,8 +6,9 @@
 //!   it), so once handed over it is waited for and its outcome recorded; what stops on a lost
 //!   claim, a failed renewal or a shutdown is the *handing over* of further mails.
 //! - A claim that cannot be renewed is given up a third of a lease before it runs out, so the
-//!   mails still in flight can finish while it is still ours; at its end we stop waiting (the
-//!   mailer drops what it has not started).
+//!   mails still in flight can finish while it is still ours. When it may have run out, the
+//!   mails the mailer has not started on are withdrawn (another instance may send them now);
+//!   those it has started go out whatever we do, so they are still waited for and recorded.
 //! - A renewal never blocks the sends: it runs beside them, with a deadline of its own.
 
 use std::future::Future;
@@ -63,14 +64,17 @@ impl Engine {
         id: &str,
         stage: &Stage,
         mailer: &dyn Mailer,
-        jobs: &[Job],
+        (jobs, leased_at): (&[Job], Instant),
     ) -> Round {
-        let hand_over = CancellationToken::new();
-        let stop = &hand_over;
-        let send = |(i, job)| async move { (i, send_job(mailer, job, stop).await) };
+        let (hand_over, withdraw) = (CancellationToken::new(), CancellationToken::new());
+        let tokens = (&hand_over, &withdraw);
+        let send = |(i, job)| async move { (i, send_job(mailer, job, tokens).await) };
         let mut sends: FuturesUnordered<_> = jobs.iter().enumerate().map(send).collect();
         let mut sent = vec![Sent::default(); jobs.len()];
-        let mut lease = Lease::new(self.policy.lease);
+        let mut lease = Lease::new(leased_at, self.policy.lease);
+        // Set once the mail not yet started is withdrawn: the end of the wait for the rest, for
+        // a mailer that would never answer (both have timeouts of their own, far shorter).
+        let mut last_wait: Option<Instant> = None;
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
         let mut interrupted = None;
         // While stopping: the claim may run out (a write failed), so the wait for the mail in
@@ -118,8 +122,14 @@ impl Engine {
                         hand_over.cancel();
                     }
                 }
-                _ = sleep_until(lease.held_until), if in_doubt || interrupted.is_some_and(|i| i != Interrupted::Stopping) => {
-                    // The claim has run out: stop waiting; the mailer drops what it has not started.
+                _ = sleep_until(lease.held_until), if last_wait.is_none() && (in_doubt || interrupted.is_some_and(|i| i != Interrupted::Stopping)) => {
+                    // The claim may have run out: what the mailer has not started is withdrawn;
+                    // what it has is waited for, to be recorded.
+                    withdraw.cancel();
+                    last_wait = Some(Instant::now() + lease.length);
+                }
+                _ = sleep_until(last_wait.unwrap_or(lease.held_until)), if last_wait.is_some() => {
+                    tracing::warn!(request_id = %id, "The mailer has not answered for a whole lease; the mails it was sending are not recorded and may be sent again");
                     break;
                 }
             }
@@ -163,14 +173,14 @@ struct Lease {
 }
 
 impl Lease {
-    /// A lease just written, of `length`, renewed every third of it.
-    fn new(length: Duration) -> Self {
-        let now = Instant::now();
+    /// A lease of `length` written as of `since` (when its expiry was set, not when the write
+    /// was answered: the stored claim runs out at `since + length`), renewed every third of it.
+    fn new(since: Instant, length: Duration) -> Self {
         Self {
             length,
             every: length / 3,
-            held_until: now + length,
-            next_renewal: now + length / 3,
+            held_until: since + length,
+            next_renewal: since + length / 3,
         }
     }
 
@@ -211,14 +221,22 @@ async fn poll_renewal(
 
 /// Sends one recipient's mails in order. A mail refused for good on its own is counted and the
 /// next one goes; a failure worth retrying stops the job; no further mail is handed over once
-/// `hand_over` is cancelled.
-async fn send_job(mailer: &dyn Mailer, job: &Job, hand_over: &CancellationToken) -> Sent {
+/// `hand_over` is cancelled, and one the mailer has not started on is taken back once
+/// `withdraw` is.
+async fn send_job(
+    mailer: &dyn Mailer,
+    job: &Job,
+    (hand_over, withdraw): (&CancellationToken, &CancellationToken),
+) -> Sent {
     let mut sent = Sent::default();
     for mail in &job.mails {
         if hand_over.is_cancelled() {
             break;
         }
-        match mailer.send(mail).await {
+        let Some(outcome) = mailer.send_unless_withdrawn(mail, withdraw).await else {
+            break;
+        };
+        match outcome {
             Ok(id) => {
                 sent.first_id.get_or_insert(id);
                 sent.handled.push(true);

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::store::{EachRecord, PluginDataStore, RawPluginData};
 use crate::mail::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::teleport::TeleportError;
@@ -155,6 +157,18 @@ impl ScriptedMailer {
 #[async_trait::async_trait]
 impl Mailer for ScriptedMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        let never = CancellationToken::new();
+        let outcome = self.send_unless_withdrawn(mail, &never).await;
+        outcome.expect("a send that cannot be withdrawn always ends")
+    }
+
+    /// A slow answer is a mail waiting in the mailer's queue: withdrawn meanwhile, it never
+    /// goes out.
+    async fn send_unless_withdrawn(
+        &self,
+        mail: &OutgoingMail,
+        withdraw: &CancellationToken,
+    ) -> Option<Result<MessageId, MailError>> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let answer = self
             .script
@@ -165,11 +179,16 @@ impl Mailer for ScriptedMailer {
             .unwrap_or(Answer::Accept);
         match answer {
             Answer::Accept => {}
-            Answer::Fail(e) => return Err(e),
-            Answer::Slow(d) => tokio::time::sleep(d).await,
+            Answer::Fail(e) => return Some(Err(e)),
+            Answer::Slow(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = withdraw.cancelled() => return None,
+                }
+            }
         }
         self.delivered.lock().unwrap().push(mail.clone());
-        Ok(mail.message_id.clone())
+        Some(Ok(mail.message_id.clone()))
     }
 
     async fn health_check(&self) -> Result<(), MailError> {

@@ -14,6 +14,8 @@ pub mod text;
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 pub use error::{MailError, SmtpStep};
 pub use message_id::{MessageId, MessageIdError};
 pub use render::RenderedMail;
@@ -64,6 +66,19 @@ impl OutgoingMail {
 pub trait Mailer: Send + Sync {
     /// Sends one message and returns the Message-ID to record for the thread.
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError>;
+
+    /// Sends `mail` unless `withdraw` is cancelled before the mailer has started on it: then
+    /// `None`, and the mail never goes out. Once started it is waited for, withdrawn or not: it
+    /// may go out whatever the caller does, so its outcome must reach the caller to be recorded.
+    /// The default starts at once (an HTTP request cannot be taken back once sent).
+    async fn send_unless_withdrawn(
+        &self,
+        mail: &OutgoingMail,
+        withdraw: &CancellationToken,
+    ) -> Option<Result<MessageId, MailError>> {
+        let _ = withdraw;
+        Some(self.send(mail).await)
+    }
 
     /// Checks that the server is reachable and accepts our credentials, without delivering mail.
     async fn health_check(&self) -> Result<(), MailError>;

@@ -89,7 +89,7 @@ impl Mailer for Worker {
 /// two mails (in flight since 8 s, done at 35 s) are still waited for until 38 s and counted as
 /// ours: both go out twice.
 #[tokio::test(start_paused = true)]
-#[ignore = "open finding (review 8, session 7): a round's lease is counted from when the claim write was answered, not from when its expiry was set; see the closing note"]
+
 async fn review_fixes8_the_wait_at_a_stop_ends_with_the_claim_as_stored_not_as_answered() {
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);
@@ -129,7 +129,7 @@ async fn review_fixes8_the_wait_at_a_stop_ends_with_the_claim_as_stored_not_as_a
 /// at 46 s. At 40 s A gives up on its two mails (done at 43 s by the worker) and releases; B
 /// claims and sends both.
 #[tokio::test(start_paused = true)]
-#[ignore = "open finding (review 8, session 7): a write at the stop applied by Auth but answered after the last confirmed lease ends the wait, and the mails in flight go out twice; see the closing note"]
+
 async fn review_fixes8_a_record_at_the_stop_applied_but_answered_late_does_not_abandon_the_mail() {
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);

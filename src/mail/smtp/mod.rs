@@ -37,6 +37,7 @@ use lettre::message::Mailbox;
 
 use lettre::transport::smtp::extension::ClientId;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::{MailError, Mailer, MessageId, OutgoingMail};
 use crate::config::SmtpConfig;
@@ -167,11 +168,39 @@ fn closed() -> MailError {
 #[async_trait::async_trait]
 impl Mailer for SmtpMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let wire = self.inner.wire(mail)?;
-        let (done, outcome) = oneshot::channel();
-        self.inner.enqueue(Queued { wire, done });
-        outcome.await.unwrap_or_else(|_| Err(closed()))?;
-        Ok(mail.message_id.clone())
+        let never = CancellationToken::new();
+        (self.send_unless_withdrawn(mail, &never).await).unwrap_or_else(|| Err(closed()))
+    }
+
+    /// A mail still in the queue when withdrawn is taken off it; one a worker has taken is
+    /// waited for.
+    async fn send_unless_withdrawn(
+        &self,
+        mail: &OutgoingMail,
+        withdraw: &CancellationToken,
+    ) -> Option<Result<MessageId, MailError>> {
+        let wire = match self.inner.wire(mail) {
+            Ok(wire) => wire,
+            Err(e) => return Some(Err(e)),
+        };
+        let (done, mut outcome) = oneshot::channel();
+        let ticket = self.inner.enqueue(Queued {
+            wire,
+            done,
+            ticket: 0,
+        });
+        let finished = tokio::select! {
+            biased;
+            finished = &mut outcome => finished,
+            _ = withdraw.cancelled() => {
+                if self.inner.withdraw(ticket) {
+                    return None;
+                }
+                outcome.await
+            }
+        };
+        let sent = finished.unwrap_or_else(|_| Err(closed()));
+        Some(sent.map(|()| mail.message_id.clone()))
     }
 
     /// A fresh connection (not a pooled one): connect, EHLO, TLS and AUTH as configured, QUIT.

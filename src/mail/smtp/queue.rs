@@ -16,12 +16,16 @@ pub(super) struct Queue {
     waiting: VecDeque<Queued>,
     workers: usize,
     closed: bool,
+    /// The ticket of the next mail queued.
+    next_ticket: u64,
 }
 
 /// A mail waiting for a worker, and where its outcome goes.
 pub(super) struct Queued {
     pub wire: Wire,
     pub done: oneshot::Sender<Result<(), MailError>>,
+    /// Names the mail in the queue, so its sender can withdraw it (set when queued).
+    pub ticket: u64,
 }
 
 impl Queue {
@@ -47,18 +51,33 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `mail`, starting a worker when fewer than the most are at work.
-    pub(super) fn enqueue(self: &Arc<Self>, mail: Queued) {
+    /// Queues `mail`, starting a worker when fewer than the most are at work; returns its ticket.
+    pub(super) fn enqueue(self: &Arc<Self>, mut mail: Queued) -> u64 {
         let mut queue = self.queue();
+        mail.ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        let ticket = mail.ticket;
         if queue.closed {
             drop(queue);
-            return mail.finish(Err(closed()));
+            mail.finish(Err(closed()));
+            return ticket;
         }
         queue.waiting.push_back(mail);
         if queue.workers < self.max_workers {
             queue.workers += 1;
             tokio::spawn(Arc::clone(self).work());
         }
+        ticket
+    }
+
+    /// Takes the mail `ticket` off the queue if no worker has started on it yet (one put back
+    /// after a failed connection counts as not started: nothing of it was accepted). `false`:
+    /// it is being sent, or is done.
+    pub(super) fn withdraw(&self, ticket: u64) -> bool {
+        let mut queue = self.queue();
+        let before = queue.waiting.len();
+        queue.waiting.retain(|m| m.ticket != ticket);
+        queue.waiting.len() < before
     }
 
     /// Refuses mail from now on; returns the mails still waiting.
