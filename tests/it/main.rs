@@ -29,6 +29,7 @@ mod review_fixes;
 mod review_fixes2;
 mod review_fixes3;
 mod review_fixes4;
+mod review_fixes9_smtp;
 mod review_lists;
 mod review_logging;
 mod review_smtp;

@@ -16,6 +16,7 @@ mod review_fixes5;
 mod review_fixes6;
 mod review_fixes7;
 mod review_fixes8;
+mod review_fixes9;
 mod shutdown;
 mod survey;
 
