@@ -54,6 +54,11 @@ pub(super) struct Round {
     pub interrupted: Option<Interrupted>,
 }
 
+/// How long mails already started are waited for once the claim may be lost, for a mailer that
+/// would never answer: both have deadlines of their own far shorter (SMTP: the message and its
+/// reply, 10 s each; Mailgun: 10 s the request). Given up, such a mail may be sent again.
+const STARTED_MAIL_WAIT: Duration = Duration::from_secs(120);
+
 type Renewal<'a> = Pin<Box<dyn Future<Output = Option<Result<bool, EngineError>>> + Send + 'a>>;
 
 impl Engine {
@@ -72,8 +77,7 @@ impl Engine {
         let mut sends: FuturesUnordered<_> = jobs.iter().enumerate().map(send).collect();
         let mut sent = vec![Sent::default(); jobs.len()];
         let mut lease = Lease::new(leased_at, self.policy.lease);
-        // Set once the mail not yet started is withdrawn: the end of the wait for the rest, for
-        // a mailer that would never answer (both have timeouts of their own, far shorter).
+        // Set once the mail not yet started is withdrawn: the end of the wait for the rest.
         let mut last_wait: Option<Instant> = None;
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
         let mut interrupted = None;
@@ -120,16 +124,24 @@ impl Engine {
                             }
                         }
                         hand_over.cancel();
+                        if why == Interrupted::ClaimTaken {
+                            // Its holder sends them now.
+                            withdraw.cancel();
+                            last_wait.get_or_insert(Instant::now() + STARTED_MAIL_WAIT);
+                        }
                     }
                 }
-                _ = sleep_until(lease.held_until), if last_wait.is_none() && (in_doubt || interrupted.is_some_and(|i| i != Interrupted::Stopping)) => {
-                    // The claim may have run out: what the mailer has not started is withdrawn;
-                    // what it has is waited for, to be recorded.
+                _ = sleep_until(lease.held_until), if last_wait.is_none() => {
+                    // No lease confirmed past this instant: the claim may be someone else's
+                    // now. What the mailer has not started is withdrawn; what it has is
+                    // waited for, to be recorded.
+                    interrupted.get_or_insert(Interrupted::ClaimUnconfirmed);
+                    hand_over.cancel();
                     withdraw.cancel();
-                    last_wait = Some(Instant::now() + lease.length);
+                    last_wait = Some(Instant::now() + STARTED_MAIL_WAIT);
                 }
                 _ = sleep_until(last_wait.unwrap_or(lease.held_until)), if last_wait.is_some() => {
-                    tracing::warn!(request_id = %id, "The mailer has not answered for a whole lease; the mails it was sending are not recorded and may be sent again");
+                    tracing::error!(request_id = %id, waited = ?STARTED_MAIL_WAIT, "The mailer has not finished the mails it was sending; they are not recorded and may be sent again");
                     break;
                 }
             }

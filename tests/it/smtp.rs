@@ -476,61 +476,6 @@ async fn a_queued_mail_nobody_waits_for_is_not_sent() {
     assert_eq!(ids.len(), 2, "{ids:?}");
 }
 
-/// Withdrawn (the engine's claim may have run out): the mails still waiting for a connection
-/// are taken off the queue and never sent, while the one a worker has already taken goes on and
-/// its outcome still reaches the caller, to be recorded.
-#[tokio::test]
-async fn a_withdrawn_mail_is_sent_only_if_a_worker_had_taken_it() {
-    let receiver = SmtpReceiver::start().await.unwrap();
-    // A gate in front of the receiver: the connection is accepted, but nothing passes until the
-    // test opens it, so the worker is held with the first mail taken and the rest queued.
-    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = gate.local_addr().unwrap().port();
-    let (open, opened) = tokio::sync::oneshot::channel::<()>();
-    let upstream = receiver.addr();
-    tokio::spawn(async move {
-        let (mut client, _) = gate.accept().await.unwrap();
-        let _ = opened.await;
-        let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-    });
-    let options = SmtpOptions {
-        pool_max_size: 1,
-        ..options(None)
-    };
-    let config = smtp_config(port, StartTlsPolicy::Disabled, None);
-    let mailer = Arc::new(SmtpMailer::new(&config, SENDER, options).unwrap());
-    let withdraw = tokio_util::sync::CancellationToken::new();
-    let mails: Vec<_> = (0..3).map(|_| new_thread_mail()).collect();
-    let sends: Vec<_> = mails
-        .iter()
-        .map(|m| {
-            let (mailer, m, w) = (mailer.clone(), m.clone(), withdraw.clone());
-            tokio::spawn(async move { mailer.send_unless_withdrawn(&m, &w).await })
-        })
-        .collect();
-    // The worker has taken the first mail and is dialling (held at the gate).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    withdraw.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    open.send(()).unwrap();
-    let mut outcomes = Vec::new();
-    for send in sends {
-        outcomes.push(send.await.unwrap().map(|r| r.map_err(|e| e.to_string())));
-    }
-    assert!(matches!(outcomes[0], Some(Ok(_))), "{outcomes:?}");
-    assert!(outcomes[1..].iter().all(Option::is_none), "{outcomes:?}");
-    receiver.wait_for(1, WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ids: Vec<_> = receiver
-        .messages()
-        .iter()
-        .map(|m| parse_mail(&m.data).message_id.unwrap_or_default())
-        .collect();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    assert!(ids[0].contains(mails[0].message_id.as_str()), "{ids:?}");
-}
-
 #[tokio::test]
 async fn a_message_refused_in_a_chain_leaves_the_others_delivered() {
     let receiver = SmtpReceiver::start().await.unwrap();

@@ -44,7 +44,7 @@ use crate::config::SmtpConfig;
 use crate::secret::Secret;
 use dial::{Dialer, Failure, Login, PlaintextAuth};
 use pool::Pool;
-use queue::{Queue, Queued};
+use queue::{Fate, Queue, Queued};
 use wire::{BodyCache, Wire};
 
 /// Knobs the configuration file does not set; the defaults suit production.
@@ -172,8 +172,8 @@ impl Mailer for SmtpMailer {
         (self.send_unless_withdrawn(mail, &never).await).unwrap_or_else(|| Err(closed()))
     }
 
-    /// A mail still in the queue when withdrawn is taken off it; one a worker has taken is
-    /// waited for.
+    /// A mail withdrawn before its message is written is not sent (see [`queue::Fate`]); one
+    /// whose message is being written is waited for.
     async fn send_unless_withdrawn(
         &self,
         mail: &OutgoingMail,
@@ -184,16 +184,17 @@ impl Mailer for SmtpMailer {
             Err(e) => return Some(Err(e)),
         };
         let (done, mut outcome) = oneshot::channel();
-        let ticket = self.inner.enqueue(Queued {
+        let fate = Arc::<Fate>::default();
+        self.inner.enqueue(Queued {
             wire,
             done,
-            ticket: 0,
+            fate: fate.clone(),
         });
         let finished = tokio::select! {
             biased;
             finished = &mut outcome => finished,
             _ = withdraw.cancelled() => {
-                if self.inner.withdraw(ticket) {
+                if fate.withdraw() {
                     return None;
                 }
                 outcome.await

@@ -88,11 +88,14 @@ impl Inner {
             Ok(c) => c,
             Err(f) => return first.finish(Err(self.classify(f))),
         };
-        if first.done.is_closed() {
-            // Its caller gave up while the connection was being opened: not sent.
+        if first.abandoned() {
+            // Its caller gave up or withdrew it while the connection was being opened: not sent.
             return self.keep(conn);
         }
         if !(conn.pipelining && first.wire.pipelinable) {
+            if !first.commit() {
+                return self.keep(conn);
+            }
             return self.deliver_one(conn, first).await;
         }
         match self.start(conn, trusted, &first).await {
@@ -145,9 +148,10 @@ impl Inner {
                 conn.smtp.abort().await;
                 return current.finish(Err(self.classify(f)));
             }
-            if current.done.is_closed() {
-                // Its caller gave up; the server waits for the message after its 354: dropping
-                // the connection leaves it unsent (the next mail's group is not written yet).
+            if !current.commit() {
+                // Its caller gave up or withdrew it; the server waits for the message after its
+                // 354: dropping the connection leaves it unsent (the next mail's group is not
+                // written yet).
                 return conn.smtp.abort().await;
             }
             let next = self.next_pipelinable();

@@ -2,6 +2,7 @@
 //! take a connection and send what is queued (see [`super::pipeline`] for one worker's round).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -16,16 +17,34 @@ pub(super) struct Queue {
     waiting: VecDeque<Queued>,
     workers: usize,
     closed: bool,
-    /// The ticket of the next mail queued.
-    next_ticket: u64,
 }
 
 /// A mail waiting for a worker, and where its outcome goes.
 pub(super) struct Queued {
     pub wire: Wire,
     pub done: oneshot::Sender<Result<(), MailError>>,
-    /// Names the mail in the queue, so its sender can withdraw it (set when queued).
-    pub ticket: u64,
+    /// Shared with the sender: whether the mail was withdrawn, or its message is being written.
+    pub fate: Arc<Fate>,
+}
+
+/// Who got to a mail first: its sender withdrawing it, or a worker writing its message. Nothing
+/// of a message reaches the server before its DATA is written, so until then a withdrawn mail
+/// is simply not sent, wherever it is (queued, its connection opening, its commands pipelined).
+#[derive(Default)]
+pub(super) struct Fate(AtomicU8);
+
+const OPEN: u8 = 0;
+const WRITING: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Fate {
+    /// The sender takes the mail back; `false`: too late, its message is being written.
+    pub(super) fn withdraw(&self) -> bool {
+        let won = self
+            .0
+            .compare_exchange(OPEN, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire);
+        won.is_ok() || won == Err(WITHDRAWN)
+    }
 }
 
 impl Queue {
@@ -33,13 +52,28 @@ impl Queue {
     /// up on them (a lost claim, a shutdown) and will not record them, so sending them now could
     /// only duplicate what the next holder of the request sends.
     fn drop_abandoned(&mut self) {
-        while self.waiting.front().is_some_and(|m| m.done.is_closed()) {
+        while self.waiting.front().is_some_and(Queued::abandoned) {
             self.waiting.pop_front();
         }
     }
 }
 
 impl Queued {
+    /// Its sender has gone, or withdrew it.
+    pub(super) fn abandoned(&self) -> bool {
+        self.done.is_closed() || self.fate.0.load(Ordering::Acquire) == WITHDRAWN
+    }
+
+    /// Called just before the message is written: `false` when its sender has gone or withdrew
+    /// it (then it must not be written); from `true` on, it can no longer be withdrawn.
+    pub(super) fn commit(&self) -> bool {
+        let fate = &self.fate.0;
+        !self.done.is_closed()
+            && fate
+                .compare_exchange(OPEN, WRITING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
     pub(super) fn finish(self, outcome: Result<(), MailError>) {
         // The sender may have stopped waiting (shutdown); the outcome is then nobody's.
         let _ = self.done.send(outcome);
@@ -51,33 +85,18 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `mail`, starting a worker when fewer than the most are at work; returns its ticket.
-    pub(super) fn enqueue(self: &Arc<Self>, mut mail: Queued) -> u64 {
+    /// Queues `mail`, starting a worker when fewer than the most are at work.
+    pub(super) fn enqueue(self: &Arc<Self>, mail: Queued) {
         let mut queue = self.queue();
-        mail.ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        let ticket = mail.ticket;
         if queue.closed {
             drop(queue);
-            mail.finish(Err(closed()));
-            return ticket;
+            return mail.finish(Err(closed()));
         }
         queue.waiting.push_back(mail);
         if queue.workers < self.max_workers {
             queue.workers += 1;
             tokio::spawn(Arc::clone(self).work());
         }
-        ticket
-    }
-
-    /// Takes the mail `ticket` off the queue if no worker has started on it yet (one put back
-    /// after a failed connection counts as not started: nothing of it was accepted). `false`:
-    /// it is being sent, or is done.
-    pub(super) fn withdraw(&self, ticket: u64) -> bool {
-        let mut queue = self.queue();
-        let before = queue.waiting.len();
-        queue.waiting.retain(|m| m.ticket != ticket);
-        queue.waiting.len() < before
     }
 
     /// Refuses mail from now on; returns the mails still waiting.
