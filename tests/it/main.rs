@@ -26,6 +26,7 @@ mod requester;
 mod review_class;
 mod review_cross;
 mod review_fixes;
+mod review_fixes10;
 mod review_fixes2;
 mod review_fixes3;
 mod review_fixes4;

@@ -12,6 +12,7 @@ mod reminder_claims;
 mod reminders;
 mod requester;
 mod requester_lookup;
+mod review_fixes10;
 mod review_fixes5;
 mod review_fixes6;
 mod review_fixes7;

@@ -1,0 +1,162 @@
+//! Second reader, tenth round of fixes (bf0e84d, 7e911ff).
+
+use std::collections::VecDeque;
+
+use super::*;
+
+#[derive(Clone, Copy)]
+enum Write {
+    /// Reaches Auth (and is applied) only after this long; dropped before, it never lands.
+    Slow(Duration),
+    /// Applied at once, but answered only after this long (the answer is slow, not the write).
+    AnsweredLate(Duration),
+}
+
+/// The shared store as replica A sees it: its writes go as scripted (the script can be set
+/// at any time), then pass.
+#[derive(Default)]
+struct Partitioned {
+    inner: Arc<MemoryStore>,
+    writes: Mutex<VecDeque<Write>>,
+}
+
+impl Partitioned {
+    fn over(inner: &Arc<MemoryStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            writes: Mutex::default(),
+        })
+    }
+
+    fn then(&self, writes: impl IntoIterator<Item = Write>) {
+        self.writes.lock().unwrap().extend(writes);
+    }
+}
+
+#[async_trait::async_trait]
+impl PluginDataStore for Partitioned {
+    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
+        self.inner.get(id).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        set: &RawPluginData,
+        expect: &RawPluginData,
+    ) -> Result<(), TeleportError> {
+        let next = self.writes.lock().unwrap().pop_front();
+        match next {
+            None => self.inner.update(id, set, expect).await,
+            Some(Write::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.update(id, set, expect).await
+            }
+            Some(Write::AnsweredLate(d)) => {
+                let applied = self.inner.update(id, set, expect).await;
+                tokio::time::sleep(d).await;
+                applied
+            }
+        }
+    }
+}
+
+/// A mailer that starts a send as soon as it is handed one and cannot take it back (the trait's
+/// default `send_unless_withdrawn`, as Mailgun: the HTTP request is out): the send goes on
+/// when the caller stops waiting.
+struct Started(Arc<ScriptedMailer>);
+
+#[async_trait::async_trait]
+impl Mailer for Started {
+    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
+        let (m, mail) = (self.0.clone(), mail.clone());
+        tokio::spawn(async move { m.send(&mail).await })
+            .await
+            .unwrap()
+    }
+
+    async fn health_check(&self) -> Result<(), MailError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "mailgun-like"
+    }
+}
+
+/// 7e911ff: "Reaching held_until ... always stops hand-over". It does not when the round
+/// *starts* at or after `held_until`: round.rs's `select!` is `biased` and polls `sends.next()`
+/// (round.rs:106, which runs every `send_job` up to its first `send_unless_withdrawn`) before
+/// the `held_until` arm (round.rs:134), and nothing checks the lease before the first
+/// hand-over. So a claim answered as late as Teleport's own deadline allows (CALL_TIMEOUT,
+/// 30 s, a whole lease) has every mail handed over after the stored claim ran out; a mailer
+/// that cannot withdraw (Mailgun: the default of `send_unless_withdrawn`) sends them all, while
+/// another replica, seeing the claim expired, claims and sends them too. (The same with a claim
+/// answered at 25 s: 5 s left, less than the third of a lease the module keeps as the margin
+/// "so the mails still in flight can finish while it is still ours", and no renewal confirmed.)
+///
+/// A composes its claim at 0 s (until 30 s); Auth applies it at once and answers at 30 s; A's
+/// renewal hangs. B, at 30.5 s, finds the claim run out, claims and sends both mails; A handed
+/// both to its mailer at 30 s (out at 31 s).
+#[tokio::test(start_paused = true)]
+async fn review_fixes10_no_mail_is_handed_over_once_the_lease_has_run_out() {
+    let store = Arc::<MemoryStore>::default();
+    resumed(&store, "r1", &[]);
+    let mailer = Arc::<ScriptedMailer>::default();
+    mailer.always(Some(Answer::Slow(Duration::from_secs(1))));
+    let partitioned = Partitioned::over(&store);
+    partitioned.then([
+        Write::AnsweredLate(LEASE),
+        Write::Slow(Duration::from_secs(100)),
+    ]);
+    let a = engine_over(partitioned, Arc::new(Started(mailer.clone())), policy("a"));
+    let b = engine(&store, &mailer, "b");
+    let run_a = spawn_put(&a, "r1");
+    tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
+    let run_b = spawn_put(&b, "r1");
+    run_a.await.unwrap();
+    run_b.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_each_once(&mailer, 2);
+}
+
+/// 7e911ff made `held_until` withdraw in every round, a healthy one too: a claim answered late
+/// (here 25 s) whose renewal answers a second after `held_until`. For an event's stage the
+/// withdrawn mails are retried. A reminder is "tried once" (delivery.rs:131-135: its retry
+/// window is zero), so `settle` does not retry it, records nothing, releases the claim, logs
+/// nothing (`failures` is empty: a withdrawn mail is neither `refused` nor `stopped`, and the
+/// "Sending stopped early" WARN is only for a taken claim or a stop) and `remind` returns
+/// `Ok`: the reviewers never get this round's reminder, and nobody is told. No other replica was
+/// ever in play; before 7e911ff these reminders went out, once.
+///
+/// Threads sent; the reminder's claim is composed at 0 s and answered at 25 s; its renewal
+/// (25 s) lands at 31 s; both reminders wait 8 s in the SMTP queue. At 30 s both are
+/// withdrawn and the round ends.
+#[tokio::test(start_paused = true)]
+async fn review_fixes10_a_reminder_withdrawn_at_held_until_is_not_lost_in_silence() {
+    let store = Arc::<MemoryStore>::default();
+    let mailer = Arc::<ScriptedMailer>::default();
+    let partitioned = Partitioned::over(&store);
+    let a = engine_over(partitioned.clone(), mailer.clone(), policy("a"));
+    a.handle_event(put("r1")).await;
+    assert_each_once(&mailer, 2);
+    partitioned.then([
+        Write::AnsweredLate(Duration::from_secs(25)),
+        Write::Slow(Duration::from_secs(6)),
+    ]);
+    mailer.then([
+        Answer::Slow(Duration::from_secs(8)),
+        Answer::Slow(Duration::from_secs(8)),
+    ]);
+    let warnings = Logged::warnings();
+    let _w = warnings.capture();
+    let reminded_ok = a.remind(&aged("r1", DUE, &[]), HOUR, 3).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let to = reminded(&mailer);
+    assert!(
+        to.len() == 2,
+        "reminders sent: {to:?}; remind() = {reminded_ok:?}; warnings: {:?}",
+        warnings.all()
+    );
+    assert_each_once(&mailer, 4);
+}
