@@ -204,6 +204,17 @@ impl Engine {
         if let Some(why) = interrupted.filter(|_| settled && unsent) {
             tracing::warn!(request_id = %id, stage = stage.name(), reason = ?why, "Sending stopped early; what was delivered is recorded, the rest is left to the claim's holder or the next start");
         }
+        // Mail never handed over (or taken back) for want of a confirmed claim, and not tried
+        // again now: said as a failure of its own would be (those are logged above).
+        let untried = (jobs.iter().zip(&round.sent))
+            .any(|(j, s)| s.stopped.is_none() && s.handled.len() < j.mails.len());
+        if !settled && wait.is_none() && untried && interrupted.is_some() {
+            if matches!(stage, Stage::Reminder { .. }) {
+                tracing::error!(request_id = %id, stage = stage.name(), "Reminder not sent: the claim on the request could not be confirmed in time; the next round (or a restart) tries again");
+            } else {
+                tracing::error!(request_id = %id, stage = stage.name(), retried_for = ?self.policy.retry_for, "Mail not sent: the claim on the request could not be confirmed in time; giving up until the next reload, restart or reconnect");
+            }
+        }
         Ok(wait.filter(|_| !settled))
     }
 

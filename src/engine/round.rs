@@ -77,10 +77,17 @@ impl Engine {
         let mut sends: FuturesUnordered<_> = jobs.iter().enumerate().map(send).collect();
         let mut sent = vec![Sent::default(); jobs.len()];
         let mut lease = Lease::new(leased_at, self.policy.lease);
+        let mut interrupted = None;
+        if Instant::now() + lease.every >= lease.held_until {
+            // The claim was confirmed with less than a third of its lease left (Auth answered
+            // late): too little to send under; nothing is handed over.
+            tracing::warn!(request_id = %id, "The claim on the request was confirmed too late to send under it (the Auth Service answered slowly)");
+            interrupted = Some(Interrupted::ClaimUnconfirmed);
+            hand_over.cancel();
+        }
         // Set once the mail not yet started is withdrawn: the end of the wait for the rest.
         let mut last_wait: Option<Instant> = None;
         let mut renewal: Option<(Instant, Renewal<'_>)> = None;
-        let mut interrupted = None;
         // While stopping: the claim may run out (a write failed), so the wait for the mail in
         // flight ends when it does.
         let mut in_doubt = false;

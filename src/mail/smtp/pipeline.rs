@@ -43,7 +43,7 @@ use super::super::SmtpStep;
 use super::Inner;
 use super::dial::{Connection, Failure};
 use super::queue::Queued;
-use super::wire::{Verbatim, Wire, group};
+use super::wire::{Verbatim, group};
 
 /// A pooled connection idle for less than this is used without a NOOP first (PIPELINING
 /// servers only, where a dead connection shows before the message is sent).
@@ -93,9 +93,6 @@ impl Inner {
             return self.keep(conn);
         }
         if !(conn.pipelining && first.wire.pipelinable) {
-            if !first.commit() {
-                return self.keep(conn);
-            }
             return self.deliver_one(conn, first).await;
         }
         match self.start(conn, trusted, &first).await {
@@ -108,12 +105,19 @@ impl Inner {
     /// One command at a time, SMTPUTF8/8BITMIME as needed; a connection that saw a refusal
     /// or broke is closed (QUIT), as lettre's own exchange does.
     async fn deliver_one(&self, mut conn: Connection, mail: Queued) {
-        let sent = send_one(&mut conn.smtp, &mail.wire).await;
-        if sent.is_err() {
+        let sent = send_one(&mut conn.smtp, &mail).await;
+        if !matches!(sent, Ok(true)) {
+            // Refused, broken, or withdrawn after the server's 354: the session's state is
+            // not one to go on from.
             conn.smtp.abort().await;
         }
         self.keep(conn);
-        mail.finish(sent.map_err(|f| self.classify(f)));
+        match sent {
+            // Withdrawn or abandoned: nobody waits for an outcome.
+            Ok(false) => {}
+            Ok(true) => mail.finish(Ok(())),
+            Err(f) => mail.finish(Err(self.classify(f))),
+        }
     }
 
     /// Writes `first`'s group and reads its replies; a trusted pooled connection found dead
@@ -256,7 +260,10 @@ fn expect(
 
 /// One mail, one command at a time, each refusal tagged with the command it answered: `MAIL`
 /// (the session's), each `RCPT` (the recipient's), `DATA` and the message (the message's).
-async fn send_one(conn: &mut AsyncSmtpConnection, wire: &Wire) -> Result<(), Failure> {
+/// `Ok(false)`: its sender withdrew it or went away before its message was written (the
+/// server has nothing of it).
+async fn send_one(conn: &mut AsyncSmtpConnection, queued: &Queued) -> Result<bool, Failure> {
+    let wire = &queued.wire;
     let envelope = &wire.envelope;
     let message = wire.formatted();
     let parameters = mail_parameters(conn, envelope, &message)?;
@@ -267,7 +274,10 @@ async fn send_one(conn: &mut AsyncSmtpConnection, wire: &Wire) -> Result<(), Fai
         completed(conn.command(rcpt).await, SmtpStep::Recipient)?;
     }
     go_ahead(conn.command(Data).await)?;
-    completed(conn.message(&message).await, SmtpStep::Message)
+    if !queued.commit() {
+        return Ok(false);
+    }
+    completed(conn.message(&message).await, SmtpStep::Message).map(|()| true)
 }
 
 /// SMTPUTF8 for non-ASCII addresses and 8BITMIME for a non-ASCII message, as lettre asks

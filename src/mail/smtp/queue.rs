@@ -28,8 +28,9 @@ pub(super) struct Queued {
 }
 
 /// Who got to a mail first: its sender withdrawing it, or a worker writing its message. Nothing
-/// of a message reaches the server before its DATA is written, so until then a withdrawn mail
-/// is simply not sent, wherever it is (queued, its connection opening, its commands pipelined).
+/// of a mail is delivered before its message (what follows the server's 354 to DATA) is
+/// written, so until then a withdrawn mail is simply not sent, wherever it is: queued, its
+/// connection opening, its MAIL, RCPT and DATA under way or pipelined.
 #[derive(Default)]
 pub(super) struct Fate(AtomicU8);
 
