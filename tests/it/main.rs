@@ -27,6 +27,7 @@ mod review_class;
 mod review_cross;
 mod review_fixes;
 mod review_fixes10;
+mod review_fixes11;
 mod review_fixes2;
 mod review_fixes3;
 mod review_fixes4;

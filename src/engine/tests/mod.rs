@@ -13,6 +13,7 @@ mod reminders;
 mod requester;
 mod requester_lookup;
 mod review_fixes10;
+mod review_fixes11;
 mod review_fixes5;
 mod review_fixes6;
 mod review_fixes7;
