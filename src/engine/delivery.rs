@@ -197,7 +197,10 @@ impl Engine {
         let wait = (owed && !settled)
             .then(|| (attempts.retry).next_wait(failures.retry_after(), self.policy.lease / 2))
             .flatten();
-        self.record_until_landed(id, stage, jobs, &round.sent, wait.is_some())
+        // A claim we could not confirm is released, not kept for our retry: another replica,
+        // whose Auth answers in time, may send meanwhile.
+        let keep = wait.is_some() && interrupted != Some(Interrupted::ClaimUnconfirmed);
+        self.record_until_landed(id, stage, jobs, &round.sent, keep)
             .await?;
         self.log_failures(id, stage, failures, wait, &mut attempts.told_operator);
         let unsent = (jobs.iter().zip(&round.sent)).any(|(j, s)| s.handled.len() < j.mails.len());
@@ -208,9 +211,11 @@ impl Engine {
         // again now: said as a failure of its own would be (those are logged above).
         let untried = (jobs.iter().zip(&round.sent))
             .any(|(j, s)| s.stopped.is_none() && s.handled.len() < j.mails.len());
-        if !settled && wait.is_none() && untried && interrupted.is_some() {
+        let stopping = self.stopping.is_cancelled();
+        if interrupted.is_some() && !settled && wait.is_none() && untried && !stopping {
             if matches!(stage, Stage::Reminder { .. }) {
-                tracing::error!(request_id = %id, stage = stage.name(), "Reminder not sent: the claim on the request could not be confirmed in time; the next round (or a restart) tries again");
+                // Retried: at the next round, or now by another replica.
+                tracing::warn!(request_id = %id, stage = stage.name(), "Reminder not sent: the claim on the request could not be confirmed in time; another replica or the next round sends it");
             } else {
                 tracing::error!(request_id = %id, stage = stage.name(), retried_for = ?self.policy.retry_for, "Mail not sent: the claim on the request could not be confirmed in time; giving up until the next reload, restart or reconnect");
             }

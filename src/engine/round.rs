@@ -78,9 +78,10 @@ impl Engine {
         let mut sent = vec![Sent::default(); jobs.len()];
         let mut lease = Lease::new(leased_at, self.policy.lease);
         let mut interrupted = None;
-        if Instant::now() + lease.every >= lease.held_until {
-            // The claim was confirmed with less than a third of its lease left (Auth answered
-            // late): too little to send under; nothing is handed over.
+        if Instant::now() >= lease.next_renewal {
+            // The claim was confirmed only when its first renewal was due (Auth answered a third
+            // of a lease late): mail handed over now could still be going out when the lease
+            // runs out, as the renewal would be judged failed a third later. Nothing is sent.
             tracing::warn!(request_id = %id, "The claim on the request was confirmed too late to send under it (the Auth Service answered slowly)");
             interrupted = Some(Interrupted::ClaimUnconfirmed);
             hand_over.cancel();

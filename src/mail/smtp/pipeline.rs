@@ -106,17 +106,21 @@ impl Inner {
     /// or broke is closed (QUIT), as lettre's own exchange does.
     async fn deliver_one(&self, mut conn: Connection, mail: Queued) {
         let sent = send_one(&mut conn.smtp, &mail).await;
-        if !matches!(sent, Ok(true)) {
-            // Refused, broken, or withdrawn after the server's 354: the session's state is
-            // not one to go on from.
-            conn.smtp.abort().await;
-        }
-        self.keep(conn);
         match sent {
-            // Withdrawn or abandoned: nobody waits for an outcome.
-            Ok(false) => {}
-            Ok(true) => mail.finish(Ok(())),
-            Err(f) => mail.finish(Err(self.classify(f))),
+            // Withdrawn or abandoned after the server's 354: the server now reads the message,
+            // so a QUIT would be taken as its text. The connection is dropped; a message cut
+            // off before its final dot is discarded (RFC 5321 §4.1.1.4). Nobody waits.
+            Ok(false) => drop(conn),
+            Ok(true) => {
+                self.keep(conn);
+                mail.finish(Ok(()));
+            }
+            Err(f) => {
+                // Refused or broken: the session's state is not one to go on from.
+                conn.smtp.abort().await;
+                self.keep(conn);
+                mail.finish(Err(self.classify(f)));
+            }
         }
     }
 
@@ -155,8 +159,8 @@ impl Inner {
             if !current.commit() {
                 // Its caller gave up or withdrew it; the server waits for the message after its
                 // 354: dropping the connection leaves it unsent (the next mail's group is not
-                // written yet).
-                return conn.smtp.abort().await;
+                // written yet). No QUIT: the server would read it as the message's text.
+                return drop(conn);
             }
             let next = self.next_pipelinable();
             let mut write =
