@@ -244,3 +244,74 @@ async fn review_fixes12_a_stop_after_a_failed_renewal_records_what_was_delivered
         delivered.deliveries()
     );
 }
+
+/// delivery.rs:215-218 (6e7f85a): a reminder left unsent for want of a confirmed claim is now
+/// a WARN, "another replica or the next round sends it". For the *last* round (`limit`) there
+/// is no next round: the reminder clock drops the request after it (app/reminders.rs:103-106,
+/// :131-140), and with one replica (the default deployment) nobody else sends it. The last
+/// reminder is never sent, and the only word of it is a WARN saying it will be. 3a28242 said
+/// "unsent mail not retried is an ERROR"; this one is not retried by anyone.
+///
+/// One replica; the new-request mails go out; the third (last) reminder round's claim is
+/// applied at once but answered at 22 s (too late to send under).
+#[tokio::test(start_paused = true)]
+async fn review_fixes12_the_last_reminder_left_unsent_is_not_a_warning_that_it_will_be_sent() {
+    let store = Arc::<MemoryStore>::default();
+    let mailer = Arc::<ScriptedMailer>::default();
+    let partitioned = Partitioned::over(&store);
+    let a = engine_over(partitioned.clone(), mailer.clone(), policy("a"));
+    a.handle_event(put("r1")).await;
+    assert_each_once(&mailer, 2);
+    partitioned.then([Write::AnsweredLate(Duration::from_secs(22))]);
+    let errors = Logged::errors();
+    let _e = errors.capture();
+    let last_round = aged("r1", 3 * HOUR + Duration::from_secs(60), &[]);
+    a.remind(&last_round, HOUR, 3).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let sent = reminded(&mailer);
+    assert!(
+        !sent.is_empty() || !errors.containing("Reminder not sent").is_empty(),
+        "the last round's reminder: sent {sent:?}, errors {:?}",
+        errors.all()
+    );
+}
+
+/// delivery.rs:203 and round.rs:118-121 against README.md:309-318 ("a replica that cannot renew
+/// (Auth unreachable) ... records what it did deliver ... That is the one mail that can reach a
+/// recipient twice: its message on the wire just as the lease runs out"): a round records its
+/// progress only when it ends (settle), and renewals carry none. When A loses its path to Auth
+/// mid-round, the record at settle cannot land before the lease runs out, so B resends
+/// *everything* A delivered in the round, however long before: here a mail delivered at 5 s,
+/// before a renewal (at 10 s) that landed and could have carried it.
+///
+/// a@ is owed six review replies, 5 s each (out at 5, 10, ... 30 s). A's claim and its renewal
+/// at 10 s land (lease to 40 s); from then on A's writes hang (partitioned from Auth). The
+/// renewal at 20 s is judged failed at 30 s; the record at settle hangs. B at 40.5 s finds the
+/// claim run out and no progress, and sends all six again, review 0 included.
+#[tokio::test(start_paused = true)]
+async fn review_fixes12_mail_delivered_before_a_renewal_that_landed_is_not_resent_when_auth_goes() {
+    let store = Arc::<MemoryStore>::default();
+    threaded(&store, "r1", &[]);
+    let mailer = Arc::<ScriptedMailer>::default();
+    mailer.always(Some(Answer::Slow(Duration::from_secs(5))));
+    let partitioned = Partitioned::over(&store);
+    partitioned.then([Write::AnsweredLate(Duration::ZERO); 2]);
+    partitioned.then([Write::Slow(Duration::from_secs(1000)); 8]);
+    let a = engine_over(partitioned, mailer.clone(), policy("a"));
+    let b = engine(&store, &mailer, "b");
+    let run_a = spawn_event(&a, reviewed("r1", 6));
+    tokio::time::sleep(Duration::from_millis(40_500)).await;
+    let first = mailer.delivered().first().cloned().expect("review 0 out at 5 s");
+    mailer.always(None);
+    b.handle_event(reviewed("r1", 6)).await;
+    run_a.abort();
+    let again = (mailer.delivered().iter())
+        .filter(|m| m.message_id == first.message_id)
+        .count();
+    assert_eq!(
+        again,
+        1,
+        "review 0, delivered at 5 s (before the renewal at 10 s landed), sent again: {:?}",
+        mailer.deliveries()
+    );
+}
