@@ -213,7 +213,12 @@ impl Engine {
             .any(|(j, s)| s.stopped.is_none() && s.handled.len() < j.mails.len());
         let stopping = self.stopping.is_cancelled();
         if interrupted.is_some() && !settled && wait.is_none() && untried && !stopping {
-            if matches!(stage, Stage::Reminder { .. }) {
+            if let Stage::Reminder { round, limit, .. } = stage
+                && round >= limit
+            {
+                // The last round: there is no next one to send it.
+                tracing::error!(request_id = %id, stage = stage.name(), "Reminder not sent, and this was the last round: the claim on the request could not be confirmed in time; only another replica may still send it");
+            } else if matches!(stage, Stage::Reminder { .. }) {
                 // Retried: at the next round, or now by another replica.
                 tracing::warn!(request_id = %id, stage = stage.name(), "Reminder not sent: the claim on the request could not be confirmed in time; another replica or the next round sends it");
             } else {
@@ -295,9 +300,16 @@ impl Engine {
         }
     }
 
-    /// Extends our claim; `false` when it is no longer ours.
-    pub(super) async fn renew(&self, id: &str) -> Result<bool, EngineError> {
-        self.set_own_claim(id, Some(self.lease())).await
+    /// Extends our claim, recording what the round has delivered so far (so a round cut off
+    /// from Auth later does not have it sent again); `false` when the claim is no longer ours.
+    pub(super) async fn renew(
+        &self,
+        id: &str,
+        stage: &Stage,
+        jobs: &[Job],
+        sent: &[Sent],
+    ) -> Result<bool, EngineError> {
+        self.record(id, stage, jobs, sent, true).await
     }
 
     /// Drops our claim on the request, if we hold it.
@@ -338,7 +350,7 @@ impl Engine {
         let mut retry = Retry::new(p.min_backoff, p.max_backoff, p.retry_for);
         loop {
             let error = match self.record(id, stage, jobs, sent, keep).await {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(e) => e,
             };
             let wait = retry.next_wait(None, p.max_backoff);
@@ -355,8 +367,8 @@ impl Engine {
     }
 
     /// Writes what the round handled (idempotently: recording twice counts once) and the
-    /// recipients' own refusals, and keeps (`keep`) or releases the claim — the claim only if it
-    /// is still ours.
+    /// recipients' own refusals, and keeps (`keep`: a fresh lease) or releases the claim — the
+    /// claim only if it is still ours. `true`: it was ours.
     pub(super) async fn record(
         &self,
         id: &str,
@@ -364,10 +376,12 @@ impl Engine {
         jobs: &[Job],
         sent: &[Sent],
         keep: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let me = &self.policy.instance;
+        let mut ours = false;
         self.store
             .modify(id, FirstGuess::LastWrite, |old| {
+                ours = false;
                 let mut d = old?.clone();
                 for (job, s) in jobs.iter().zip(sent) {
                     stage.record(&mut d, job, s.handled.len(), s.first_id.as_ref());
@@ -377,12 +391,13 @@ impl Engine {
                     }
                 }
                 if d.claim.as_ref().is_some_and(|c| &c.owner == me) {
+                    ours = true;
                     d.claim = keep.then(|| self.lease());
                 }
                 (Some(&d) != old).then_some(d)
             })
             .await?;
-        Ok(())
+        Ok(ours)
     }
 
     /// Waits `wait` before the next attempt; a new mailer (config reload) cuts the wait short.

@@ -5,19 +5,23 @@
 //! - A mail handed to the mailer may go out even if we stop waiting for it (an SMTP worker has
 //!   it), so once handed over it is waited for and its outcome recorded; what stops on a lost
 //!   claim, a failed renewal or a shutdown is the *handing over* of further mails.
-//! - A claim that cannot be renewed is given up a third of a lease before it runs out, so the
-//!   mails still in flight can finish while it is still ours. When it may have run out, the
-//!   mails the mailer has not started on are withdrawn (another instance may send them now);
-//!   those it has started go out whatever we do, so they are still waited for and recorded.
-//! - A renewal never blocks the sends: it runs beside them, with a deadline of its own.
+//! - No mail is handed over in the last third of a lease that no renewal has confirmed (nor
+//!   under a claim confirmed that late), so the mails in flight can finish while the claim is
+//!   still ours. When it may have run out, or is found taken, the mails the mailer has not
+//!   started on are withdrawn (another instance may send them now); those it has started go
+//!   out whatever we do, so they are still waited for and recorded.
+//! - A renewal never blocks the sends: it runs beside them, with a deadline of its own, and
+//!   records what was delivered so far, so losing Auth later costs at most what was sent since.
+//!   At a stop one goes at once.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::stage::{Job, Stage};
@@ -73,10 +77,76 @@ impl Engine {
     ) -> Round {
         let (hand_over, withdraw) = (CancellationToken::new(), CancellationToken::new());
         let tokens = (&hand_over, &withdraw);
-        let send = |(i, job)| async move { (i, send_job(mailer, job, tokens).await) };
+        let mut watch = Watch::new(id, Lease::new(leased_at, self.policy.lease), tokens);
+        // Each job's outcome so far, mail by mail: a renewal records it as it stands.
+        let progress = Progress(Mutex::new(vec![Sent::default(); jobs.len()]));
+        let progress = &progress;
+        let send = |(i, job)| async move { send_job(mailer, job, tokens, (progress, i)).await };
         let mut sends: FuturesUnordered<_> = jobs.iter().enumerate().map(send).collect();
-        let mut sent = vec![Sent::default(); jobs.len()];
-        let mut lease = Lease::new(leased_at, self.policy.lease);
+        let mut renewal: Option<(Instant, Renewal<'_>)> = None;
+        loop {
+            let lease = &watch.lease;
+            tokio::select! {
+                // A stop is seen before any mail is handed over.
+                biased;
+                _ = self.stopping.cancelled(), if watch.interrupted != Some(Interrupted::Stopping) => {
+                    // A renewal goes now, in place of one under way.
+                    renewal = None;
+                    watch.stop();
+                }
+                next = sends.next() => if next.is_none() {
+                    break;
+                },
+                _ = sleep_until(watch.renewal_due()), if renewal.is_none() && watch.renewing() => {
+                    watch.record_now = false;
+                    let (every, sent) = (lease.every, progress.now());
+                    let renew = async move {
+                        timeout(every, self.renew(id, stage, jobs, &sent)).await.ok()
+                    };
+                    renewal = Some((Instant::now(), Box::pin(renew)));
+                }
+                (started, outcome) = poll_renewal(&mut renewal) => {
+                    renewal = None;
+                    watch.renewed(id, started, outcome);
+                }
+                _ = sleep_until(lease.held_until - lease.every), if !hand_over.is_cancelled() => {
+                    tracing::warn!(request_id = %id, "The claim on the request was not renewed in time; no further mail is handed over under it");
+                    watch.give_up(false);
+                }
+                _ = sleep_until(lease.held_until), if watch.last_wait.is_none() => watch.give_up(true),
+                _ = sleep_until(watch.last_wait.unwrap_or(lease.held_until)), if watch.last_wait.is_some() => {
+                    tracing::error!(request_id = %id, waited = ?STARTED_MAIL_WAIT, "The mailer has not finished the mails it was sending; they are not recorded and may be sent again");
+                    break;
+                }
+            }
+        }
+        drop(sends);
+        Round {
+            sent: progress.now(),
+            interrupted: watch.interrupted,
+        }
+    }
+}
+
+/// What a round knows of its claim, and what it has decided from it.
+struct Watch {
+    lease: Lease,
+    interrupted: Option<Interrupted>,
+    /// Cancelled: no further mail is handed over.
+    hand_over: CancellationToken,
+    /// Cancelled: mail the mailer has not started on is taken back.
+    withdraw: CancellationToken,
+    /// Set once mail is withdrawn: the end of the wait for the mail already started.
+    last_wait: Option<Instant>,
+    /// Stopping: the next renewal goes at once, recording what was delivered so far.
+    record_now: bool,
+    /// While stopping: a renewal failed, so the claim may run out; no more are tried.
+    in_doubt: bool,
+}
+
+impl Watch {
+    fn new(id: &str, lease: Lease, tokens: (&CancellationToken, &CancellationToken)) -> Self {
+        let (hand_over, withdraw) = tokens;
         let mut interrupted = None;
         if Instant::now() >= lease.next_renewal {
             // The claim was confirmed only when its first renewal was due (Auth answered a third
@@ -86,101 +156,69 @@ impl Engine {
             interrupted = Some(Interrupted::ClaimUnconfirmed);
             hand_over.cancel();
         }
-        // Set once the mail not yet started is withdrawn: the end of the wait for the rest.
-        let mut last_wait: Option<Instant> = None;
-        let mut renewal: Option<(Instant, Renewal<'_>)> = None;
-        // While stopping: the claim may run out (a write failed), so the wait for the mail in
-        // flight ends when it does.
-        let mut in_doubt = false;
-        loop {
-            tokio::select! {
-                // A stop is seen before any mail is handed over.
-                biased;
-                _ = self.stopping.cancelled(), if interrupted.is_none() => {
-                    interrupted = Some(Interrupted::Stopping);
-                    hand_over.cancel();
-                    // The claim goes on being renewed while a mail is in flight, however long the
-                    // exit waits for it, so no other instance sends it meanwhile. That write may
-                    // renew it too, but says not whether it was still ours: only a renewal
-                    // moves the lease on. A failed write puts the claim in doubt, and so does one
-                    // still unanswered when the last confirmed lease ends (no renewal runs
-                    // meanwhile): the wait then ends with that lease.
-                    let record = self.record_before_stop(id, stage, jobs, &sent);
-                    if !matches!(timeout_at(lease.held_until, record).await, Ok(true)) {
-                        in_doubt = true;
-                    }
-                    renewal = None;
-                }
-                next = sends.next() => match next {
-                    Some((i, s)) => sent[i] = s,
-                    None => break,
-                },
-                _ = sleep_until(lease.next_renewal), if renewal.is_none() && renewing(interrupted, in_doubt) => {
-                    let every = lease.every;
-                    let renew = async move { timeout(every, self.renew(id)).await.ok() };
-                    renewal = Some((Instant::now(), Box::pin(renew)));
-                }
-                (started, outcome) = poll_renewal(&mut renewal) => {
-                    renewal = None;
-                    if let Some(why) = lease.renewed(id, started, outcome) {
-                        // While stopping the round stays a stop (its claim is released, not
-                        // kept for a retry); the wait for the mail in flight ends with the claim.
-                        match interrupted {
-                            Some(Interrupted::Stopping) => in_doubt = true,
-                            _ => {
-                                interrupted.get_or_insert(why);
-                            }
-                        }
-                        hand_over.cancel();
-                        if why == Interrupted::ClaimTaken {
-                            // Its holder sends them now.
-                            withdraw.cancel();
-                            last_wait.get_or_insert(Instant::now() + STARTED_MAIL_WAIT);
-                        }
-                    }
-                }
-                _ = sleep_until(lease.held_until), if last_wait.is_none() => {
-                    // No lease confirmed past this instant: the claim may be someone else's
-                    // now. What the mailer has not started is withdrawn; what it has is
-                    // waited for, to be recorded.
-                    interrupted.get_or_insert(Interrupted::ClaimUnconfirmed);
-                    hand_over.cancel();
-                    withdraw.cancel();
-                    last_wait = Some(Instant::now() + STARTED_MAIL_WAIT);
-                }
-                _ = sleep_until(last_wait.unwrap_or(lease.held_until)), if last_wait.is_some() => {
-                    tracing::error!(request_id = %id, waited = ?STARTED_MAIL_WAIT, "The mailer has not finished the mails it was sending; they are not recorded and may be sent again");
-                    break;
-                }
+        Self {
+            lease,
+            interrupted,
+            hand_over: hand_over.clone(),
+            withdraw: withdraw.clone(),
+            last_wait: None,
+            record_now: false,
+            in_doubt: false,
+        }
+    }
+
+    /// The claim goes on being renewed while a mail is in flight, however long the exit waits
+    /// for it, so no other instance sends it meanwhile; the first renewal records what was
+    /// delivered, so that a forced exit does not send it again.
+    fn stop(&mut self) {
+        self.interrupted = Some(Interrupted::Stopping);
+        self.hand_over.cancel();
+        self.record_now = true;
+    }
+
+    fn renewal_due(&self) -> Instant {
+        match self.record_now {
+            true => Instant::now(),
+            false => self.lease.next_renewal,
+        }
+    }
+
+    /// Whether the claim is still renewed: while all is well, and while stopping with a mail in
+    /// flight as long as the claim is surely ours.
+    fn renewing(&self) -> bool {
+        self.interrupted.is_none_or(|i| i == Interrupted::Stopping) && !self.in_doubt
+    }
+
+    fn renewed(&mut self, id: &str, started: Instant, outcome: Option<Result<bool, EngineError>>) {
+        let Some(why) = self.lease.renewed(id, started, outcome) else {
+            return;
+        };
+        // While stopping the round stays a stop (its claim is released, not kept for a retry);
+        // the wait for the mail in flight ends with the claim.
+        match self.interrupted {
+            Some(Interrupted::Stopping) => self.in_doubt = true,
+            _ => {
+                self.interrupted.get_or_insert(why);
             }
         }
-        Round { sent, interrupted }
-    }
-}
-
-/// Whether the claim is still renewed: while all is well, and while stopping with a mail in
-/// flight as long as the claim is surely ours.
-fn renewing(interrupted: Option<Interrupted>, in_doubt: bool) -> bool {
-    interrupted.is_none_or(|i| i == Interrupted::Stopping) && !in_doubt
-}
-
-impl Engine {
-    /// At a stop, records at once what was delivered so far, so a forced exit does not send it
-    /// again. The claim stays ours until the mail in flight is done: released now, another
-    /// instance could send that mail again.
-    /// `false` when the write failed (the claim may then run out at its last lease).
-    async fn record_before_stop(
-        &self,
-        id: &str,
-        stage: &Stage,
-        jobs: &[Job],
-        sent: &[Sent],
-    ) -> bool {
-        let recorded = self.record(id, stage, jobs, sent, true).await;
-        if let Err(e) = &recorded {
-            tracing::warn!(request_id = %id, error = %e, "Cannot record the mails delivered before the stop");
+        self.hand_over.cancel();
+        if why == Interrupted::ClaimTaken {
+            // Its holder sends them now.
+            self.give_up(true);
         }
-        recorded.is_ok()
+    }
+
+    /// No renewal has confirmed the lease beyond the margin kept for the mail in flight: no
+    /// more is handed over. `withdraw`: the claim may be someone else's now, so what the
+    /// mailer has not started is taken back; what it has is waited for, to be recorded.
+    fn give_up(&mut self, withdraw: bool) {
+        self.interrupted
+            .get_or_insert(Interrupted::ClaimUnconfirmed);
+        self.hand_over.cancel();
+        if withdraw {
+            self.withdraw.cancel();
+            (self.last_wait).get_or_insert(Instant::now() + STARTED_MAIL_WAIT);
+        }
     }
 }
 
@@ -214,8 +252,12 @@ impl Lease {
     ) -> Option<Interrupted> {
         self.next_renewal = Instant::now() + self.every;
         match outcome {
-            // The lease runs from when the renewal was sent, not from when it was answered.
-            Some(Ok(true)) => self.held_until = started + self.length,
+            // The lease runs from when the renewal was sent, not from when it was answered, and
+            // so does the next renewal (one answered late must not push it past the margin).
+            Some(Ok(true)) => {
+                self.held_until = started + self.length;
+                self.next_renewal = started + self.every;
+            }
             Some(Ok(false)) => return Some(Interrupted::ClaimTaken),
             failed => {
                 let why = failed.and_then(Result::err).map(|e| e.to_string());
@@ -239,16 +281,29 @@ async fn poll_renewal(
     }
 }
 
-/// Sends one recipient's mails in order. A mail refused for good on its own is counted and the
-/// next one goes; a failure worth retrying stops the job; no further mail is handed over once
-/// `hand_over` is cancelled, and one the mailer has not started on is taken back once
-/// `withdraw` is.
+/// What each job of a round has come to so far, updated mail by mail.
+struct Progress(Mutex<Vec<Sent>>);
+
+impl Progress {
+    fn now(&self) -> Vec<Sent> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, i: usize, f: impl FnOnce(&mut Sent)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner())[i]);
+    }
+}
+
+/// Sends one recipient's mails in order, noting each outcome in `progress` (at `i`). A mail
+/// refused for good on its own is counted and the next one goes; a failure worth retrying
+/// stops the job; no further mail is handed over once `hand_over` is cancelled, and one the
+/// mailer has not started on is taken back once `withdraw` is.
 async fn send_job(
     mailer: &dyn Mailer,
     job: &Job,
     (hand_over, withdraw): (&CancellationToken, &CancellationToken),
-) -> Sent {
-    let mut sent = Sent::default();
+    (progress, i): (&Progress, usize),
+) {
     for mail in &job.mails {
         if hand_over.is_cancelled() {
             break;
@@ -256,23 +311,25 @@ async fn send_job(
         let Some(outcome) = mailer.send_unless_withdrawn(mail, withdraw).await else {
             break;
         };
-        match outcome {
+        let stop = outcome
+            .as_ref()
+            .is_err_and(|e| e.is_transient() || !e.is_message_specific());
+        progress.update(i, |sent| match outcome {
             Ok(id) => {
-                sent.first_id.get_or_insert(id);
+                // The job's first mail starts its thread; only if it was delivered.
+                if sent.handled.is_empty() {
+                    sent.first_id = Some(id);
+                }
                 sent.handled.push(true);
             }
-            Err(e) if !e.is_transient() && e.is_message_specific() => {
+            Err(e) if !stop => {
                 sent.handled.push(false);
                 sent.refused.push(e);
             }
-            Err(e) => {
-                sent.stopped = Some(e);
-                break;
-            }
+            Err(e) => sent.stopped = Some(e),
+        });
+        if stop {
+            break;
         }
     }
-    if sent.handled.first() != Some(&true) {
-        sent.first_id = None;
-    }
-    sent
 }

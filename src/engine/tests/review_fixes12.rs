@@ -301,7 +301,11 @@ async fn review_fixes12_mail_delivered_before_a_renewal_that_landed_is_not_resen
     let b = engine(&store, &mailer, "b");
     let run_a = spawn_event(&a, reviewed("r1", 6));
     tokio::time::sleep(Duration::from_millis(40_500)).await;
-    let first = mailer.delivered().first().cloned().expect("review 0 out at 5 s");
+    let first = mailer
+        .delivered()
+        .first()
+        .cloned()
+        .expect("review 0 out at 5 s");
     mailer.always(None);
     b.handle_event(reviewed("r1", 6)).await;
     run_a.abort();
