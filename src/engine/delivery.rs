@@ -217,7 +217,7 @@ impl Engine {
                 && round >= limit
             {
                 // The last round: there is no next one to send it.
-                tracing::error!(request_id = %id, stage = stage.name(), "Reminder not sent, and this was the last round: the claim on the request could not be confirmed in time; only another replica may still send it");
+                tracing::error!(request_id = %id, stage = stage.name(), "Reminder not sent, and this was the last round: the claim on the request could not be confirmed in time; unless another replica sends it, it is not sent");
             } else if matches!(stage, Stage::Reminder { .. }) {
                 // Retried: at the next round, or now by another replica.
                 tracing::warn!(request_id = %id, stage = stage.name(), "Reminder not sent: the claim on the request could not be confirmed in time; another replica or the next round sends it");

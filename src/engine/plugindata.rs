@@ -316,6 +316,15 @@ impl PluginData {
         }
     }
 
+    /// Our per-recipient review counts, to be changed; when there are none (or they were stale:
+    /// the original plugin has raised `reviews_count` since), made from what the original's keys
+    /// say: every thread has had `reviews_count` reviews.
+    pub(super) fn reviews_sent_mut(&mut self) -> &mut BTreeMap<String, usize> {
+        let (threads, count) = (&self.threads, self.reviews_count);
+        self.reviews_sent
+            .get_or_insert_with(|| threads.iter().map(|t| (t.email.clone(), count)).collect())
+    }
+
     /// How many reviews `email` has been sent.
     pub fn reviews_sent_to(&self, email: &str) -> usize {
         match &self.reviews_sent {
@@ -425,6 +434,25 @@ fn split_list(v: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 13: our per-recipient counts gone stale (the original plugin raised
+    /// `reviews_count` mid-round) decode as absent; recording one recipient's progress then must
+    /// start from the original's meaning (every thread had them all), not from nobody having
+    /// any, or the other recipients get every review reply again.
+    #[test]
+    fn recording_over_stale_review_counts_keeps_the_other_recipients() {
+        use super::super::stage::{Job, Stage};
+        let mut d = sample();
+        assert_eq!(d.reviews_sent, None);
+        let job = Job {
+            email: "E1".into(),
+            start: 3,
+            mails: vec![],
+        };
+        Stage::Reviews(vec![]).record(&mut d, &job, 1, None);
+        assert_eq!(d.reviews_sent_to("E1"), 3);
+        assert_eq!(d.reviews_sent_to("E2"), 3);
+    }
 
     fn sample() -> PluginData {
         PluginData {

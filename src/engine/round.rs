@@ -183,10 +183,12 @@ impl Watch {
         }
     }
 
-    /// Whether the claim is still renewed: while all is well, and while stopping with a mail in
-    /// flight as long as the claim is surely ours.
+    /// Whether the claim is still renewed: as long as a mail may be in flight, unless it is
+    /// known to be someone else's or, while stopping, a renewal failed. A round that stopped
+    /// handing mail over (the claim was not confirmed in time) goes on renewing, so the mail
+    /// it has in flight stays under a claim once Auth answers again.
     fn renewing(&self) -> bool {
-        self.interrupted.is_none_or(|i| i == Interrupted::Stopping) && !self.in_doubt
+        self.interrupted != Some(Interrupted::ClaimTaken) && !self.in_doubt
     }
 
     fn renewed(&mut self, id: &str, started: Instant, outcome: Option<Result<bool, EngineError>>) {
@@ -250,7 +252,8 @@ impl Lease {
         started: Instant,
         outcome: Option<Result<bool, EngineError>>,
     ) -> Option<Interrupted> {
-        self.next_renewal = Instant::now() + self.every;
+        // A failure is tried again soon: the next renewal must land before the margin.
+        self.next_renewal = Instant::now() + self.every / 5;
         match outcome {
             // The lease runs from when the renewal was sent, not from when it was answered, and
             // so does the next renewal (one answered late must not push it past the margin).

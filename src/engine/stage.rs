@@ -86,15 +86,7 @@ impl Stage {
                     return None;
                 }
                 if d.reviews_count < reviews.len() {
-                    if d.reviews_sent.is_none() {
-                        let before = d.reviews_count;
-                        d.reviews_sent = Some(
-                            d.threads
-                                .iter()
-                                .map(|t| (t.email.clone(), before))
-                                .collect(),
-                        );
-                    }
+                    d.reviews_sent_mut();
                     d.reviews_count = reviews.len();
                 }
             }
@@ -193,8 +185,7 @@ impl Stage {
                     .reviews_sent_to(email)
                     .max(done)
                     .min(data.reviews_count);
-                let sent = data.reviews_sent.get_or_insert_with(Default::default);
-                sent.insert(email.to_owned(), upto);
+                data.reviews_sent_mut().insert(email.to_owned(), upto);
             }
             Stage::Resolution { .. } => {
                 let sent = data.resolution_sent.get_or_insert_with(Vec::new);

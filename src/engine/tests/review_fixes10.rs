@@ -181,6 +181,8 @@ async fn review_fixes10_a_reminder_withdrawn_when_its_lease_runs_out_is_said_and
     assert_each_once(&mailer, 2);
     partitioned.then([
         Write::AnsweredLate(Duration::from_secs(5)),
+        // Every renewal hangs (fixes13: a failed one is tried again soon).
+        Write::Slow(Duration::from_secs(100)),
         Write::Slow(Duration::from_secs(100)),
     ]);
     mailer.then([
