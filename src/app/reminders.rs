@@ -563,3 +563,5 @@ mod tests {
 
 #[cfg(test)]
 mod review_cross;
+#[cfg(test)]
+mod review_fixes14;
