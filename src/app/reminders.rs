@@ -146,6 +146,11 @@ impl ReminderClock {
         }
     }
 
+    /// The request as last seen, while it is still tracked (`None`: resolved or deleted).
+    fn current(&self, id: &str) -> Option<AccessRequest> {
+        self.index().requests.get(id).map(|(_, req)| req.clone())
+    }
+
     fn next_due(&self) -> Option<SystemTime> {
         self.index().due.first().map(|(due, _)| *due)
     }
@@ -217,6 +222,11 @@ async fn send_due(
             if stop.is_cancelled() {
                 return;
             }
+            // The copy as it is now: a review that came while this one waited for a slot
+            // says who no longer needs reminding (an older copy would be refused as stale).
+            let Some(req) = clock.current(&req.id) else {
+                continue;
+            };
             let round = reminder_round(req.created, interval, limit, now).unwrap_or(0);
             let (engine, clock) = (engine.clone(), clock.clone());
             tokio::spawn(async move {

@@ -199,6 +199,9 @@ impl Watch {
         // the wait for the mail in flight ends with the claim.
         match self.interrupted {
             Some(Interrupted::Stopping) => self.in_doubt = true,
+            // Known taken outweighs not confirmed in time: no more renewals, and settle tells
+            // it as another's claim.
+            _ if why == Interrupted::ClaimTaken => self.interrupted = Some(why),
             _ => {
                 self.interrupted.get_or_insert(why);
             }
@@ -230,6 +233,8 @@ struct Lease {
     every: Duration,
     held_until: Instant,
     next_renewal: Instant,
+    /// The last renewal failed (its WARN said so).
+    failing: bool,
 }
 
 impl Lease {
@@ -241,6 +246,7 @@ impl Lease {
             every: length / 3,
             held_until: since + length,
             next_renewal: since + length / 3,
+            failing: false,
         }
     }
 
@@ -260,11 +266,21 @@ impl Lease {
             Some(Ok(true)) => {
                 self.held_until = started + self.length;
                 self.next_renewal = started + self.every;
+                self.failing = false;
             }
             Some(Ok(false)) => return Some(Interrupted::ClaimTaken),
             failed => {
                 let why = failed.and_then(Result::err).map(|e| e.to_string());
-                tracing::warn!(request_id = %id, error = why.as_deref().unwrap_or("timed out"), "Cannot renew the claim on the request");
+                let why = why.as_deref().unwrap_or("timed out");
+                // Said once until a renewal lands again (retries come every few seconds).
+                match std::mem::replace(&mut self.failing, true) {
+                    false => {
+                        tracing::warn!(request_id = %id, error = why, "Cannot renew the claim on the request; trying again")
+                    }
+                    true => {
+                        tracing::debug!(request_id = %id, error = why, "Cannot renew the claim on the request")
+                    }
+                }
                 if Instant::now() + self.every >= self.held_until {
                     return Some(Interrupted::ClaimUnconfirmed);
                 }
