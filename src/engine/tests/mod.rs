@@ -17,6 +17,7 @@ mod review_fixes11;
 mod review_fixes12;
 mod review_fixes13;
 mod review_fixes14;
+mod review_fixes15;
 mod review_fixes5;
 mod review_fixes6;
 mod review_fixes7;
