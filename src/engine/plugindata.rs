@@ -389,14 +389,29 @@ fn decode_threads(m: &BTreeMap<String, String>) -> Vec<Thread> {
             message_id: String::new(),
         });
     }
+    // Where each recipient's thread is in `threads`.
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    if let Some(t) = threads.first() {
+        at.insert(t.email.clone(), 0);
+    }
     for item in get("email_threads").split(',').filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split('/').collect();
         if let [email, timestamp, message_id] = parts[..] {
-            threads.push(Thread {
+            let thread = Thread {
                 email: email.into(),
                 timestamp: timestamp.into(),
                 message_id: message_id.into(),
-            });
+            };
+            // One thread a recipient, whatever the data says (else every reply went twice);
+            // one that knows its Message-ID is the better.
+            match at.get(&thread.email) {
+                Some(&i) if threads[i].message_id.is_empty() => threads[i] = thread,
+                Some(_) => {}
+                None => {
+                    at.insert(thread.email.clone(), threads.len());
+                    threads.push(thread);
+                }
+            }
         }
     }
     threads
@@ -424,9 +439,11 @@ fn ours(m: &BTreeMap<String, String>, key: &str) -> Option<String> {
     m.get(key)?.strip_prefix(V1).map(str::to_owned)
 }
 
+/// A comma-separated list of our own, each item once (an item written twice by someone else
+/// would otherwise be mailed twice), in order.
 fn split_list(v: &str) -> Vec<String> {
-    v.split(',')
-        .filter(|s| !s.is_empty())
+    let mut seen = std::collections::HashSet::new();
+    (v.split(',').filter(|s| !s.is_empty() && seen.insert(*s)))
         .map(str::to_owned)
         .collect()
 }
@@ -434,6 +451,27 @@ fn split_list(v: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review 15: a recipient written twice (by someone else, or a damaged key) is one
+    /// recipient: one thread, listed once, so no mail goes to it twice in a round.
+    #[test]
+    fn recipients_and_threads_written_twice_are_read_once() {
+        let m: BTreeMap<String, String> = [
+            ("email_threads", "a@x/1/M1,b@x/2/M2,a@x/3/M3"),
+            ("email", "c@x"),
+            ("timestamp", "0"),
+            ("te_recipients", "v1:a@x,b@x,a@x,,b@x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let d = PluginData::decode(&m);
+        let threads: Vec<_> = (d.threads.iter())
+            .map(|t| (t.email.as_str(), t.message_id.as_str()))
+            .collect();
+        assert_eq!(threads, [("c@x", ""), ("a@x", "M1"), ("b@x", "M2")]);
+        assert_eq!(d.intended, Some(vec!["a@x".to_owned(), "b@x".to_owned()]));
+    }
 
     /// Review 13: our per-recipient counts gone stale (the original plugin raised
     /// `reviews_count` mid-round) decode as absent; recording one recipient's progress then must

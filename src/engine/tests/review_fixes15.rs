@@ -15,7 +15,10 @@ async fn review_fixes15_a_recipient_recorded_twice_gets_one_new_thread_mail() {
     resumed(
         &store,
         "r1",
-        &[("te_recipients", "v1:a@example.com,a@example.com,b@example.com")],
+        &[(
+            "te_recipients",
+            "v1:a@example.com,a@example.com,b@example.com",
+        )],
     );
     let a = engine(&store, &mailer, "a");
     a.handle_event(put("r1")).await;
