@@ -18,21 +18,21 @@ use super::rbac::{REQUESTED_ROLE, REQUESTER, REVIEWER1, REVIEWER2, STRICT_REQUES
 use super::{IdentityFormat, L7Balancer, RealCluster, RequestState};
 use crate::support::harness::{Mail, assert_threaded, sorted_to};
 
-/// Serialises the tests of this module.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+/// Serialises the tests of this module (and of `rules`).
+pub(super) fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A fresh cluster with the RBAC, a mailbox, and the plugin's identity file.
-struct Setup {
-    cluster: RealCluster,
-    mailbox: Mailbox,
+pub(super) struct Setup {
+    pub cluster: RealCluster,
+    pub mailbox: Mailbox,
     identity: std::path::PathBuf,
 }
 
 impl Setup {
-    fn new(bins: super::Binaries) -> Self {
+    pub fn new(bins: super::Binaries) -> Self {
         let cluster = RealCluster::start_with(bins);
         cluster.create_rbac();
         let identity = cluster.scratch_dir().join("plugin-identity");
@@ -54,7 +54,7 @@ impl Setup {
         }
     }
 
-    fn start(&self, which: &Which, addr: String, envs: &[(&str, &str)]) -> PluginProcess {
+    pub fn start(&self, which: &Which, addr: String, envs: &[(&str, &str)]) -> PluginProcess {
         PluginProcess::start(which, self.cluster.scratch_dir(), &self.config(addr), envs)
     }
 }

@@ -63,6 +63,7 @@ mod supervisor;
 
 mod facts;
 mod interop;
+mod rules;
 mod smoke;
 mod wire;
 
