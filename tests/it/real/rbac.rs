@@ -50,7 +50,8 @@ pub struct Rbac {
 
 /// The `access-plugin` role the harness creates when the cluster has no preset one: what the
 /// plugin calls need (watch and read access requests and access monitoring rules, write
-/// plugin data), as in Teleport's own plugin integration tests.
+/// plugin data, read users for their traits), as in Teleport's own plugin integration tests
+/// and the README's role.
 pub fn fallback_access_plugin_role() -> Value {
     json!({
         "kind": "role", "version": "v7",
@@ -59,6 +60,8 @@ pub fn fallback_access_plugin_role() -> Value {
             {"resources": ["access_request"], "verbs": ["list", "read"]},
             {"resources": ["access_plugin_data"], "verbs": ["update"]},
             {"resources": ["access_monitoring_rule"], "verbs": ["list", "read"]},
+            // The requester's traits, for rules whose condition reads `user.traits`.
+            {"resources": ["user"], "verbs": ["read"]},
         ]}},
     })
 }

@@ -20,13 +20,19 @@ const RULE: &str = "email-editor-requests";
 
 /// A rule for the email plugin: requests for `role` go to `recipients`.
 fn rule(role: &str, recipients: &[&str]) -> Value {
+    let condition = format!("access_request.spec.roles.contains(\"{role}\")");
+    rule_on(RULE, &condition, recipients)
+}
+
+/// A rule for the email plugin named `name`: requests meeting `condition` go to `recipients`.
+fn rule_on(name: &str, condition: &str, recipients: &[&str]) -> Value {
     json!({
         "kind": "access_monitoring_rule",
         "version": "v1",
-        "metadata": {"name": RULE},
+        "metadata": {"name": name},
         "spec": {
             "subjects": ["access_request"],
-            "condition": format!("access_request.spec.roles.contains(\"{role}\")"),
+            "condition": condition,
             "notification": {"name": "email", "recipients": recipients},
         },
     })
@@ -118,4 +124,43 @@ fn the_original_and_ours_mail_the_same_recipients_by_the_same_rule() {
     }
     assert_eq!(seen[0], seen[1], "original, then ours");
     assert_eq!(seen[1], ["more@example.com", "rules@example.com"]);
+}
+
+/// A rule on the requester's traits (read with `GetUser` by the plugin's role) routes the
+/// request of a user who has the trait, and not that of one who has not.
+#[test]
+fn a_rule_routes_by_the_requesters_traits() {
+    let bins = real_binaries_or_skip!();
+    let _one = one_at_a_time();
+    let setup = Setup::new(bins);
+    let with_trait = json!({"kind": "user", "version": "v2", "metadata": {"name": "payments-dev"},
+        "spec": {"roles": [super::rbac::REQUESTER_ROLE], "traits": {"team": ["payments"]}}});
+    assert!(setup.cluster.create_resources(&[with_trait]));
+    let condition = r#"contains_any(user.traits["team"], set("payments"))"#;
+    put_rule(
+        &setup,
+        &rule_on("payments", condition, &["payments@example.com"]),
+    );
+    let ours = start_ours(&setup);
+    ours.wait_log("Access monitoring rules loaded", Duration::from_secs(60));
+
+    let id =
+        (setup.cluster).create_request("payments-dev", &[REQUESTED_ROLE], "team", &[REVIEWER1]);
+    assert_eq!(
+        new_thread_recipients(&setup, &id, 1),
+        ["payments@example.com"]
+    );
+    let id = (setup.cluster).create_request(REQUESTER, &[REQUESTED_ROLE], "no team", &[REVIEWER1]);
+    assert_eq!(
+        new_thread_recipients(&setup, &id, 2),
+        [super::plugins::ALL, REVIEWER1]
+    );
+    assert!(
+        !ours
+            .log_text()
+            .contains("Missing permissions to read user.traits"),
+        "{}",
+        ours.log_tail(40)
+    );
+    ours.stop();
 }
