@@ -8,6 +8,7 @@
 mod claims;
 mod failures;
 mod monitoring;
+mod partition;
 mod reminder_claims;
 mod reminders;
 mod requester;

@@ -1,89 +1,7 @@
 //! Second reader, twelfth round of fixes (6e7f85a, with bf0e84d, 7e911ff, 3a28242).
 
-use std::collections::VecDeque;
-
+use super::partition::{Committing, Partitioned, Started, Write};
 use super::*;
-
-#[derive(Clone, Copy)]
-enum Write {
-    /// Reaches Auth (and is applied) only after this long; dropped before, it never lands.
-    Slow(Duration),
-    /// Applied at once, but answered only after this long (the answer is slow, not the write).
-    AnsweredLate(Duration),
-    /// Refused at once (Auth unreachable): nothing is applied.
-    Fail,
-}
-
-/// The shared store as replica A sees it: its writes go as scripted, then pass.
-#[derive(Default)]
-struct Partitioned {
-    inner: Arc<MemoryStore>,
-    writes: Mutex<VecDeque<Write>>,
-}
-
-impl Partitioned {
-    fn over(inner: &Arc<MemoryStore>) -> Arc<Self> {
-        Arc::new(Self {
-            inner: inner.clone(),
-            ..Self::default()
-        })
-    }
-
-    fn then(&self, writes: impl IntoIterator<Item = Write>) {
-        self.writes.lock().unwrap().extend(writes);
-    }
-}
-
-#[async_trait::async_trait]
-impl PluginDataStore for Partitioned {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        self.inner.get(id).await
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let next = self.writes.lock().unwrap().pop_front();
-        match next {
-            None => self.inner.update(id, set, expect).await,
-            Some(Write::Slow(d)) => {
-                tokio::time::sleep(d).await;
-                self.inner.update(id, set, expect).await
-            }
-            Some(Write::AnsweredLate(d)) => {
-                let applied = self.inner.update(id, set, expect).await;
-                tokio::time::sleep(d).await;
-                applied
-            }
-            Some(Write::Fail) => Err(TeleportError::Unavailable("auth unreachable".into())),
-        }
-    }
-}
-
-/// A mailer that cannot take a send back once handed it (Mailgun: the trait's default
-/// `send_unless_withdrawn`; the HTTP request is out): it goes on when the caller stops waiting.
-struct Started(Arc<ScriptedMailer>);
-
-#[async_trait::async_trait]
-impl Mailer for Started {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let (m, mail) = (self.0.clone(), mail.clone());
-        tokio::spawn(async move { m.send(&mail).await })
-            .await
-            .unwrap()
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "mailgun-like"
-    }
-}
 
 /// round.rs:215-218 with :118-121: the margin the round keeps ("given up a third of a lease
 /// before it runs out, so the mails still in flight can finish while it is still ours",
@@ -149,49 +67,6 @@ async fn review_fixes12_a_failed_renewal_then_a_slow_one_hand_mail_over_until_th
     run_b.await.unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_each_once(&mailer, 4);
-}
-
-/// Like the SMTP queue: a mail waits in the queue (withdrawable) for `queued`, then a worker
-/// commits it and writes it, which takes `writing` and goes on whatever the caller does. Per
-/// recipient; others are accepted at once.
-struct Committing {
-    delivered: Arc<ScriptedMailer>,
-    timing: BTreeMap<&'static str, (Duration, Duration)>,
-}
-
-#[async_trait::async_trait]
-impl Mailer for Committing {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let never = CancellationToken::new();
-        self.send_unless_withdrawn(mail, &never).await.unwrap()
-    }
-
-    async fn send_unless_withdrawn(
-        &self,
-        mail: &OutgoingMail,
-        withdraw: &CancellationToken,
-    ) -> Option<Result<MessageId, MailError>> {
-        let (queued, writing) = (self.timing.get(mail.to.as_str()).copied())
-            .unwrap_or((Duration::ZERO, Duration::ZERO));
-        tokio::select! {
-            _ = tokio::time::sleep(queued) => {}
-            _ = withdraw.cancelled() => return None,
-        }
-        let (m, mail) = (self.delivered.clone(), mail.clone());
-        let worker = tokio::spawn(async move {
-            tokio::time::sleep(writing).await;
-            m.send(&mail).await
-        });
-        Some(worker.await.unwrap())
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "smtp-like"
-    }
 }
 
 /// round.rs:99 (`if interrupted.is_none()`) with round.rs:65-66 ("On shutdown, what was

@@ -3,6 +3,7 @@
 
 use tokio::time::Instant;
 
+use super::partition::Committing;
 use super::*;
 
 /// The shared store as replica A sees it: the Auth Service is unreachable (every call refused
@@ -58,49 +59,6 @@ impl PluginDataStore for Outage {
     ) -> Result<(), TeleportError> {
         self.call()?;
         self.inner.update(id, set, expect).await
-    }
-}
-
-/// Like the SMTP queue: a mail waits in the queue (withdrawable) for `queued`, then a worker
-/// commits it and writes it, which takes `writing` and goes on whatever the caller does. Per
-/// recipient; others are accepted at once. (As review_fixes13's.)
-struct Committing {
-    delivered: Arc<ScriptedMailer>,
-    timing: BTreeMap<&'static str, (Duration, Duration)>,
-}
-
-#[async_trait::async_trait]
-impl Mailer for Committing {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let never = CancellationToken::new();
-        self.send_unless_withdrawn(mail, &never).await.unwrap()
-    }
-
-    async fn send_unless_withdrawn(
-        &self,
-        mail: &OutgoingMail,
-        withdraw: &CancellationToken,
-    ) -> Option<Result<MessageId, MailError>> {
-        let (queued, writing) = (self.timing.get(mail.to.as_str()).copied())
-            .unwrap_or((Duration::ZERO, Duration::ZERO));
-        tokio::select! {
-            _ = tokio::time::sleep(queued) => {}
-            _ = withdraw.cancelled() => return None,
-        }
-        let (m, mail) = (self.delivered.clone(), mail.clone());
-        let worker = tokio::spawn(async move {
-            tokio::time::sleep(writing).await;
-            m.send(&mail).await
-        });
-        Some(worker.await.unwrap())
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "smtp-like"
     }
 }
 

@@ -1,58 +1,7 @@
 //! Second reader, fifth round of fixes (76b01f9, 5131b18, 4630008).
 
-use std::collections::VecDeque;
-
+use super::partition::{Write, partitioned};
 use super::*;
-
-#[derive(Clone, Copy)]
-enum Write {
-    Pass,
-    /// The Auth Service cannot be reached from this replica for this call.
-    Fail,
-    /// The Auth Service answers this call (and applies it) only after this long.
-    Slow(Duration),
-}
-
-/// The shared in-memory store as one replica sees it: its writes answer as scripted (then
-/// pass); reads pass. Other replicas use the store directly.
-struct Partitioned {
-    inner: Arc<MemoryStore>,
-    writes: Mutex<VecDeque<Write>>,
-}
-
-#[async_trait::async_trait]
-impl PluginDataStore for Partitioned {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        self.inner.get(id).await
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let next = self.writes.lock().unwrap().pop_front();
-        match next.unwrap_or(Write::Pass) {
-            Write::Pass => self.inner.update(id, set, expect).await,
-            Write::Fail => Err(TeleportError::Unavailable("auth unreachable".into())),
-            Write::Slow(d) => {
-                tokio::time::sleep(d).await;
-                self.inner.update(id, set, expect).await
-            }
-        }
-    }
-}
-
-fn partitioned(
-    inner: &Arc<MemoryStore>,
-    writes: impl IntoIterator<Item = Write>,
-) -> Arc<Partitioned> {
-    Arc::new(Partitioned {
-        inner: inner.clone(),
-        writes: Mutex::new(writes.into_iter().collect()),
-    })
-}
 
 /// round.rs:87 (76b01f9): after `record_before_stop` the round sets `lease = Lease::new(..)`
 /// whether or not that write landed (`record_before_stop` only WARNs on an error). Here A's

@@ -1,82 +1,7 @@
 //! Second reader, eighth round of fixes (48c39b3).
 
-use std::collections::VecDeque;
-
+use super::partition::{Started, Write, partitioned};
 use super::*;
-
-#[derive(Clone, Copy)]
-enum Write {
-    Pass,
-    /// Reaches Auth (and is applied) only after this long; dropped before, it never lands.
-    Slow(Duration),
-    /// Applied at once, but answered only after this long (the answer is slow, not the write).
-    AnsweredLate(Duration),
-}
-
-struct Partitioned {
-    inner: Arc<MemoryStore>,
-    writes: Mutex<VecDeque<Write>>,
-}
-
-#[async_trait::async_trait]
-impl PluginDataStore for Partitioned {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        self.inner.get(id).await
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let next = self.writes.lock().unwrap().pop_front();
-        match next.unwrap_or(Write::Pass) {
-            Write::Pass => self.inner.update(id, set, expect).await,
-            Write::Slow(d) => {
-                tokio::time::sleep(d).await;
-                self.inner.update(id, set, expect).await
-            }
-            Write::AnsweredLate(d) => {
-                let applied = self.inner.update(id, set, expect).await;
-                tokio::time::sleep(d).await;
-                applied
-            }
-        }
-    }
-}
-
-fn partitioned(
-    inner: &Arc<MemoryStore>,
-    writes: impl IntoIterator<Item = Write>,
-) -> Arc<Partitioned> {
-    Arc::new(Partitioned {
-        inner: inner.clone(),
-        writes: Mutex::new(writes.into_iter().collect()),
-    })
-}
-
-/// Like the SMTP queue (src/mail/smtp/queue.rs:60): a mail handed over is sent by a worker
-/// task, which goes on when the caller stops waiting.
-struct Worker(Arc<ScriptedMailer>);
-
-#[async_trait::async_trait]
-impl Mailer for Worker {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let (m, mail) = (self.0.clone(), mail.clone());
-        tokio::spawn(async move { m.send(&mail).await })
-            .await
-            .unwrap()
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "worker"
-    }
-}
 
 /// round.rs:92-93 (48c39b3) bounds the stop's write by `lease.held_until`, "the last confirmed
 /// lease"; but before the first renewal `held_until` is `Lease::new` at the *start of the round*
@@ -148,7 +73,7 @@ async fn review_fixes8_a_record_at_the_stop_applied_but_answered_late_does_not_a
     let a = stopped_by(
         engine_over(
             partitioned(&store, writes),
-            Arc::new(Worker(mailer.clone())),
+            Arc::new(Started(mailer.clone())),
             policy("a"),
         ),
         &ending,

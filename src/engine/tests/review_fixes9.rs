@@ -1,83 +1,7 @@
 //! Second reader, ninth round of fixes (bf0e84d).
 
-use std::collections::VecDeque;
-
+use super::partition::{Started, Write, partitioned};
 use super::*;
-
-#[derive(Clone, Copy)]
-enum Write {
-    Pass,
-    /// Reaches Auth (and is applied) only after this long; dropped before, it never lands.
-    Slow(Duration),
-    /// Applied at once, but answered only after this long (the answer is slow, not the write).
-    AnsweredLate(Duration),
-}
-
-/// The shared store as replica A sees it: its writes go as scripted, then pass.
-struct Partitioned {
-    inner: Arc<MemoryStore>,
-    writes: Mutex<VecDeque<Write>>,
-}
-
-#[async_trait::async_trait]
-impl PluginDataStore for Partitioned {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        self.inner.get(id).await
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let next = self.writes.lock().unwrap().pop_front();
-        match next.unwrap_or(Write::Pass) {
-            Write::Pass => self.inner.update(id, set, expect).await,
-            Write::Slow(d) => {
-                tokio::time::sleep(d).await;
-                self.inner.update(id, set, expect).await
-            }
-            Write::AnsweredLate(d) => {
-                let applied = self.inner.update(id, set, expect).await;
-                tokio::time::sleep(d).await;
-                applied
-            }
-        }
-    }
-}
-
-fn partitioned(
-    inner: &Arc<MemoryStore>,
-    writes: impl IntoIterator<Item = Write>,
-) -> Arc<Partitioned> {
-    Arc::new(Partitioned {
-        inner: inner.clone(),
-        writes: Mutex::new(writes.into_iter().collect()),
-    })
-}
-
-/// An SMTP worker that has taken the mail (it cannot be withdrawn any more, the trait's
-/// default): it goes on sending when the caller stops waiting.
-struct Worker(Arc<ScriptedMailer>);
-
-#[async_trait::async_trait]
-impl Mailer for Worker {
-    async fn send(&self, mail: &OutgoingMail) -> Result<MessageId, MailError> {
-        let (m, mail) = (self.0.clone(), mail.clone());
-        tokio::spawn(async move { m.send(&mail).await })
-            .await
-            .unwrap()
-    }
-
-    async fn health_check(&self) -> Result<(), MailError> {
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "worker"
-    }
-}
 
 /// bf0e84d moved `held_until` back to when the claim's expiry was set (delivery.rs:243), but
 /// the round still acts on `held_until` only once something else went wrong: the arm at
@@ -144,7 +68,7 @@ async fn review_fixes9_a_started_mail_outlasting_the_wait_is_not_sent_again_by_i
     };
     let a = engine_over(
         partitioned(&store, writes),
-        Arc::new(Worker(mailer.clone())),
+        Arc::new(Started(mailer.clone())),
         policy,
     );
     let run_a = spawn_put(&a, "r1");
