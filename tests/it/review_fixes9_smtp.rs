@@ -9,127 +9,14 @@
 //! `a_pipelined_mail_abandoned_before_its_message_is_not_sent`). A withdrawing caller keeps its
 //! receiver open, so those guards never fire on the engine's path any more.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use teleport_email::config::StartTlsPolicy;
 use teleport_email::mail::Mailer;
-use teleport_email::mail::smtp::{SmtpMailer, SmtpOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::slow_smtp::{Script, mailer, server};
 use crate::support::*;
-
-#[derive(Clone, Default)]
-struct Script {
-    greeting_delay: Duration,
-    pipelining: bool,
-    /// Silence before answering a message's final dot.
-    dot_delay: Duration,
-    /// On the first connection only: after the first message's final dot, silence for this
-    /// long, then the connection is closed without a reply (the message "maybe sent"; the
-    /// server here did not take it).
-    first_connection_dies_after_dot: Option<Duration>,
-}
-
-struct Server {
-    port: u16,
-    /// Messages the server took (answered 250 to the final dot).
-    messages: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn server(script: Script) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let messages = Arc::new(AtomicUsize::new(0));
-    let m = messages.clone();
-    let task = tokio::spawn(async move {
-        let mut n = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            n += 1;
-            let (script, m) = (script.clone(), m.clone());
-            tokio::spawn(async move {
-                let _ = session(stream, script, m, n == 1).await;
-            });
-        }
-    });
-    Server {
-        port,
-        messages,
-        task,
-    }
-}
-
-async fn session(
-    stream: TcpStream,
-    script: Script,
-    messages: Arc<AtomicUsize>,
-    first: bool,
-) -> std::io::Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    tokio::time::sleep(script.greeting_delay).await;
-    w.write_all(b"220 scripted.test ESMTP\r\n").await?;
-    let mut line = String::new();
-    let mut in_data = false;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        if in_data {
-            if line == ".\r\n" {
-                in_data = false;
-                if let Some(d) = script.first_connection_dies_after_dot.filter(|_| first) {
-                    tokio::time::sleep(d).await;
-                    return Ok(());
-                }
-                tokio::time::sleep(script.dot_delay).await;
-                messages.fetch_add(1, Ordering::SeqCst);
-                w.write_all(b"250 2.0.0 queued\r\n").await?;
-            }
-            continue;
-        }
-        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
-        let reply: &[u8] = match verb.as_str() {
-            "EHLO" if script.pipelining => {
-                b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-            }
-            "EHLO" => b"250-scripted.test\r\n250 8BITMIME\r\n",
-            "HELO" => b"250 scripted.test\r\n",
-            "MAIL" | "RCPT" | "RSET" | "NOOP" => b"250 2.0.0 ok\r\n",
-            "DATA" => {
-                in_data = true;
-                b"354 go ahead\r\n"
-            }
-            "QUIT" => {
-                w.write_all(b"221 bye\r\n").await?;
-                return Ok(());
-            }
-            _ => b"502 5.5.1 unknown\r\n",
-        };
-        w.write_all(reply).await?;
-    }
-}
-
-fn mailer(server: &Server) -> Arc<SmtpMailer> {
-    let config = smtp_config(server.port, StartTlsPolicy::Disabled, None);
-    let options = SmtpOptions {
-        timeout: Duration::from_secs(5),
-        pool_max_size: 1,
-        ..options(None)
-    };
-    Arc::new(SmtpMailer::new(&config, SENDER, options).unwrap())
-}
 
 /// smtp/mod.rs:195-199 with queue.rs:76-81: `withdraw` fails as soon as a worker has popped
 /// the mail, even though the worker is only dialling (a slow greeting, here 1 s; in production

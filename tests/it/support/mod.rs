@@ -5,6 +5,7 @@ pub mod harness;
 pub mod lists;
 pub mod peers;
 pub mod scripted_smtp;
+pub mod slow_smtp;
 pub mod tools;
 
 use std::time::{Duration, UNIX_EPOCH};
