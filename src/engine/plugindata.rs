@@ -270,7 +270,7 @@ impl PluginData {
             },
             resolve_reason: get("resolve_reason"),
             threads: decode_threads(m),
-            intended: ours(m, KEY_RECIPIENTS).map(|v| split_list(&v)),
+            intended: ours(m, KEY_RECIPIENTS).map(|v| split_unique(&v)),
             reviews_sent: decode_reviews_sent(m, reviews_count),
             resolution_sent: ours(m, KEY_RESOLUTION_SENT).map(|v| split_list(&v)),
             failed: ours(m, KEY_FAILED)
@@ -439,9 +439,16 @@ fn ours(m: &BTreeMap<String, String>, key: &str) -> Option<String> {
     m.get(key)?.strip_prefix(V1).map(str::to_owned)
 }
 
-/// A comma-separated list of our own, each item once (an item written twice by someone else
-/// would otherwise be mailed twice), in order.
 fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// [`split_list`], each item once, in order: a recipient written twice by someone else would
+/// otherwise be mailed twice (a hash set: the data may be hostile and large).
+fn split_unique(v: &str) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     (v.split(',').filter(|s| !s.is_empty() && seen.insert(*s)))
         .map(str::to_owned)
