@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use super::partition::{Write, partitioned};
 use super::*;
 
 /// Issue 17.1: a resumed stage changes none of the original's seven keys, so only a pinned
@@ -196,58 +197,6 @@ impl Mailer for QueuedMailer {
     }
 }
 
-/// What a plugin-data write does, per call, in [`FlakyStore`].
-#[derive(Clone, Copy)]
-enum Write {
-    Pass,
-    /// The Auth Service is unreachable for this call.
-    Fail,
-    /// The call never returns (a hung Auth Service; unary calls have no deadline).
-    Hang,
-}
-
-/// The shared in-memory store seen through a flaky connection: writes answer as scripted (then
-/// pass); reads pass.
-struct FlakyStore {
-    inner: Arc<MemoryStore>,
-    writes: Mutex<VecDeque<Write>>,
-}
-
-impl FlakyStore {
-    fn new(inner: &Arc<MemoryStore>, writes: impl IntoIterator<Item = Write>) -> Arc<Self> {
-        Arc::new(Self {
-            inner: inner.clone(),
-            writes: Mutex::new(writes.into_iter().collect()),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl PluginDataStore for FlakyStore {
-    async fn get(&self, id: &str) -> Result<Option<RawPluginData>, TeleportError> {
-        self.inner.get(id).await
-    }
-
-    async fn update(
-        &self,
-        id: &str,
-        set: &RawPluginData,
-        expect: &RawPluginData,
-    ) -> Result<(), TeleportError> {
-        let next = self
-            .writes
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Write::Pass);
-        match next {
-            Write::Pass => self.inner.update(id, set, expect).await,
-            Write::Fail => Err(TeleportError::Unavailable("auth unreachable".into())),
-            Write::Hang => std::future::pending().await,
-        }
-    }
-}
-
 fn assert_queued_once(mailer: &QueuedMailer, expected: usize) {
     let counts = mailer.per_message();
     assert!(counts.values().all(|n| *n == 1), "duplicates: {counts:?}");
@@ -263,7 +212,7 @@ async fn an_abandoned_send_that_still_goes_out_is_sent_twice() {
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);
     // Writes: claim, renewal at 10 s (fails), renewal at 20 s (fails), then the rest.
-    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail, Write::Fail]);
+    let flaky = partitioned(&store, [Write::Pass, Write::Fail, Write::Fail]);
     let mailer = QueuedMailer::with_delays([Duration::ZERO, Duration::from_secs(25)]);
     let a = engine_over(flaky, mailer.clone(), policy("a"));
     a.handle_event(put("r1")).await;
@@ -280,7 +229,7 @@ async fn an_abandoned_send_that_still_goes_out_is_sent_twice() {
 async fn a_claim_lost_to_nobody_still_delivers_the_rest() {
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);
-    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail, Write::Fail]);
+    let flaky = partitioned(&store, [Write::Pass, Write::Fail, Write::Fail]);
     let mailer = Arc::<ScriptedMailer>::default();
     mailer.then([Answer::Accept, Answer::Slow(Duration::from_secs(25))]);
     let a = engine_over(flaky, mailer.clone(), policy("a"));
@@ -299,7 +248,7 @@ async fn a_hung_renewal_stops_handing_over_mail_before_the_lease_runs_out() {
     let store = Arc::<MemoryStore>::default();
     threaded(&store, "r1", &[]);
     // A's first write (the claim) passes; its renewal at 10 s hangs; later writes pass.
-    let hung = FlakyStore::new(&store, [Write::Pass, Write::Hang]);
+    let hung = partitioned(&store, [Write::Pass, Write::Hang]);
     let mailer = Arc::<ScriptedMailer>::default();
     let slow = Answer::Slow(Duration::from_secs(12));
     mailer.then([slow.clone(), slow.clone(), slow]);
@@ -350,7 +299,7 @@ async fn a_failed_record_write_does_not_resend_what_was_delivered() {
     let store = Arc::<MemoryStore>::default();
     resumed(&store, "r1", &[]);
     // Writes: claim passes, the record fails, then all pass.
-    let flaky = FlakyStore::new(&store, [Write::Pass, Write::Fail]);
+    let flaky = partitioned(&store, [Write::Pass, Write::Fail]);
     let mailer = Arc::<ScriptedMailer>::default();
     let a = engine_over(flaky, mailer.clone(), policy("a"));
     a.handle_event(put("r1")).await;

@@ -16,6 +16,8 @@ pub(super) enum Write {
     Slow(Duration),
     /// Applied at once, but answered only after this long (the answer is slow, not the write).
     AnsweredLate(Duration),
+    /// Never answered, never applied (a hung Auth Service).
+    Hang,
 }
 
 /// The shared in-memory store as one replica sees it: its writes go as scripted, then as
@@ -82,6 +84,7 @@ impl PluginDataStore for Partitioned {
                 tokio::time::sleep(d).await;
                 applied
             }
+            Write::Hang => std::future::pending().await,
         }
     }
 }
